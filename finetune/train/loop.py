@@ -1,0 +1,296 @@
+"""The one training loop for every non-GAN recipe.
+
+A recipe builds the accelerator, model, optimizer, scheduler and data, defines `step_fn(batch)`
+(the loss, written inline so the maths is visible) and calls `train`. The loop owns what must be
+done the same way everywhere: deterministic resumable data order, gradient accumulation,
+precision, clipping, the NaN/Inf guard, optimizer/scheduler steps, logging, evaluation, early
+stopping, best-model saves and atomic checkpoints.
+
+Accumulation is explicit (`accelerator.no_sync` on all but the last micro-batch of a window) so
+the loss normalisation is visible: a mean loss is divided by the number of micro-batches; a summed
+per-token loss (when `count_items` is given) is divided by the trained-token count of the whole
+window across all processes, times the world size because DDP averages gradients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import torch
+from accelerate.utils import send_to_device
+from tqdm.auto import tqdm
+
+from finetune.errors import UserError
+from finetune.train.batches import BatchesFn, iterate_batches, shuffled_batches
+from finetune.train.checkpoint import (
+    check_output_dir,
+    load_checkpoint,
+    params_finite,
+    remove_partial,
+    resolve_resume,
+    save_checkpoint,
+)
+from finetune.train.logging import MetricsLogger, plot_loss_curve
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "outputs/run"  # where checkpoints, metrics, config.yaml and artifacts go
+    seed: int = 0  # seeds model init, data order and noise
+    max_steps: int = 100  # optimizer steps to train for
+    batch_size: int = 4  # micro-batch size per process
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_grad_norm: float = 1.0  # clip the global gradient norm to this; 0 disables clipping
+    log_every: int = 10  # log train loss/lr/grad norm every N optimizer steps
+    eval_every: int = 0  # evaluate every N steps (0: only at the end)
+    save_every: int = 0  # checkpoint every N steps (0: no checkpoints)
+    keep_last: int = 2  # complete checkpoints to keep (older ones are deleted)
+    resume: Optional[str] = None  # "latest" or a checkpoint-<step> directory to continue from
+    overwrite_output_dir: bool = False  # allow replacing a directory that holds another run's checkpoints
+    early_stopping_patience: int = 0  # evaluations without improvement before stopping (0: off)
+    monitor: str = "val_loss"  # eval metric used for best model, early stopping and plateau schedulers
+    monitor_mode: Literal["min", "max"] = "min"  # whether lower or higher `monitor` is better
+    save_best: bool = True  # save the best model (by `monitor`) to <output_dir>/best
+    max_consecutive_nonfinite: int = 10  # stop after this many non-finite steps in a row
+    tensorboard: bool = True  # also log to <output_dir>/tensorboard when tensorboard is installed
+    progress_bar: bool = True  # show a tqdm progress bar
+
+
+@dataclass
+class Hooks:
+    """Named points where a method changes the loop's behaviour (no callback framework)."""
+
+    before_step: Optional[Callable[[int, int], None]] = None  # (step, epoch): e.g. gradual unfreezing
+    before_optimizer_step: Optional[Callable[[int], None]] = None  # after backward, before clipping
+    after_optimizer_step: Optional[Callable[[int], None]] = None  # e.g. restore frozen embedding rows
+    on_eval: Optional[Callable[[int, dict, bool], None]] = None  # (step, metrics, improved)
+
+
+@dataclass
+class TrainResult:
+    global_step: int = 0
+    best_metric: Optional[float] = None
+    best_step: Optional[int] = None
+    stopped_early: bool = False
+    nonfinite_steps: int = 0
+    last_eval: dict = field(default_factory=dict)
+
+
+class NonFiniteTraining(UserError):
+    """Training produced NaN/Inf losses or gradients too many times in a row."""
+
+
+def weight_dtype(accelerator) -> torch.dtype:
+    """The dtype frozen weights may be stored in under the accelerator's mixed precision."""
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+
+
+def _optimizer_params(optimizer) -> list[torch.nn.Parameter]:
+    return [p for g in optimizer.param_groups for p in g["params"]]
+
+
+def _is_plateau(scheduler) -> bool:
+    return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+
+def _improved(value: float, best: Optional[float], mode: str) -> bool:
+    if best is None:
+        return True
+    return value < best if mode == "min" else value > best
+
+
+def train(
+    *,
+    accelerator,
+    model: torch.nn.Module,
+    optimizer,
+    scheduler,
+    dataset,
+    collate_fn: Callable,
+    step_fn: Callable[[Any], Any],
+    cfg: TrainConfig,
+    eval_fn: Optional[Callable[[int], dict]] = None,
+    save_fn: Optional[Callable[[Path], None]] = None,
+    hooks: Optional[Hooks] = None,
+    count_items: Optional[Callable[[Any], int]] = None,
+    batches_fn: Optional[BatchesFn] = None,
+    checkpoint_objects: tuple = (),
+) -> TrainResult:
+    """Train `model` (already `accelerator.prepare`d with `optimizer`) for `cfg.max_steps` steps.
+
+    step_fn(batch) returns a loss tensor, or (loss, dict_of_extra_logs). With `count_items` the loss
+    must be a SUM over the batch's items (e.g. trained tokens); without it, a MEAN.
+    save_fn(dir) writes the recipe's artifacts into `dir` (main process only), used for `best/`.
+    """
+    hooks = hooks or Hooks()
+    out = Path(cfg.output_dir)
+    check_output_dir(out, cfg.resume, cfg.overwrite_output_dir)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if scheduler is not None:
+        accelerator.register_for_checkpointing(scheduler)  # stepped by us, not prepared (see below)
+    for obj in checkpoint_objects:
+        accelerator.register_for_checkpointing(obj)
+    logger = MetricsLogger(out, accelerator.is_main_process, cfg.tensorboard)
+    batches_fn = batches_fn or shuffled_batches(len(dataset), cfg.batch_size, cfg.seed)
+
+    result = TrainResult()
+    epoch, position, consecutive_bad, evals_since_best = 0, 0, 0, 0
+    resume_from = resolve_resume(out, cfg.resume)
+    if accelerator.is_main_process:
+        remove_partial(out)
+    if resume_from is not None:
+        state = load_checkpoint(accelerator, resume_from)
+        result.global_step = state["global_step"]
+        epoch, position = state["epoch"], state["position"]
+        result.best_metric, result.best_step = state.get("best_metric"), state.get("best_step")
+        result.nonfinite_steps = state.get("nonfinite_steps", 0)
+        evals_since_best = state.get("evals_since_best", 0)
+        logger.truncate_after(result.global_step)
+        accelerator.print(f"resumed from {resume_from} at step {result.global_step}")
+
+    data = iterate_batches(batches_fn, rank, world, epoch, position)
+    params = _optimizer_params(optimizer)
+    max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
+    bar = tqdm(
+        total=cfg.max_steps,
+        initial=result.global_step,
+        disable=not (cfg.progress_bar and accelerator.is_main_process),
+        desc="train",
+        dynamic_ncols=True,
+    )
+
+    def trainer_state() -> dict:
+        return {
+            "global_step": result.global_step,
+            "epoch": epoch,
+            "position": position,
+            "best_metric": result.best_metric,
+            "best_step": result.best_step,
+            "nonfinite_steps": result.nonfinite_steps,
+            "evals_since_best": evals_since_best,
+            "world_size": world,
+        }
+
+    def evaluate(step: int) -> bool:
+        """Run eval; return True when early stopping says stop."""
+        nonlocal evals_since_best
+        model.eval()
+        with torch.no_grad():
+            metrics = eval_fn(step)
+        model.train()
+        result.last_eval = dict(metrics)
+        logger.log(step, "eval", **metrics)
+        value = metrics.get(cfg.monitor)
+        improved = value is not None and _improved(float(value), result.best_metric, cfg.monitor_mode)
+        if scheduler is not None and _is_plateau(scheduler) and value is not None:
+            scheduler.step(float(value))
+        if hooks.on_eval:
+            hooks.on_eval(step, metrics, improved)
+        if improved:
+            result.best_metric, result.best_step, evals_since_best = float(value), step, 0
+            if cfg.save_best and save_fn is not None:
+                save_artifacts(out / "best")
+        else:
+            evals_since_best += 1
+        return cfg.early_stopping_patience > 0 and evals_since_best >= cfg.early_stopping_patience
+
+    def save_artifacts(path: Path) -> None:
+        if not params_finite(params):
+            raise NonFiniteTraining("refusing to save non-finite weights; lower optim.lr or enable clipping")
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            save_fn(path)
+        accelerator.wait_for_everyone()
+
+    model.train()
+    while result.global_step < cfg.max_steps:
+        step = result.global_step
+        if hooks.before_step:
+            hooks.before_step(step, epoch)
+        window = []
+        for _ in range(cfg.grad_accum):
+            epoch, position, indices = next(data)
+            window.append(collate_fn([dataset[i] for i in indices]))
+        total_items = None
+        if count_items is not None:
+            n = torch.tensor(float(sum(count_items(b) for b in window)), device=accelerator.device)
+            total_items = float(accelerator.reduce(n, reduction="sum"))
+            if total_items == 0:
+                raise UserError("a training window has no trained tokens; check the data with `finetune inspect-data`")
+
+        logged = {}
+        loss_total = torch.zeros((), device=accelerator.device)
+        for i, batch in enumerate(window):
+            batch = send_to_device(batch, accelerator.device)
+            sync = i == len(window) - 1
+            ctx = contextlib.nullcontext() if sync else accelerator.no_sync(model)
+            with ctx, accelerator.autocast():
+                output = step_fn(batch)
+                loss, extra = output if isinstance(output, tuple) else (output, {})
+                scale = (world / total_items) if total_items else (1.0 / len(window))
+                accelerator.backward(loss * scale)
+            loss_total += loss.detach().float() * (1.0 / total_items if total_items else 1.0 / len(window))
+            for k, v in extra.items():
+                logged[k] = logged.get(k, 0.0) + float(v) / len(window)
+        # Summed-token losses were divided by the all-process count: sum across ranks; means: average.
+        loss_value = float(accelerator.reduce(loss_total, reduction="sum" if total_items else "mean"))
+
+        if hooks.before_optimizer_step:
+            hooks.before_optimizer_step(step)
+        grad_norm = accelerator.clip_grad_norm_(params, max_norm)  # unscales fp16 grads first
+        grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+        finite = math.isfinite(grad_norm) and math.isfinite(loss_value)
+        scaler = getattr(accelerator, "scaler", None)
+        if finite or scaler is not None:
+            optimizer.step()  # with fp16 the GradScaler skips non-finite steps and lowers its scale
+        skipped = not finite or accelerator.optimizer_step_was_skipped
+        if not skipped and scheduler is not None and not _is_plateau(scheduler):
+            scheduler.step()  # not accelerate-prepared: it would step once per process
+        optimizer.zero_grad(set_to_none=True)
+        if skipped:
+            result.nonfinite_steps += 1
+            consecutive_bad += 1
+            if consecutive_bad >= cfg.max_consecutive_nonfinite:
+                raise NonFiniteTraining(
+                    f"{consecutive_bad} non-finite steps in a row (loss {loss_value}, grad norm {grad_norm}); "
+                    "lower optim.lr, enable train.max_grad_norm, or use bf16 instead of fp16"
+                )
+        else:
+            consecutive_bad = 0
+            if hooks.after_optimizer_step:
+                hooks.after_optimizer_step(step)
+        result.global_step = step = step + 1
+
+        lr = optimizer.param_groups[0]["lr"]
+        if step % cfg.log_every == 0 or step == cfg.max_steps or skipped:
+            extra_logs = {"loss_scale": scaler.get_scale()} if scaler is not None else {}
+            logger.log(
+                step, "train", loss=loss_value, lr=lr, grad_norm=grad_norm, epoch=epoch,
+                skipped=skipped, nonfinite_steps=result.nonfinite_steps, **logged, **extra_logs,
+            )
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+
+        stop = False
+        is_last = step == cfg.max_steps
+        if eval_fn is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or is_last):
+            stop = evaluate(step)
+        if cfg.save_every and (step % cfg.save_every == 0 or (stop and not is_last)):
+            if not params_finite(params):
+                raise NonFiniteTraining("weights became non-finite; refusing to checkpoint them")
+            save_checkpoint(accelerator, out, step, trainer_state(), cfg.keep_last)
+        if stop:
+            result.stopped_early = True
+            accelerator.print(f"early stopping at step {step}: no {cfg.monitor} improvement "
+                              f"in {cfg.early_stopping_patience} evaluations")
+            break
+    bar.close()
+    logger.close()
+    if accelerator.is_main_process:
+        plot_loss_curve(out)
+    return result

@@ -1,0 +1,120 @@
+"""The shared loop, driven through a toy recipe in subprocesses as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import ROOT, subprocess_env
+
+TOY = str(ROOT / "tests" / "train" / "toy_recipe.py")
+BASE = ["train.progress_bar=false", "train.tensorboard=false", "train.log_every=1"]
+
+
+def run_toy(out, *overrides, launch=None, check=True):
+    cmd = launch or [sys.executable, TOY]
+    proc = subprocess.run(
+        [*cmd, f"train.output_dir={out}", *BASE, *overrides],
+        env=subprocess_env(), capture_output=True, text=True, timeout=300,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stderr[-3000:])
+    return proc
+
+
+def weights(path) -> dict:
+    return load_file(str(Path(path) / "model.safetensors"))
+
+
+def assert_identical(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_sigkill_then_resume_is_bit_identical(tmp_path):
+    common = ["train.max_steps=24", "train.save_every=1", "train.keep_last=2", "train.batch_size=4", "train.grad_accum=2"]
+    run_toy(tmp_path / "ref", *common)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, TOY, f"train.output_dir={out}", *BASE, *common, "step_sleep=0.02"],
+        env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    target = random.Random().randint(4, 18)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / f"checkpoint-{target}").exists():
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "final").exists(), "the run finished before it could be killed"
+    run_toy(out, *common, "train.resume=latest")
+    assert_identical(weights(tmp_path / "ref" / "final"), weights(out / "final"))
+    steps = [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["split"] == "train"]
+    assert steps == list(range(1, 25)), "metrics.jsonl must hold each step once after a resume"
+
+
+def test_two_processes_equal_one_with_doubled_accumulation(tmp_path):
+    common = ["train.max_steps=8", "train.batch_size=4"]
+    run_toy(tmp_path / "one", *common, "train.grad_accum=2")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "accelerate_config.yaml"),
+              "--multi_gpu", "--num_processes", "2", "--num_cpu_threads_per_process", "1", TOY]
+    proc = run_toy(tmp_path / "two", *common, "train.grad_accum=1", launch=launch)
+    assert "processes=2" in proc.stdout
+    a, b = weights(tmp_path / "one" / "final"), weights(tmp_path / "two" / "final")
+    for k in a:  # tolerance: float32 summation order differs between 1 and 2 processes
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    losses = [r["loss"] for r in map(json.loads, (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()) if r["split"] == "train"]
+    assert losses[-1] < losses[0]
+
+
+def test_nonfinite_steps_stop_the_run_and_are_never_saved(tmp_path):
+    out = tmp_path / "nan"
+    proc = run_toy(out, "train.max_steps=30", "train.save_every=1", "train.max_consecutive_nonfinite=3", "poison_at=5", check=False)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert err[-1].startswith("error: 3 non-finite steps in a row"), err[-3:]
+    assert "Traceback" not in proc.stderr
+    ckpts = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert [p.name for p in ckpts] == ["checkpoint-5", "checkpoint-6"]  # keep_last=2
+    saved = [load_file(str(c / "model.safetensors")) for c in ckpts]
+    for sd in saved:
+        assert all(torch.isfinite(t).all() for t in sd.values())
+    assert_identical(saved[0], saved[1])  # a skipped step leaves the weights untouched
+    records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r.get("skipped", False) for r in records) == 3
+
+
+def test_early_stopping_best_model_and_logs(tmp_path):
+    out = tmp_path / "es"
+    proc = run_toy(out, "train.max_steps=50", "train.eval_every=2", "train.early_stopping_patience=2", "optim.lr=1e-12")
+    assert "stopped_early=True" in proc.stdout
+    records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in records) == 6  # best at 2, no improvement at 4 and 6
+    assert (out / "best" / "model.safetensors").is_file() and (out / "loss_curve.png").is_file()
+    assert (out / "config.yaml").is_file()
+
+
+def test_training_lowers_validation_loss(tmp_path):
+    out = tmp_path / "learn"
+    run_toy(out, "train.max_steps=40", "train.eval_every=10")
+    evals = [json.loads(l)["val_loss"] for l in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in l]
+    assert evals[-1] < 0.5 * evals[0]
+
+
+def test_output_dir_of_another_run_is_refused_unchanged(tmp_path):
+    out = tmp_path / "taken"
+    run_toy(out, "train.max_steps=2", "train.save_every=1")
+    before = sorted(p.name for p in out.rglob("*"))
+    proc = run_toy(out, "train.max_steps=2", check=False)
+    assert proc.returncode == 2 and "already holds checkpoints" in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in out.rglob("*")) == before
