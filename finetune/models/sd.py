@@ -1,0 +1,360 @@
+"""Stable Diffusion parts: load them (diffusers dir, hub id, single .safetensors file) or build them.
+
+Everything a Stable Diffusion recipe needs comes out of here as one `SDParts`: the VAE, the CLIP text
+encoder and tokenizer, the UNet, a DDPM noise scheduler for training (prediction type taken from the
+model, overridable) and a sampling scheduler for validation images. `build_tiny_sd` builds the same
+architecture from small configs with random weights and an offline tokenizer, so tests and the digits
+world run without the hub; `sd15_configs` gives SD1.5-sized configs for GPU benchmarks through the very
+same builder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import diffusers
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from finetune.errors import UserError
+
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+# SD1.x's own noise schedule; clip_sample stays off because latents are not bounded to [-1, 1].
+SD_SCHEDULER_CONFIG: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "prediction_type": "epsilon",
+}
+
+
+@dataclass
+class SDModelConfig:
+    pretrained: str = ""  # "" with tiny=True, a diffusers directory, a hub id, or a single-file .safetensors checkpoint
+    tiny: bool = False  # build a tiny randomly initialised SD from small configs (tests, digits world); ignores `pretrained`
+    prediction_type: Optional[str] = None  # override the model's objective: "epsilon" or "v_prediction"; None keeps the model's
+    revision: Optional[str] = None  # hub revision (branch, tag or commit) when `pretrained` is a hub id
+    variant: Optional[str] = None  # weight variant file to load, e.g. "fp16"; None loads the default weights
+    resolution: int = 512  # training image side in pixels; must be a multiple of 8 (the VAE downsamples by 8)
+    single_file_config: Optional[str] = None  # diffusers dir or hub id with component configs for a single-file checkpoint (offline use)
+
+
+@dataclass
+class SDParts:
+    """The components of a Stable Diffusion model, ready for a training recipe."""
+
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    unet: UNet2DConditionModel
+    noise_scheduler: DDPMScheduler  # adds noise during training; its config carries the prediction type
+    pipeline_cls: type  # the diffusers pipeline class that assembles these parts for inference
+    sample_scheduler_config: dict  # config (with "_class_name") of the scheduler used to sample images
+
+    @property
+    def prediction_type(self) -> str:
+        return self.noise_scheduler.config.prediction_type
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+
+def load_sd_components(cfg: SDModelConfig, torch_dtype: torch.dtype = torch.float32) -> SDParts:
+    """Load (or, with cfg.tiny, build) the SD parts described by `cfg`, validated early."""
+    if cfg.prediction_type is not None and cfg.prediction_type not in PREDICTION_TYPES:
+        raise UserError(f"prediction_type={cfg.prediction_type!r} is unknown; use one of {PREDICTION_TYPES} or leave it unset")
+    if cfg.resolution <= 0 or cfg.resolution % 8 != 0:
+        raise UserError(f"resolution={cfg.resolution} must be a positive multiple of 8 (e.g. {max(8, cfg.resolution // 8 * 8)})")
+    if cfg.tiny:
+        parts = build_tiny_sd(sample_size=cfg.resolution // 2)
+        parts = _to_dtype(parts, torch_dtype)
+    elif not cfg.pretrained:
+        raise UserError("model.pretrained is empty; set it to a diffusers directory, a hub id or a .safetensors file, or set model.tiny=true")
+    else:
+        parts = _load_pretrained(cfg, torch_dtype)
+    return _with_prediction_type(parts, cfg.prediction_type)
+
+
+def _load_pretrained(cfg: SDModelConfig, torch_dtype: torch.dtype) -> SDParts:
+    path = Path(os.path.expanduser(cfg.pretrained))
+    if path.is_file():
+        return _load_single_file(path, cfg, torch_dtype)
+    if path.is_dir():
+        _check_diffusers_dir(path)
+        return _load_diffusers(str(path), cfg, torch_dtype)
+    if _looks_like_path(cfg.pretrained):
+        raise UserError(f"model path {cfg.pretrained} does not exist; point model.pretrained at a diffusers directory or a .safetensors file")
+    return _load_diffusers(cfg.pretrained, cfg, torch_dtype)  # a hub id
+
+
+def _looks_like_path(name: str) -> bool:
+    """A hub id is "owner/name"; anything else that does not exist locally is a mistyped path."""
+    if name.startswith(("/", "./", "../", "~", "\\")) or name.endswith((".safetensors", ".ckpt", ".pt", ".bin")):
+        return True
+    return name.count("/") != 1
+
+
+def _check_diffusers_dir(path: Path) -> None:
+    index = path / "model_index.json"
+    if not index.is_file() or not (path / "unet").is_dir():
+        raise UserError(f"{path} is not a diffusers Stable Diffusion directory (needs model_index.json and unet/); "
+                        "save one with pipeline.save_pretrained or pass a single-file .safetensors checkpoint")
+    class_name = json.loads(index.read_text()).get("_class_name", "")
+    if (path / "text_encoder_2").exists() or "XL" in class_name:
+        raise UserError(f"{path} holds {class_name or 'an SDXL model'}; only SD1.x/SD2.x pipelines are supported here")
+
+
+def _load_diffusers(name: str, cfg: SDModelConfig, torch_dtype: torch.dtype) -> SDParts:
+    """Load each component from its subfolder of a diffusers directory or hub repo (safetensors only)."""
+    common = {"revision": cfg.revision}
+    weights = {**common, "variant": cfg.variant, "use_safetensors": True, "dtype": torch_dtype}
+    try:
+        # The scheduler config first: one small file, so a wrong hub id or no network fails fast.
+        scheduler_config = dict(DDPMScheduler.load_config(name, subfolder="scheduler", **common))
+        tokenizer = CLIPTokenizer.from_pretrained(name, subfolder="tokenizer", **common)
+        text_encoder = CLIPTextModel.from_pretrained(name, subfolder="text_encoder", **weights)
+        vae = AutoencoderKL.from_pretrained(name, subfolder="vae", **weights)
+        unet = UNet2DConditionModel.from_pretrained(name, subfolder="unet", **weights)
+    except (OSError, ValueError, KeyError) as e:  # missing files, no safetensors, no network for a hub id
+        raise UserError(f"could not load Stable Diffusion from {name!r} ({_first_line(e)}); check the path or hub id, "
+                        "that the weights are .safetensors (variant/revision if set), and network access for hub ids") from e
+    if len(tokenizer) <= 256:  # transformers returns a specials-only tokenizer when the vocabulary files are missing
+        raise UserError(f"the tokenizer of {name!r} has no vocabulary ({len(tokenizer)} tokens); its tokenizer/ folder "
+                        "needs vocab.json + merges.txt or tokenizer.json")
+    return _assemble(vae, text_encoder, tokenizer, unet, scheduler_config)
+
+
+def _load_single_file(path: Path, cfg: SDModelConfig, torch_dtype: torch.dtype) -> SDParts:
+    """A single A1111-style checkpoint, converted by diffusers' own single-file loader."""
+    if path.suffix != ".safetensors":
+        raise UserError(f"{path} is not a .safetensors checkpoint; single files are read as .safetensors only "
+                        "(pickle .ckpt/.pt/.bin files can run code when loaded: convert them first)")
+    try:
+        pipe = StableDiffusionPipeline.from_single_file(
+            str(path), dtype=torch_dtype, config=cfg.single_file_config, load_safety_checker=False
+        )
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
+        raise UserError(f"could not load single-file checkpoint {path} ({_first_line(e)}); it must be an SD1.x/SD2.x "
+                        "checkpoint, and offline you must set model.single_file_config to a diffusers dir with its configs") from e
+    return _assemble(pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.unet, dict(pipe.scheduler.config))
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+def _assemble(vae, text_encoder, tokenizer, unet, scheduler_config: dict) -> SDParts:
+    """Training scheduler: a DDPM one with the model's schedule. Sampling: the model's own scheduler class."""
+    scheduler_config = {k: v for k, v in scheduler_config.items() if k != "_use_default_values"}
+    noise_scheduler = DDPMScheduler.from_config({**scheduler_config, "clip_sample": False})
+    sample_config = {"_class_name": "DDIMScheduler", **scheduler_config, "clip_sample": False}
+    return SDParts(vae, text_encoder, tokenizer, unet, noise_scheduler, StableDiffusionPipeline, sample_config)
+
+
+def _with_prediction_type(parts: SDParts, prediction_type: Optional[str]) -> SDParts:
+    if prediction_type is None:
+        return parts
+    parts.noise_scheduler = DDPMScheduler.from_config(parts.noise_scheduler.config, prediction_type=prediction_type)
+    parts.sample_scheduler_config = {**parts.sample_scheduler_config, "prediction_type": prediction_type}
+    return parts
+
+
+def _to_dtype(parts: SDParts, dtype: torch.dtype) -> SDParts:
+    for module in (parts.vae, parts.text_encoder, parts.unet):
+        module.to(dtype=dtype)
+    return parts
+
+
+# ---------------------------------------------------------------------------------------------
+# Building from configs (tiny for tests, SD1.5-sized for benchmarks): one code path for both
+# ---------------------------------------------------------------------------------------------
+
+
+def tiny_sd_configs(sample_size: int = 8, vae_scale_factor: int = 2) -> dict[str, dict]:
+    """Small configs of the SD architecture: a VAE with `vae_scale_factor` downsampling, a 2-level cross-attention
+    UNet, a 2-layer CLIP text encoder. `sample_size` is the UNet's default latent side."""
+    n_vae_blocks = int(math.log2(vae_scale_factor)) + 1
+    if 2 ** (n_vae_blocks - 1) != vae_scale_factor:
+        raise UserError(f"vae_scale_factor={vae_scale_factor} must be a power of two (1, 2, 4, 8)")
+    vae = {
+        "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 1, "norm_num_groups": 8,
+        "block_out_channels": [16] + [32] * (n_vae_blocks - 1),
+        "down_block_types": ["DownEncoderBlock2D"] * n_vae_blocks,
+        "up_block_types": ["UpDecoderBlock2D"] * n_vae_blocks,
+        "sample_size": sample_size * vae_scale_factor,
+    }
+    unet = {
+        "sample_size": sample_size, "in_channels": 4, "out_channels": 4, "layers_per_block": 1,
+        "block_out_channels": [32, 64], "norm_num_groups": 8, "cross_attention_dim": 32, "attention_head_dim": 4,
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    }
+    text = {
+        "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "projection_dim": 32, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
+    }
+    return {"vae": vae, "unet": unet, "text_encoder": text, "scheduler": dict(SD_SCHEDULER_CONFIG)}
+
+
+def sd15_configs() -> dict[str, dict]:
+    """Stable Diffusion 1.5's component configs (for random-weight GPU benchmarks at real size)."""
+    vae = {
+        "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 32,
+        "block_out_channels": [128, 256, 512, 512], "sample_size": 512, "scaling_factor": 0.18215,
+        "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+    }
+    unet = {
+        "sample_size": 64, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
+        "block_out_channels": [320, 640, 1280, 1280], "norm_num_groups": 32, "cross_attention_dim": 768,
+        "attention_head_dim": 8,
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    }
+    text = {
+        "vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+        "num_attention_heads": 12, "projection_dim": 768, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
+    }
+    return {"vae": vae, "unet": unet, "text_encoder": text, "scheduler": dict(SD_SCHEDULER_CONFIG)}
+
+
+def build_sd_from_configs(
+    configs: dict[str, dict], seed: int = 0, tokenizer: Optional[CLIPTokenizer] = None, device: str | torch.device = "cpu"
+) -> SDParts:
+    """Random-weight SD parts from component configs (tiny or real-sized), deterministic in `seed`.
+
+    `device` builds the weights directly there (e.g. "cuda" for SD1.5-sized benchmarks, skipping a CPU copy)."""
+    tokenizer = tokenizer if tokenizer is not None else build_tiny_tokenizer()
+    text = dict(configs["text_encoder"])
+    text["vocab_size"] = max(text.get("vocab_size", 0), len(tokenizer))
+    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    torch.manual_seed(seed)  # the three models draw their initial weights from the global RNG, in this fixed order
+    with torch.device(device):
+        vae = AutoencoderKL(**configs["vae"])
+        unet = UNet2DConditionModel(**configs["unet"])
+        text_encoder = CLIPTextModel(CLIPTextConfig(**text, **ids))
+    for module in (vae, unet, text_encoder):
+        module.eval()
+    return _assemble(vae, text_encoder, tokenizer, unet, configs["scheduler"])
+
+
+def build_tiny_sd(seed: int = 0, sample_size: int = 8, vae_scale_factor: int = 2) -> SDParts:
+    """A tiny Stable Diffusion (random weights) whose images are `sample_size * vae_scale_factor` pixels a side."""
+    return build_sd_from_configs(tiny_sd_configs(sample_size, vae_scale_factor), seed=seed)
+
+
+def build_pipeline(parts: SDParts, unet=None, text_encoder=None, show_progress: bool = False) -> StableDiffusionPipeline:
+    """An inference pipeline over `parts` (optionally a trained unet/text encoder), with no safety checker."""
+    scheduler_cls = getattr(diffusers, parts.sample_scheduler_config.get("_class_name", ""), DDIMScheduler)
+    pipe = parts.pipeline_cls(
+        vae=parts.vae,
+        text_encoder=text_encoder if text_encoder is not None else parts.text_encoder,
+        tokenizer=parts.tokenizer,
+        unet=unet if unet is not None else parts.unet,
+        scheduler=scheduler_cls.from_config(parts.sample_scheduler_config),  # fresh: sampling state never leaks
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=not show_progress)
+    return pipe
+
+
+def tokenize_prompts(tokenizer: CLIPTokenizer, prompts: list[str]) -> torch.Tensor:
+    """Token ids padded/truncated to the tokenizer's max length, as SD's text encoder expects."""
+    return tokenizer(
+        list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+
+
+# ---------------------------------------------------------------------------------------------
+# Offline CLIP tokenizer
+# ---------------------------------------------------------------------------------------------
+
+TINY_WORDS = """
+a an the of in on at with and or by for to from is this that his her its my your our their some one two
+zero three four five six seven eight nine ten number numeral digit digits handwritten hand written drawing drawn
+sketch photo photograph picture image painting portrait render illustration art artwork style close up view
+dog dogs cat cats puppy person man woman child face toy car house tree flower bird horse sks zwx ohwx xyz
+black white red blue green yellow orange purple pink brown gray grey dark light bright small large big tiny
+high quality detailed blurry sharp simple clean background pixel pixels low resolution centered
+sitting standing running lying looking beach forest city street room table grass snow water sky night day
+""".split()
+
+
+def _learn_merges(words: list[str]) -> list[tuple[str, str]]:
+    """Byte-pair merges that turn every word into a single token.
+
+    Hand-written because the `tokenizers` BPE trainer breaks frequency ties differently from one process to
+    the next, and the tiny model's vocabulary must be identical everywhere. Deterministic: highest pair count
+    first, ties broken by the pair's text.
+    """
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    byte_level = ByteLevel(add_prefix_space=False, use_regex=False)
+    words_syms = []
+    for word in sorted(set(words)):
+        chars = list(byte_level.pre_tokenize_str(word)[0][0])
+        words_syms.append(chars[:-1] + [chars[-1] + "</w>"])
+    merges = []
+    while True:
+        counts = Counter(pair for syms in words_syms for pair in zip(syms, syms[1:]))
+        if not counts:
+            return merges
+        best = min(counts, key=lambda p: (-counts[p], p))
+        merges.append(best)
+        words_syms = [_merge(syms, best) for syms in words_syms]
+
+
+def _merge(syms: list[str], pair: tuple[str, str]) -> list[str]:
+    out, i = [], 0
+    while i < len(syms):
+        if i + 1 < len(syms) and (syms[i], syms[i + 1]) == pair:
+            out.append(syms[i] + syms[i + 1])
+            i += 2
+        else:
+            out.append(syms[i])
+            i += 1
+    return out
+
+
+def build_tiny_tokenizer(extra_words: Optional[list[str]] = None) -> CLIPTokenizer:
+    """A real CLIPTokenizer (byte-level BPE, CLIP's vocab layout) over ~200 words, built offline in memory.
+
+    Every byte has a token, so any text tokenizes; listed words are single tokens. `add_tokens` works for
+    textual inversion, and rare identifiers like "sks" are whole tokens for DreamBooth prompts.
+    """
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    merges = _learn_merges(TINY_WORDS + list(extra_words or []))
+    alphabet = sorted(ByteLevel.alphabet())
+    vocab: dict[str, int] = {}
+    for token in alphabet + [c + "</w>" for c in alphabet] + [a + b for a, b in merges]:
+        vocab.setdefault(token, len(vocab))
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)

@@ -1,0 +1,61 @@
+"""inspect_data: the report shows what is trained, and unusable data is refused with a one-line error."""
+
+from __future__ import annotations
+
+import pytest
+
+from finetune.data.inspect import check_split, inspect_data, render_sample
+from finetune.data.text import SplitStats, TextDataConfig, TokenizedSplit
+from finetune.errors import UserError
+from tests.data.test_text_data import tok, tokenizer_dir, write_jsonl  # noqa: F401  (fixtures)
+
+QA = [
+    {"prompt": "What is consideration?", "completion": "Something of value exchanged for a promise."},
+    {"prompt": "What is a tort?", "completion": "A civil wrong other than a breach of contract."},
+]
+
+
+def test_report_marks_trained_tokens_and_counts(tmp_path, tok):
+    train = write_jsonl(tmp_path / "train.jsonl", QA)
+    val = write_jsonl(tmp_path / "val.jsonl", QA[:1])
+    report = inspect_data(TextDataConfig(train_file=train, validation_file=val, format="instruction"), tok, n_samples=2)
+    assert f"[[{QA[0]['completion']}<|im_end|>]]" in report
+    assert f"[[{QA[1]['completion']}<|im_end|>]]" in report
+    assert "[[What is" not in report  # prompts are not trained
+    assert "train: 2 records -> 2 sequences" in report and "validation: 1 records -> 1 sequences" in report
+    assert "0 truncated" in report
+
+
+def test_render_sample_wraps_runs():
+    class Tok:
+        def decode(self, ids, **kw):
+            return "".join(chr(96 + i) for i in ids)
+
+    assert render_sample([1, 2, 3, 4, 5], [-100, 2, 3, -100, 5], Tok()) == "a[[bc]]d[[e]]"
+
+
+def test_all_sequences_truncated_is_refused(tmp_path, tok):
+    train = write_jsonl(tmp_path / "train.jsonl", [{"text": "A long enough sentence to be cut short here."}] * 3)
+    with pytest.raises(UserError, match=r"all 3 records are longer than data.max_length=4.*raise data.max_length"):
+        inspect_data(TextDataConfig(train_file=train, max_length=4, pack=False), tok)
+
+
+def test_eos_never_trained_is_refused(tmp_path, tok):
+    # The chat template ends turns with <|im_end|>; a tokenizer whose EOS is another token never trains EOS.
+    tok.eos_token = "<|endoftext|>"
+    train = write_jsonl(tmp_path / "train.jsonl", QA)
+    with pytest.raises(UserError, match="EOS token is never trained"):
+        inspect_data(TextDataConfig(train_file=train, format="instruction"), tok)
+
+
+def test_empty_validation_file_is_refused(tmp_path, tok):
+    train = write_jsonl(tmp_path / "train.jsonl", QA)
+    val = write_jsonl(tmp_path / "val.jsonl", [""])
+    with pytest.raises(UserError, match=r"val\.jsonl: file is empty"):
+        inspect_data(TextDataConfig(train_file=train, validation_file=val, format="instruction"), tok)
+
+
+def test_no_trained_tokens_is_refused():
+    split = TokenizedSplit([{"input_ids": [5, 6, 7], "labels": [-100, -100, -100]}], SplitStats(1, 1, 3, 0, 0))
+    with pytest.raises(UserError, match="no token is trained"):
+        check_split("train", split, TextDataConfig(train_file="x"), eos_id=7)
