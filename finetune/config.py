@@ -169,10 +169,25 @@ def _build(cls, data: dict, prefix: str, where: str):
     for f in dataclasses.fields(cls):
         key = f"{prefix}{f.name}"
         if f.name in data:
-            kwargs[f.name] = _coerce(data[f.name], hints[f.name], key, where)
+            value = data[f.name]
+            default = _field_default(f)
+            if isinstance(value, dict) and dataclasses.is_dataclass(default):
+                # A section given in part keeps the recipe's own defaults for the keys not given.
+                value = {**_shallow_dict(default), **value}
+            kwargs[f.name] = _coerce(value, hints[f.name], key, where)
         elif f.default is _MISSING and f.default_factory is _MISSING:
             raise UserError(f"{where}: required key '{key}' is missing; set it in the YAML or as {key}=VALUE")
     return cls(**kwargs)
+
+
+def _field_default(f):
+    if f.default_factory is not _MISSING:
+        return f.default_factory()
+    return None if f.default is _MISSING else f.default
+
+
+def _shallow_dict(obj) -> dict:
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
@@ -242,3 +257,16 @@ def parse_recipe_args(cls, argv: list[str] | None = None, description: str = "")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-4")
     args = parser.parse_args(argv)
     return load_config(cls, args.config, args.overrides)
+
+
+def load_section(cls, path: str, key: str, overrides: list[str] | tuple[str, ...] = ()):
+    """Build one section (e.g. `data:`) of a recipe YAML as dataclass `cls`; overrides under `key.` apply."""
+    data = _read_yaml(path).get(key) or {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: '{key}' must be a mapping")
+    prefix = key + "."
+    for item in overrides:
+        k, value = _parse_override(item)
+        if k.startswith(prefix):
+            _set_dotted(data, k[len(prefix):], value)
+    return _build(cls, data, prefix, path)

@@ -71,3 +71,15 @@ def test_save_round_trip(tmp_path):
     cfg = load_config(Cfg, None, ["optim.lr=0.5", "steps=7"])
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(Cfg, str(tmp_path / "config.yaml")) == cfg
+
+
+@dataclass
+class Recipe:
+    optim: Optim = field(default_factory=lambda: Optim(lr=0.5, name="sgd"))  # recipe-specific defaults
+
+
+def test_partial_section_keeps_recipe_defaults(tmp_path):
+    cfg = load_config(Recipe, None, ["optim.betas=[0.1, 0.2]"])
+    assert cfg.optim.lr == 0.5 and cfg.optim.name == "sgd" and cfg.optim.betas == [0.1, 0.2]
+    cfg = load_config(Recipe, write(tmp_path, "optim:\n  lr: 0.1\n"))
+    assert cfg.optim.name == "sgd" and cfg.optim.lr == 0.1

@@ -91,7 +91,7 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict,
 
 def load_checkpoint(accelerator, path: Path) -> dict:
     """Restore accelerate state (weights, optimizer, registered objects, RNG) and return our state."""
-    accelerator.load_state(str(path))
+    accelerator.load_state(str(path), strict=False)  # only trainable weights were saved
     return json.loads((path / STATE_FILE).read_text())
 
 

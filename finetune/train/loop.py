@@ -94,6 +94,23 @@ def _optimizer_params(optimizer) -> list[torch.nn.Parameter]:
     return [p for g in optimizer.param_groups for p in g["params"]]
 
 
+def trainable_only_checkpoints(accelerator, params) -> None:
+    """Checkpoints keep only the weights the optimizer can change (the LoRA/prompt/unfrozen ones).
+
+    Frozen weights never change, so saving them (540 MB for SmolLM2 under LoRA) buys nothing;
+    resume reloads them from the base model and loads the checkpoint non-strictly.
+    """
+    ids = {id(p) for p in params}
+
+    def keep_trainable(models, weights, output_dir):
+        for model, state in zip(models, weights):
+            keep = {name for name, p in model.named_parameters() if id(p) in ids}
+            for key in [k for k in state if k not in keep]:
+                del state[key]
+
+    accelerator.register_save_state_pre_hook(keep_trainable)
+
+
 def _is_plateau(scheduler) -> bool:
     return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
@@ -137,6 +154,8 @@ def train(
         accelerator.register_for_checkpointing(obj)
     logger = MetricsLogger(out, accelerator.is_main_process, cfg.tensorboard)
     batches_fn = batches_fn or shuffled_batches(len(dataset), cfg.batch_size, cfg.seed)
+
+    trainable_only_checkpoints(accelerator, _optimizer_params(optimizer))
 
     result = TrainResult()
     epoch, position, consecutive_bad, evals_since_best = 0, 0, 0, 0

@@ -1,0 +1,222 @@
+"""Adapt a LLaMA-style causal LM to domain text: LoRA, prompt / p- / prefix tuning, or full
+fine-tuning with static freezing or scheduled gradual unfreezing. One recipe; `method` picks.
+
+    accelerate launch --config_file accelerate_config.yaml recipes/train_lm.py \
+        --config recipes/configs/legal_lora.yaml [key=value ...]
+
+Reports domain and general-text perplexity before and after training (summary.json and screen),
+writes the adapter (PEFT dir) or the full model, an optional merged model, and a model card.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from finetune.config import parse_recipe_args, to_dict
+from finetune.data.text import TextDataConfig, build_text_datasets, make_collate
+from finetune.data.text import check_config as check_data_config
+from finetune.data.text import read_jsonl
+from finetune.errors import UserError, exit_on_user_error
+from finetune.export.lm import save_lm_artifacts, write_model_card
+from finetune.losses.lm import causal_lm_loss, count_trained_tokens
+from finetune.methods.full import FullMethodConfig, GradualUnfreezer, apply_static_freeze, build_param_groups
+from finetune.methods.lora import LoraMethodConfig, apply_lora
+from finetune.methods.prompt_tuning import PromptMethodConfig, apply_prompt_method
+from finetune.metrics.perplexity import nll_sum
+from finetune.models.causal_lm import LMModelConfig, load_causal_lm, resolve_model_source
+from finetune.optim.optimizers import OptimConfig, build_optimizer, param_groups, validate_optim_config
+from finetune.optim.schedulers import SchedulerConfig, build_scheduler, validate_scheduler_config
+from finetune.io import atomic_write_json
+from finetune.train import Hooks, TrainConfig, build_accelerator, start_run, train
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 8  # sequences per evaluation forward pass
+    max_batches: int = 0  # evaluate at most this many batches per split (0: the whole split)
+
+
+@dataclass
+class ExportConfig:
+    merged: bool = False  # LoRA only: also write base+adapter merged into one model (merged/)
+    verify: bool = True  # reload each exported artifact with the stock library and compare logits
+
+
+@dataclass
+class LMRecipeConfig:
+    data: TextDataConfig  # training / validation text (data.train_file is required)
+    method: Literal["lora", "prompt", "full"] = "lora"  # what trains: a LoRA adapter, a soft prompt/prefix, or the weights
+    model: LMModelConfig = field(default_factory=LMModelConfig)  # which causal LM to start from
+    lora: LoraMethodConfig = field(default_factory=LoraMethodConfig)  # used when method=lora
+    prompt: PromptMethodConfig = field(default_factory=PromptMethodConfig)  # used when method=prompt
+    full: FullMethodConfig = field(default_factory=FullMethodConfig)  # used when method=full (freezing, gradual unfreezing)
+    train: TrainConfig = field(default_factory=TrainConfig)  # loop settings (steps, batch, accumulation, eval, checkpoints)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-4))  # optimizer
+    scheduler: SchedulerConfig = field(default_factory=lambda: SchedulerConfig(name="cosine", warmup_steps=10))  # lr schedule
+    eval: EvalConfig = field(default_factory=EvalConfig)  # perplexity evaluation
+    export: ExportConfig = field(default_factory=ExportConfig)  # what is written at the end
+
+
+def check_combination(cfg: LMRecipeConfig) -> None:
+    """Refuse settings that cannot work together, before any model loads."""
+    validate_optim_config(cfg.optim)
+    validate_scheduler_config(cfg.scheduler, cfg.train.max_steps)
+    check_data_config(cfg.data)
+    resolve_model_source(cfg.model)  # a missing path or a non-GGUF file fails here, before anything loads
+    d = cfg.data
+    for path, fmt in ((d.train_file, d.format), (d.validation_file, d.format), (d.test_file, d.format),
+                      (d.general_validation_file, "text")):
+        if path:
+            read_jsonl(path, fmt, d.text_field)  # every line checked now: errors name file:line
+    if cfg.method == "prompt" and cfg.data.format == "text" and cfg.data.pack and cfg.data.packed_attention != "none":
+        raise UserError(
+            "prompt methods only accept a 2D attention mask; set data.packed_attention=none or data.pack=false"
+        )
+    if cfg.export.merged and cfg.method != "lora":
+        raise UserError("export.merged only applies to method=lora; unset it or switch method")
+    if cfg.method != "full" and cfg.full.unfreeze != "none":
+        raise UserError(f"full.unfreeze={cfg.full.unfreeze} needs method=full")
+
+
+def logits_for(model, batch) -> torch.Tensor:
+    """Logits aligned with `batch["input_ids"]` (prompt/p-tuning prepend virtual tokens: cut them off)."""
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    logits = model(**inputs, use_cache=False).logits
+    return logits[:, -batch["input_ids"].shape[1] :]
+
+
+def evaluate_ppl(model, dataset, collate, eval_cfg: EvalConfig, device) -> float:
+    """Token-weighted perplexity of `model` on `dataset`: exp(sum of NLL / scored tokens)."""
+    total, count = 0.0, 0
+    for b, start in enumerate(range(0, len(dataset), eval_cfg.batch_size)):
+        if eval_cfg.max_batches and b >= eval_cfg.max_batches:
+            break
+        batch = collate([dataset[i] for i in range(start, min(start + eval_cfg.batch_size, len(dataset)))])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        nll, n = nll_sum(logits_for(model, batch), batch["labels"])
+        total, count = total + nll, count + n
+    return math.exp(total / max(count, 1))
+
+
+@exit_on_user_error
+def main(argv=None):
+    cfg = parse_recipe_args(LMRecipeConfig, argv, description=__doc__)
+    check_combination(cfg)
+    accelerator = build_accelerator(cfg.train.seed)
+
+    # Model and data first: their errors must leave no output directory behind.
+    model, tokenizer = load_causal_lm(cfg.model)
+    splits = build_text_datasets(cfg.data, tokenizer)
+    collate = make_collate(cfg.data, tokenizer)
+    out = start_run(accelerator, cfg, cfg.train)
+    for name, ds in splits.items():
+        accelerator.print(f"data {name}: {ds.stats}")
+    eval_splits = {k: splits[k] for k in ("validation", "general_validation") if k in splits}
+
+    # Perplexity before training, on the untouched base model.
+    model.to(accelerator.device).eval()
+    with torch.no_grad(), accelerator.autocast():
+        before = {k: evaluate_ppl(model, ds, collate, cfg.eval, accelerator.device) for k, ds in eval_splits.items()}
+    accelerator.print(f"perplexity before: {before}")
+
+    # Trainable parameters: the method decides, the optimizer sees exactly those (all groups up front).
+    unfreezer = None
+    if cfg.method == "lora":
+        model = apply_lora(model, cfg.lora)
+        groups = param_groups(model.named_parameters(), cfg.optim.weight_decay)
+    elif cfg.method == "prompt":
+        model = apply_prompt_method(model, tokenizer, cfg.prompt)
+        groups = param_groups(model.named_parameters(), cfg.optim.weight_decay)
+    else:
+        apply_static_freeze(model, cfg.full)
+        groups = build_param_groups(model, cfg.full, cfg.optim.lr, cfg.optim.weight_decay)
+    # Counted before the unfreezer toggles requires_grad: groups it holds back still train later.
+    n_train = sum(p.numel() for g in groups for p in g["params"] if p.requires_grad)
+    if cfg.method == "full":
+        if cfg.full.unfreeze != "none":
+            unfreezer = GradualUnfreezer(model, cfg.full, set_requires_grad=accelerator.num_processes == 1)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    n_total = sum(p.numel() for p in model.parameters())
+    accelerator.print(f"method {cfg.method}: {n_train:,} trainable of {n_total:,} parameters")
+
+    optimizer = build_optimizer(groups, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.train.max_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    seen = {"tokens": 0}
+
+    def step_fn(batch):
+        seen["tokens"] += batch["input_ids"].numel()
+        # Summed token NLL; the loop divides by the trained-token count of the whole accumulation window.
+        return causal_lm_loss(logits_for(model, batch), batch["labels"], reduction="sum")
+
+    def eval_fn(step):
+        ppl = {k: evaluate_ppl(model, ds, collate, cfg.eval, accelerator.device) for k, ds in eval_splits.items()}
+        metrics = {f"{k}_ppl": v for k, v in ppl.items()}
+        if "validation" in ppl:
+            metrics["val_loss"] = math.log(ppl["validation"])
+        return metrics
+
+    def save_fn(path: Path):
+        save_lm_artifacts(accelerator.unwrap_model(model), tokenizer, path, method=cfg.method, merged=False)
+
+    hooks = Hooks()
+    if unfreezer is not None:
+        hooks = Hooks(
+            before_step=unfreezer.update,
+            before_optimizer_step=lambda step: unfreezer.mask_grads(),
+            on_eval=lambda step, metrics, improved: unfreezer.on_eval(improved),
+        )
+    started = time.perf_counter()
+    result = train(
+        accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
+        dataset=splits["train"], collate_fn=collate, step_fn=step_fn, cfg=cfg.train,
+        eval_fn=eval_fn if eval_splits else None, save_fn=save_fn, hooks=hooks,
+        count_items=lambda b: count_trained_tokens(b["labels"]),
+        checkpoint_objects=(unfreezer,) if unfreezer is not None else (),
+    )
+    seconds = time.perf_counter() - started
+
+    # Outputs: artifacts, their reload check, the summary and the model card (main process only).
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return
+    after = {k.removesuffix("_ppl"): v for k, v in result.last_eval.items() if k.endswith("_ppl")}
+    verify = save_lm_artifacts(
+        accelerator.unwrap_model(model), tokenizer, out, method=cfg.method,
+        merged=cfg.export.merged, verify=cfg.export.verify, base_cfg=cfg.model,
+    )
+    tokens = seen["tokens"] * accelerator.num_processes
+    summary = {
+        "method": cfg.method,
+        "steps": result.global_step,
+        "train_seconds": round(seconds, 1),
+        "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
+        "trainable_parameters": n_train,
+        "perplexity_before": before,
+        "perplexity_after": after,
+        "relative_change": {k: round(after[k] / before[k] - 1, 4) for k in after if k in before},
+        "best_step": result.best_step,
+        "stopped_early": result.stopped_early,
+        "nonfinite_steps": result.nonfinite_steps,
+        "export_check": verify,
+    }
+    atomic_write_json(out / "summary.json", summary)
+    write_model_card(out, to_dict(cfg), summary)
+    for k in after:
+        if k in before:
+            print(f"{k} perplexity: {before[k]:.2f} -> {after[k]:.2f} ({100 * (after[k] / before[k] - 1):+.1f}%)")
+    print(f"summary: {out / 'summary.json'}")
+    print(json.dumps({"export_check": verify}))
+
+
+if __name__ == "__main__":
+    main()

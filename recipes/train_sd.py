@@ -1,0 +1,270 @@
+"""Fine-tune Stable Diffusion: DreamBooth (LoRA or full, with prior preservation), textual inversion, LoRA on
+captioned images or full text-to-image training. One recipe; `method`, `data` and `prior` pick.
+
+    accelerate launch --config_file accelerate_config.yaml recipes/train_sd.py \
+        --config recipes/configs/sd_dreambooth_lora.yaml [key=value ...]
+
+Writes the artifact (pytorch_lora_weights.safetensors [+ lora_kohya.safetensors], learned_embeds.safetensors,
+or pipeline/), sample grids (samples/step-N.png, before_after.png), metrics.jsonl and summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from accelerate.utils import set_seed
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+from diffusers.training_utils import cast_training_params
+
+from finetune.config import parse_recipe_args
+from finetune.data.images import check_resolution
+from finetune.errors import UserError, exit_on_user_error
+from finetune.export.sd import EMBEDDING_FILE, PIPELINE_DIR, save_image_grid, save_sd_lora, save_sd_pipeline, save_textual_inversion
+from finetune.io import atomic_write_json
+from finetune.losses.diffusion import diffusion_loss, diffusion_target, offset_noise, prior_preservation_loss, snr_weights, split_prior_batch
+from finetune.methods import sd as S
+from finetune.methods.dreambooth import PriorConfig, ensure_class_images, validate_prior
+from finetune.methods.sd_lora import SDLoraConfig, add_lora, lora_layers, validate_sd_lora
+from finetune.methods.textual_inversion import (
+    OBJECT_TEMPLATES, STYLE_TEMPLATES, RowRestorer, TextualInversionConfig, add_placeholder_tokens, learned_embeddings,
+    placeholder_text, template_prompt, train_only_embeddings,
+)
+from finetune.models.sd import SDModelConfig, build_pipeline, load_sd_components
+from finetune.optim.optimizers import OptimConfig, build_optimizer, param_groups
+from finetune.optim.schedulers import SchedulerConfig, build_scheduler
+from finetune.train import Hooks, TrainConfig, build_accelerator, start_run, train, weight_dtype
+from finetune.train.checkpoint import check_output_dir
+from finetune.train.ema import EMAConfig, build_ema, ema_weights
+
+
+@dataclass
+class SDRecipeConfig:
+    method: Literal["lora", "full", "textual_inversion"] = "lora"  # what trains: UNet LoRA, all UNet weights, or new token embeddings
+    model: SDModelConfig = field(default_factory=SDModelConfig)  # which Stable Diffusion, its resolution and objective
+    data: S.SDDataConfig = field(default_factory=S.SDDataConfig)  # instance images + prompt, or a captioned folder
+    prior: PriorConfig = field(default_factory=PriorConfig)  # DreamBooth prior preservation (class images)
+    lora: SDLoraConfig = field(default_factory=SDLoraConfig)  # method=lora: rank, alpha, target modules
+    textual_inversion: TextualInversionConfig = field(default_factory=TextualInversionConfig)  # method=textual_inversion
+    text_encoder: S.TextEncoderConfig = field(default_factory=S.TextEncoderConfig)  # optional text-encoder training
+    loss: S.LossConfig = field(default_factory=S.LossConfig)  # loss weighting and noise options
+    ema: EMAConfig = field(default_factory=EMAConfig)  # EMA of the trained weights
+    efficiency: S.EfficiencyConfig = field(default_factory=S.EfficiencyConfig)  # caching, memory and attention
+    validation: S.ValidationConfig = field(default_factory=S.ValidationConfig)  # sample grids and fixed-noise loss
+    kohya: bool = False  # method=lora: also write lora_kohya.safetensors (A1111 / ComfyUI / kohya)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(save_best=False))  # loop settings; no best/ copies of big artifacts by default
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, weight_decay=1e-2))  # optimizer (AdamW)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)  # lr schedule
+
+
+def check_combination(cfg: SDRecipeConfig) -> None:
+    """Refuse settings that cannot work together, before any image or model loads."""
+    check_resolution(cfg.model.resolution)
+    S.validate_data(cfg.data, cfg.method)
+    validate_prior(cfg.prior)
+    if cfg.method == "lora":
+        validate_sd_lora(cfg.lora)
+    if cfg.prior.enabled and (cfg.method == "textual_inversion" or cfg.data.caption_dir):
+        raise UserError("prior.enabled is DreamBooth's: it needs data.instance_dir with method=lora or method=full")
+    if cfg.method == "textual_inversion" and cfg.text_encoder.train:
+        raise UserError("method=textual_inversion already trains only the new embeddings; unset text_encoder.train")
+    if cfg.kohya and cfg.method != "lora":
+        raise UserError("kohya=true exports a LoRA; it needs method=lora")
+    if cfg.validation.holdout and not cfg.data.caption_dir:
+        raise UserError("validation.holdout applies to data.caption_dir folders; unset it for instance images")
+
+
+@exit_on_user_error
+def main(argv=None):
+    cfg = parse_recipe_args(SDRecipeConfig, argv, description=__doc__)
+    check_combination(cfg)
+    check_output_dir(cfg.train.output_dir, cfg.train.resume, cfg.train.overwrite_output_dir)
+    accelerator = build_accelerator(cfg.train.seed)
+    device, dtype, res, seed = accelerator.device, weight_dtype(accelerator), cfg.model.resolution, cfg.train.seed
+    ti, method = cfg.textual_inversion, cfg.method
+
+    # Model and data, validated before anything is written: a bad folder, image or token leaves no output_dir.
+    parts = load_sd_components(cfg.model)
+    set_seed(seed)  # building a tiny model reseeds torch; training noise must follow train.seed
+    vae, text_encoder, tokenizer, unet, noise_scheduler = parts.vae, parts.text_encoder, parts.tokenizer, parts.unet, parts.noise_scheduler
+    unet.set_attn_processor(AttnProcessor2_0() if cfg.efficiency.attention == "sdpa" else AttnProcessor())
+    ti_ids = add_placeholder_tokens(tokenizer, text_encoder, ti) if method == "textual_inversion" else []
+    ti_prompt = (OBJECT_TEMPLATES if ti.template == "object" else STYLE_TEMPLATES)[0].format(placeholder_text(ti))
+    bucket = 8 * parts.vae_scale_factor  # aspect buckets: latent sides stay multiples of 8 (SD: 64 px)
+    images = S.build_image_dataset(cfg.data, res, seed, instance_prompt=ti_prompt if ti_ids else "", bucket_multiple=bucket)
+    out = start_run(accelerator, cfg, cfg.train)
+
+    # DreamBooth prior preservation: class images come from the BASE model, so before any weight changes.
+    generated = 0
+    if cfg.prior.enabled:
+        if accelerator.is_main_process:
+            with S.on_device([vae, text_encoder, unet], device):
+                generated = ensure_class_images(build_pipeline(parts), cfg.prior, res, seed, accelerator.autocast)
+        accelerator.wait_for_everyone()
+        images = S.build_image_dataset(cfg.data, res, seed, cfg.prior.class_dir, cfg.prior.class_prompt)
+
+    # Trainable parameters: everything starts frozen and the method unfreezes its part.
+    for module in (vae, text_encoder, unet):
+        module.requires_grad_(False)
+    te_trains = cfg.text_encoder.train or method == "textual_inversion"
+    if method == "lora":
+        unet_params = add_lora(unet, cfg.lora, cfg.lora.target_modules, "UNet")
+        te_params = add_lora(text_encoder, cfg.lora, cfg.lora.text_encoder_target_modules, "text encoder") if te_trains else []
+    elif method == "full":
+        unet_params = list(unet.requires_grad_(True).parameters())
+        te_params = list(text_encoder.requires_grad_(True).parameters()) if te_trains else []
+    else:
+        unet_params, te_params = [], [train_only_embeddings(text_encoder)]
+    # Frozen weights in the mixed-precision dtype, trained ones in fp32 (fp16/bf16 master weights lose small updates).
+    for module in (unet, text_encoder):
+        S.cast_frozen(module.to(device), dtype)
+    cast_training_params([unet, text_encoder], torch.float32)  # diffusers' guard; they never left fp32 here
+    vae.to(device, torch.float32 if cfg.efficiency.vae_fp32 else dtype)
+    restorer = RowRestorer(te_params[0], ti_ids) if ti_ids else None  # after the cast: same device and dtype
+    if cfg.efficiency.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        if te_trains:
+            text_encoder.gradient_checkpointing_enable()
+
+    # Caching: the VAE is frozen, so each image's latent distribution is computed once; so are the prompts'
+    # embeddings when the text encoder is frozen. Training steps then never run either encoder.
+    started = time.perf_counter()
+    items = S.dataset_items(images)
+    train_idx, val_idx = S.split_validation(len(items), cfg.validation, cfg.train.batch_size)
+    val_items = S.cache_all_latents(vae, images, items, val_idx, device, every_item=cfg.efficiency.cache_latents)
+    prompts = sorted({p for it in items for p in (it["prompt"], it.get("class_prompt", it["prompt"]))} | {""})
+    embeds = S.PromptEmbeddings(text_encoder, tokenizer, prompts, device, dtype) if cfg.efficiency.cache_text and not te_trains else None
+    if cfg.efficiency.offload_frozen and device.type != "cpu" and cfg.efficiency.cache_latents:
+        vae.to("cpu")  # GPU memory: the VAE only comes back to decode validation samples
+        if embeds is not None:
+            text_encoder.to("cpu")
+    cache_seconds = time.perf_counter() - started
+    collate = S.make_collate(tokenizer, embeds, (lambda p: template_prompt(ti)) if ti_ids else None, cfg.data.caption_dropout)
+    dataset = S.TrainItems(images, items, train_idx)
+
+    core = S.SDDenoiser(unet, text_encoder if embeds is None else None)
+    groups = param_groups(unet.named_parameters(), cfg.optim.weight_decay)
+    groups += param_groups(text_encoder.named_parameters(), cfg.optim.weight_decay, lr=cfg.text_encoder.lr or cfg.optim.lr)
+    optimizer = build_optimizer(groups, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.train.max_steps)
+    denoiser, optimizer = accelerator.prepare(core, optimizer)
+    trainable = unet_params + te_params
+    ema = build_ema(trainable, cfg.ema)
+    n_trained = len(ti_ids) * te_params[0].shape[1] if ti_ids else sum(p.numel() for p in trainable)  # TI: the new rows
+    accelerator.print(f"method {method}: {n_trained:,} trained parameters; "
+                      f"{len(dataset)} training items; cached latents={cfg.efficiency.cache_latents} text={embeds is not None}")
+
+    prediction_type, num_timesteps = parts.prediction_type, noise_scheduler.config.num_train_timesteps
+
+    def step_fn(batch):
+        latents = S.sample_latents(vae, batch)  # cached mean + std * eps, or the VAE now
+        cond = batch["embeds"] if "embeds" in batch else batch["input_ids"]
+        noise = offset_noise(latents, cfg.loss.noise_offset)
+        timesteps = torch.randint(0, num_timesteps, (latents.shape[0],), device=latents.device)
+        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+        target = diffusion_target(noise_scheduler, latents, noise, timesteps, prediction_type)  # eps, v or x0
+        pred = denoiser(noisy, timesteps, cond)
+        weights = snr_weights(noise_scheduler, timesteps, cfg.loss.snr_gamma, prediction_type) if cfg.loss.snr_gamma else None
+        if not cfg.prior.enabled:
+            return diffusion_loss(pred, target, weights)
+        # DreamBooth: the batch is instance examples then class examples; loss = instance + lambda * prior.
+        (pred_i, pred_c), (target_i, target_c) = split_prior_batch(pred), split_prior_batch(target)
+        w_i, w_c = split_prior_batch(weights) if weights is not None else (None, None)
+        instance, prior = diffusion_loss(pred_i, target_i, w_i), diffusion_loss(pred_c, target_c, w_c)
+        loss = prior_preservation_loss(instance, prior, cfg.prior.loss_weight)
+        return loss, {"instance_loss": instance.detach(), "prior_loss": prior.detach()}
+
+    val = S.fixed_validation_batches(val_items, noise_scheduler, cfg.validation.seed)
+    # Pipelines expand a textual-inversion token into all its vectors themselves: sample with the bare token.
+    default_prompts = [ti_prompt.replace(placeholder_text(ti), ti.placeholder_token)] if ti_ids else sorted({it["prompt"] for it in items})[:2]
+    sample_prompts = cfg.validation.prompts or default_prompts
+    timer = S.StepTimer()  # steps/s and peak memory of the optimizer steps alone
+
+    def validation_loss() -> float:
+        cond_fn = embeds if embeds is not None else (lambda prompts: S.tokenize(tokenizer, prompts))
+        with torch.no_grad(), accelerator.autocast():
+            return S.fixed_noise_loss(core, vae, noise_scheduler, val, cond_fn, prediction_type, device)
+
+    def samples() -> list:
+        if not (cfg.validation.grids and accelerator.is_main_process):
+            return []
+        with S.on_device([vae, text_encoder], device):
+            pipe = build_pipeline(parts, unet=unet, text_encoder=text_encoder)
+            return S.sample_images(pipe, sample_prompts, cfg.validation, res, accelerator.autocast)
+
+    def eval_fn(step: int) -> dict:
+        t0 = time.perf_counter()
+        with ema_weights(ema, trainable):
+            metrics = {"val_loss": validation_loss()}
+            if images_now := samples():
+                save_image_grid(images_now, len(sample_prompts), out / "samples" / f"step-{step:06d}.png")
+        timer.eval_seconds += (time.perf_counter() - t0) if step < cfg.train.max_steps else 0.0
+        return metrics
+
+    def save_fn(path: Path) -> list[Path]:
+        with ema_weights(ema, trainable):
+            if method == "lora":
+                (u, uc), (t, tc) = lora_layers(unet), (lora_layers(text_encoder) if te_params else ({}, None))
+                return save_sd_lora(path, u, uc, t, tc, {"unet": unet, "text_encoder": text_encoder}, kohya=cfg.kohya)
+            if method == "textual_inversion":
+                return [save_textual_inversion(path / EMBEDDING_FILE, ti.placeholder_token, learned_embeddings(text_encoder, ti_ids))]
+            with torch.random.fork_rng():  # frozen parts in full precision: reload them (reseeds a tiny build)
+                base = load_sd_components(cfg.model) if dtype != torch.float32 else parts
+            pipe = build_pipeline(base, unet=unet, text_encoder=text_encoder if te_trains else base.text_encoder)
+            return [save_sd_pipeline(path / PIPELINE_DIR, pipe)]
+
+    def before_optimizer_step(step: int) -> None:
+        if cfg.text_encoder.stop_step and step >= cfg.text_encoder.stop_step:
+            for p in te_params:  # a None grad: AdamW neither updates nor decays it
+                p.grad = None
+
+    def before_step(step: int, epoch: int) -> None:
+        images.set_epoch(epoch)  # new crops/flips each epoch when latents are not cached
+        timer.before_step(step)
+
+    def after_optimizer_step(step: int) -> None:
+        timer.after_step()
+        if restorer is not None:
+            restorer(step)  # textual inversion: only the new embedding rows may change
+        if ema is not None:
+            ema.step(trainable)
+
+    before_loss, before_images = validation_loss(), samples()
+    hooks = Hooks(before_step=before_step, before_optimizer_step=before_optimizer_step, after_optimizer_step=after_optimizer_step)
+    batches_fn = S.epoch_batches([items[i]["bucket"] for i in train_idx], cfg.train.batch_size, seed) if cfg.data.aspect_buckets else None
+    result = train(
+        accelerator=accelerator, model=denoiser, optimizer=optimizer, scheduler=scheduler, dataset=dataset,
+        collate_fn=collate, step_fn=step_fn, cfg=cfg.train, eval_fn=eval_fn, save_fn=save_fn, hooks=hooks,
+        batches_fn=batches_fn, checkpoint_objects=(ema,) if ema is not None else (),
+    )
+
+    # Outputs (main process): the artifact, the before/after grid and the summary.
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return
+    after_images = samples()
+    artifacts = save_fn(out)
+    if before_images and after_images:
+        save_image_grid(before_images + after_images, 2, out / "before_after.png")
+    summary = {
+        "method": method, "prior_preservation": cfg.prior.enabled, "steps": result.global_step,
+        **timer.summary(result.global_step), "cache_seconds": round(cache_seconds, 3), "class_images_generated": generated,
+        "trained_parameters": n_trained, "image_sizes": S.image_sizes(images, items), "val_loss_before": before_loss,
+        "val_loss_after": result.last_eval.get("val_loss"), "nonfinite_steps": result.nonfinite_steps,
+        "artifacts": [str(Path(p).relative_to(out)) for p in artifacts], "sample_prompts": sample_prompts,
+        # after training and the last validation: trained weights must still be fp32, frozen ones in the weight dtype
+        "trainable_dtypes": sorted({str(p.dtype) for p in trainable}),
+        "frozen_dtypes": sorted({str(p.dtype) for m in (unet, text_encoder) for p in m.parameters() if not p.requires_grad}),
+    }
+    atomic_write_json(out / "summary.json", summary)
+    print(f"validation loss {before_loss:.4f} -> {summary['val_loss_after']:.4f}; artifacts: {summary['artifacts']}")
+    print(json.dumps({"steps_per_second": summary["steps_per_second"]}))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
