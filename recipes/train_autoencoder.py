@@ -189,10 +189,12 @@ def main(argv: list[str] | None = None) -> dict:
         vae.eval()
         save_fn(out)
         std = 1.0 / vae.config.scaling_factor
-        shown = test_x[:32]
-        recon = reconstruct(vae, shown.to(device)).cpu()
-        pairs = torch.stack([shown.view(4, 8, *shown.shape[1:]), recon.view(4, 8, *shown.shape[1:])], dim=1)
-        atomic_write_bytes(out / "reconstructions.png", image_grid_png(pairs.reshape(-1, *shown.shape[1:]), nrow=8, scale=4))
+        rows = min(4, len(test_x) // 8)  # rows of 8 test digits, each followed by its reconstructions
+        if rows:
+            shown = test_x[: rows * 8]
+            recon = reconstruct(vae, shown.to(device)).cpu()
+            pairs = torch.stack([shown.view(rows, 8, *shown.shape[1:]), recon.view(rows, 8, *shown.shape[1:])], dim=1)
+            atomic_write_bytes(out / "reconstructions.png", image_grid_png(pairs.reshape(-1, *shown.shape[1:]), nrow=8, scale=4))
         summary = {"step": result.global_step, "scaling_factor": 1.0 / std, "latent_std": std,
                    "params": sum(p.numel() for p in vae.parameters()), **result.last_eval}
         atomic_write_json(out / "summary.json", summary)

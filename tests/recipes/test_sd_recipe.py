@@ -24,18 +24,6 @@ BASE = ["model.tiny=true", "model.resolution=32", "train.progress_bar=false", "t
 PROMPT = "a photo of sks dog"
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each in-process run builds its own Accelerator (precision can differ between tests)."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 def write_images(folder: Path, n: int, seed: int = 0, size: int = 40) -> Path:
     """Flat-coloured squares on a coloured background: a learnable, tiny 'subject'."""
     folder.mkdir(parents=True, exist_ok=True)
