@@ -57,7 +57,7 @@ class SDRecipeConfig:
     validation: S.ValidationConfig = field(default_factory=S.ValidationConfig)  # sample grids and fixed-noise loss
     kohya: bool = False  # method=lora: also write lora_kohya.safetensors (A1111 / ComfyUI / kohya)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(save_best=False))  # loop settings; no best/ copies of big artifacts by default
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, weight_decay=1e-2))  # optimizer (AdamW)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, weight_decay=1e-2, foreach=True))  # AdamW, multi-tensor
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)  # lr schedule
 
 
@@ -125,6 +125,8 @@ def main(argv=None):
     cast_training_params([unet, text_encoder], torch.float32)  # diffusers' guard; they never left fp32 here
     vae.to(device, torch.float32 if cfg.efficiency.vae_fp32 else dtype)
     restorer = RowRestorer(te_params[0], ti_ids) if ti_ids else None  # after the cast: same device and dtype
+    if cfg.efficiency.channels_last:
+        unet.to(memory_format=torch.channels_last)
     if cfg.efficiency.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if te_trains:

@@ -26,6 +26,8 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam/AdamW (beta1, beta2); GANs use [0.5, 0.999]
     eps: float = 1e-8  # denominator epsilon of Adam/AdamW/RMSprop
     momentum: float = 0.0  # momentum of SGD and RMSprop
+    foreach: bool = False  # torch's multi-tensor update: fewer kernel launches for many small tensors (LoRA), a
+    #                        temporary copy of the parameters' size in memory (avoid for full fine-tuning of big models)
 
 
 def validate_optim_config(cfg: OptimConfig) -> None:
@@ -115,13 +117,14 @@ def build_optimizer(params_or_groups, cfg: OptimConfig) -> torch.optim.Optimizer
     validate_optim_config(cfg)
     groups = _as_groups(params_or_groups)
     betas = (float(cfg.betas[0]), float(cfg.betas[1]))
+    common = {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "foreach": cfg.foreach}
     if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(groups, betas=betas, eps=cfg.eps, **common)
     if cfg.name == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(groups, betas=betas, eps=cfg.eps, **common)
     if cfg.name == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.RMSprop(groups, eps=cfg.eps, momentum=cfg.momentum, **common)
+    return torch.optim.SGD(groups, momentum=cfg.momentum, **common)
 
 
 def _param_ids(items: list) -> set[int]:

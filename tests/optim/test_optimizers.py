@@ -122,3 +122,14 @@ def test_a_norm_module_with_a_matrix_weight_gets_no_decay_but_its_linear_childre
     block.norm1 = AdaNorm()
     groups = param_groups(block.named_parameters(), 0.1)
     assert _names(groups) == [["norm1.linear.weight"], ["norm1.linear.bias", "norm1.weight"]]
+
+
+def test_foreach_switch_reaches_the_optimizer():
+    import torch
+
+    from finetune.optim.optimizers import OptimConfig, build_optimizer
+
+    params = [torch.nn.Parameter(torch.randn(3)) for _ in range(4)]
+    for name in ("adamw", "adam", "rmsprop", "sgd"):
+        assert build_optimizer(params, OptimConfig(name=name, foreach=True)).defaults["foreach"] is True
+        assert build_optimizer(params, OptimConfig(name=name)).defaults["foreach"] is False
