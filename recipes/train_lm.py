@@ -27,14 +27,15 @@ from finetune.errors import UserError, exit_on_user_error
 from finetune.export.lm import save_lm_artifacts, write_model_card
 from finetune.losses.lm import causal_lm_loss, count_trained_tokens
 from finetune.methods.full import FullMethodConfig, GradualUnfreezer, apply_static_freeze, build_param_groups
-from finetune.methods.lora import LoraMethodConfig, apply_lora
+from finetune.methods.lora import LoraMethodConfig, apply_lora, restore_frozen_weights, store_frozen_weights
 from finetune.methods.prompt_tuning import PromptMethodConfig, apply_prompt_method
+from finetune.methods.sd import StepTimer  # per-step timing and peak memory, shared with the SD recipe
 from finetune.metrics.perplexity import nll_sum
 from finetune.models.causal_lm import LMModelConfig, load_causal_lm, resolve_model_source
 from finetune.optim.optimizers import OptimConfig, build_optimizer, param_groups, validate_optim_config
 from finetune.optim.schedulers import SchedulerConfig, build_scheduler, validate_scheduler_config
 from finetune.io import atomic_write_json
-from finetune.train import Hooks, TrainConfig, build_accelerator, start_run, train
+from finetune.train import Hooks, TrainConfig, build_accelerator, start_run, train, weight_dtype
 
 
 @dataclass
@@ -127,9 +128,13 @@ def main(argv=None):
     accelerator.print(f"perplexity before: {before}")
 
     # Trainable parameters: the method decides, the optimizer sees exactly those (all groups up front).
-    unfreezer = None
+    unfreezer, cast_frozen = None, False
     if cfg.method == "lora":
         model = apply_lora(model, cfg.lora)
+        if not cfg.lora.use_dora:
+            # Autocast would cast these frozen weights to bf16/fp16 on every forward: do it once (same numbers,
+            # less time and memory); fp32 weights come back from the base model before export.
+            cast_frozen = store_frozen_weights(model, weight_dtype(accelerator)) > 0
         groups = param_groups(model.named_parameters(), cfg.optim.weight_decay)
     elif cfg.method == "prompt":
         model = apply_prompt_method(model, tokenizer, cfg.prompt)
@@ -158,23 +163,30 @@ def main(argv=None):
         # Summed token NLL; the loop divides by the trained-token count of the whole accumulation window.
         return causal_lm_loss(logits_for(model, batch), batch["labels"], reduction="sum")
 
+    timer = StepTimer()  # optimizer steps only: evaluations in between are subtracted
+
     def eval_fn(step):
-        ppl = {k: evaluate_ppl(model, ds, collate, cfg.eval, accelerator.device) for k, ds in eval_splits.items()}
+        t0 = time.perf_counter()
+        with accelerator.autocast():  # the same precision as the perplexity before training
+            ppl = {k: evaluate_ppl(model, ds, collate, cfg.eval, accelerator.device) for k, ds in eval_splits.items()}
         metrics = {f"{k}_ppl": v for k, v in ppl.items()}
         if "validation" in ppl:
             metrics["val_loss"] = math.log(ppl["validation"])
+        timer.eval_seconds += (time.perf_counter() - t0) if step < cfg.train.max_steps else 0.0
         return metrics
 
     def save_fn(path: Path):
         save_lm_artifacts(accelerator.unwrap_model(model), tokenizer, path, method=cfg.method, merged=False)
 
-    hooks = Hooks()
+    def before_step(step, epoch):
+        timer.before_step(step)
+        if unfreezer is not None:
+            unfreezer.update(step, epoch)
+
+    hooks = Hooks(before_step=before_step, after_optimizer_step=lambda step: timer.after_step())
     if unfreezer is not None:
-        hooks = Hooks(
-            before_step=unfreezer.update,
-            before_optimizer_step=lambda step: unfreezer.mask_grads(),
-            on_eval=lambda step, metrics, improved: unfreezer.on_eval(improved),
-        )
+        hooks.before_optimizer_step = lambda step: unfreezer.mask_grads()
+        hooks.on_eval = lambda step, metrics, improved: unfreezer.on_eval(improved)
     started = time.perf_counter()
     result = train(
         accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
@@ -190,8 +202,13 @@ def main(argv=None):
     if not accelerator.is_main_process:
         return
     after = {k.removesuffix("_ppl"): v for k, v in result.last_eval.items() if k.endswith("_ppl")}
+    # Exports are plain fp32 models: drop accelerate's autocast wrapper around forward (otherwise the reload
+    # check compares bf16 logits with fp32 ones) and give LoRA's frozen weights their fp32 values back.
+    model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+    if cast_frozen:
+        restore_frozen_weights(model, load_causal_lm(cfg.model)[0])
     verify = save_lm_artifacts(
-        accelerator.unwrap_model(model), tokenizer, out, method=cfg.method,
+        model, tokenizer, out, method=cfg.method,
         merged=cfg.export.merged, verify=cfg.export.verify, base_cfg=cfg.model,
     )
     tokens = seen["tokens"] * accelerator.num_processes
@@ -200,6 +217,9 @@ def main(argv=None):
         "steps": result.global_step,
         "train_seconds": round(seconds, 1),
         "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
+        "median_step_seconds": round(timer.summary(result.global_step)["median_step_seconds"] or 0.0, 4),
+        "step_seconds": [round(t, 4) for t in timer.steps],  # every optimizer step (data, forward, backward, update)
+        "train_peak_memory": timer.memory,  # peak RSS (CPU) / max_memory_allocated (GPU) at the last optimizer step
         "trainable_parameters": n_train,
         "perplexity_before": before,
         "perplexity_after": after,

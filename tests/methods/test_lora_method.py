@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from finetune.errors import UserError
-from finetune.methods.lora import LoraMethodConfig, apply_lora, linear_module_names
+from finetune.methods.lora import (
+    LoraMethodConfig,
+    apply_lora,
+    linear_module_names,
+    restore_frozen_weights,
+    store_frozen_weights,
+)
 from finetune.models.causal_lm import build_tiny_llama
 
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -83,6 +89,43 @@ def test_merged_model_loads_in_plain_transformers(tmp_path):
     # Folding B@A*scale into W changes the float summation order only: fp32, atol 1e-4.
     torch.testing.assert_close(logits(reloaded), with_adapter, rtol=0, atol=1e-4)
     assert not torch.allclose(logits(reloaded), logits(build_tiny_llama()), atol=1e-3)  # the adapter is in there
+
+
+def test_frozen_weights_stored_in_bf16_give_the_same_autocast_logits_and_export_in_fp32(tmp_path):
+    from peft import PeftModel
+
+    model = apply_lora(build_tiny_llama(), LoraMethodConfig(r=4, dropout=0.0))
+    train_steps(model, steps=2)  # B != 0, so the adapter takes part in the comparison
+    model.eval()
+    ids = batch(1)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        reference = model(input_ids=ids).logits
+
+    assert store_frozen_weights(model, torch.bfloat16) == 4 * len(LINEAR)
+    base = model.get_base_model()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.dtype == torch.float32, name  # the adapter trains in fp32
+        elif name.endswith("base_layer.weight"):
+            assert p.dtype == torch.bfloat16, name
+    assert base.get_input_embeddings().weight.dtype == torch.float32  # embeddings / tied head untouched
+    # Autocast would have cast these weights to bf16 anyway: the logits are the same.
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(model(input_ids=ids).logits, reference, rtol=0, atol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # and it still trains, with fp32 gradients
+        model.train()
+        model(input_ids=ids, labels=ids).loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+
+    assert restore_frozen_weights(model, build_tiny_llama()) == 4 * len(LINEAR)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert torch.equal(base.model.layers[0].self_attn.q_proj.base_layer.weight,
+                       build_tiny_llama().model.layers[0].self_attn.q_proj.weight)
+    model.save_pretrained(tmp_path / "adapter")
+    reloaded = PeftModel.from_pretrained(build_tiny_llama(), tmp_path / "adapter")
+    torch.testing.assert_close(logits(reloaded), logits(model), rtol=0, atol=0)
+    assert store_frozen_weights(model, torch.float32) == 0  # fp32 training: nothing to do
 
 
 def test_explicit_targets_and_unknown_names():

@@ -73,6 +73,19 @@ def test_lora_lowers_domain_perplexity_and_exports_load_in_stock_peft(tiny, tmp_
     assert (out / "config.yaml").is_file() and (out / "loss_curve.png").is_file()
 
 
+def test_lora_under_bf16_autocast_trains_with_bf16_frozen_weights_and_exports_fp32(tiny, tmp_path, monkeypatch):
+    # As `accelerate launch` with accelerate_config.yaml runs it: the frozen base weights are stored in bf16
+    # for training, and the exported adapter / merged model still reload and match in fp32.
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    out = tmp_path / "lora_bf16"
+    run(args_for(tiny, out, "method=lora", "optim.lr=5e-2", "train.max_steps=6", "lora.r=8", "lora.dropout=0.0",
+                 "export.merged=true"))
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["export_check"]) == {"adapter", "merged"}
+    assert summary["perplexity_after"]["validation"] < summary["perplexity_before"]["validation"]
+    assert len(summary["step_seconds"]) == 6 and summary["train_peak_memory"]["bytes"] > 0
+
+
 def test_prompt_tuning_trains_only_virtual_tokens_and_loads(tiny, tmp_path):
     out = tmp_path / "prompt"
     run(args_for(tiny, out, "method=prompt", "prompt.kind=prompt_tuning", "prompt.num_virtual_tokens=8",
