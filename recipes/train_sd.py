@@ -28,7 +28,7 @@ from finetune.export.sd import EMBEDDING_FILE, PIPELINE_DIR, save_image_grid, sa
 from finetune.io import atomic_write_json
 from finetune.losses.diffusion import diffusion_loss, diffusion_target, offset_noise, prior_preservation_loss, snr_weights, split_prior_batch
 from finetune.methods import sd as S
-from finetune.methods.dreambooth import PriorConfig, ensure_class_images, validate_prior
+from finetune.methods.dreambooth import PriorConfig, class_image_prompts, ensure_class_images, validate_prior
 from finetune.methods.sd_lora import SDLoraConfig, add_lora, lora_layers, validate_sd_lora
 from finetune.methods.textual_inversion import (
     OBJECT_TEMPLATES, STYLE_TEMPLATES, RowRestorer, TextualInversionConfig, add_placeholder_tokens, learned_embeddings,
@@ -105,7 +105,7 @@ def main(argv=None):
             with S.on_device([vae, text_encoder, unet], device):
                 generated = ensure_class_images(build_pipeline(parts), cfg.prior, res, seed, accelerator.autocast)
         accelerator.wait_for_everyone()
-        images = S.build_image_dataset(cfg.data, res, seed, cfg.prior.class_dir, cfg.prior.class_prompt)
+        images = S.build_image_dataset(cfg.data, res, seed, class_items=class_image_prompts(cfg.prior))
 
     # Trainable parameters: everything starts frozen and the method unfreezes its part.
     for module in (vae, text_encoder, unet):

@@ -341,12 +341,14 @@ class DreamBoothDataset(torch.utils.data.Dataset):
 
     Item i pairs instance image i % n_instance with class image i % n_class; the length is the larger count so
     every image is seen each epoch. Items: {"pixel_values", "prompt"} plus {"class_pixel_values", "class_prompt"}
-    when a class folder is given.
+    when a class folder is given. `class_items` (instead of class_dir + class_prompt) gives class images with a
+    prompt each (several class prompts).
     """
 
     def __init__(
         self, instance_dir: str | Path, instance_prompt: str, resolution: int, class_dir: Optional[str | Path] = None,
         class_prompt: Optional[str] = None, center_crop: bool = True, random_flip: bool = False, seed: int = 0,
+        class_items: Optional[Sequence[tuple[str | Path, str]]] = None,
     ):
         check_resolution(resolution)
         if not instance_prompt.strip():
@@ -359,6 +361,12 @@ class DreamBoothDataset(torch.utils.data.Dataset):
             if not class_prompt:
                 raise UserError('class_dir is set but class_prompt is empty; set it to the class alone, e.g. "a photo of a dog"')
             self.class_images = list_images(class_dir, "class image")
+        self.class_prompts = [class_prompt] * len(self.class_images)  # the prompt of each class image
+        if class_items is not None:
+            if class_dir is not None or not class_items:
+                raise UserError("give class images either as class_dir + class_prompt or as (image, prompt) class_items, not both or none")
+            self.class_images = [Path(path) for path, _ in class_items]
+            self.class_prompts = [prompt for _, prompt in class_items]
         for path in self.instance_images + self.class_images:
             image_size(path)  # fail now, not mid-training, on an unreadable file
         self.size = (resolution, resolution)
@@ -381,8 +389,12 @@ class DreamBoothDataset(torch.utils.data.Dataset):
         }
         if self.class_images:
             item["class_pixel_values"] = self._pixels(self.class_images[index % len(self.class_images)], generator)
-            item["class_prompt"] = self.class_prompt
+            item["class_prompt"] = self.class_prompt_of(index)
         return item
+
+    def class_prompt_of(self, index: int) -> str:
+        """The class prompt paired with item `index`."""
+        return self.class_prompts[index % len(self.class_prompts)]
 
 
 def collate_dreambooth(examples: list[dict]) -> dict:

@@ -96,10 +96,11 @@ def validate_data(cfg: SDDataConfig, method: str) -> None:
 
 
 def build_image_dataset(cfg: SDDataConfig, resolution: int, seed: int, class_dir: str = "", class_prompt: str = "",
-                        bucket_multiple: int = 64, instance_prompt: str = ""):
+                        bucket_multiple: int = 64, instance_prompt: str = "", class_items=None):
     """The raw image dataset (finetune.data.images); bad folders and unreadable images fail here, before training.
 
-    `instance_prompt` overrides data.instance_prompt (textual inversion's fixed validation prompt)."""
+    `instance_prompt` overrides data.instance_prompt (textual inversion's fixed validation prompt); `class_items`,
+    (image, prompt) pairs, replaces class_dir + class_prompt (several class prompts)."""
     if cfg.caption_dir:
         return CaptionedImageFolder(
             cfg.caption_dir, resolution, center_crop=cfg.center_crop, random_flip=cfg.random_flip, seed=seed,
@@ -108,7 +109,7 @@ def build_image_dataset(cfg: SDDataConfig, resolution: int, seed: int, class_dir
     return DreamBoothDataset(
         cfg.instance_dir, instance_prompt or cfg.instance_prompt, resolution,
         class_dir=class_dir or None, class_prompt=class_prompt or None,
-        center_crop=cfg.center_crop, random_flip=cfg.random_flip, seed=seed,
+        center_crop=cfg.center_crop, random_flip=cfg.random_flip, seed=seed, class_items=class_items,
     )
 
 
@@ -118,8 +119,8 @@ def dataset_items(dataset) -> list[dict]:
         return [{"prompt": r.caption, "bucket": b} for r, b in zip(dataset.records, dataset.bucket_ids)]
     items = [{"prompt": dataset.instance_prompt, "bucket": 0} for _ in range(len(dataset))]
     if dataset.class_images:
-        for item in items:
-            item["class_prompt"] = dataset.class_prompt
+        for i, item in enumerate(items):
+            item["class_prompt"] = dataset.class_prompt_of(i)
     return items
 
 

@@ -14,7 +14,7 @@ from finetune.errors import UserError
 from finetune.export.kohya import load_kohya
 from finetune.export.sd import KOHYA_FILE, LORA_FILE, image_grid, save_sd_lora, save_textual_inversion
 from finetune.methods import sd as S
-from finetune.methods.dreambooth import PriorConfig, count_class_images, ensure_class_images
+from finetune.methods.dreambooth import PriorConfig, class_image_prompts, count_class_images, ensure_class_images, validate_prior
 from finetune.methods.sd_lora import SDLoraConfig, add_lora, lora_layers
 from finetune.methods.textual_inversion import (
     RowRestorer, TextualInversionConfig, add_placeholder_tokens, learned_embeddings, placeholder_tokens, train_only_embeddings,
@@ -201,6 +201,46 @@ def test_class_images_are_generated_once_and_topped_up(parts, tmp_path):
     names = sorted(p.name for p in (tmp_path / "class").iterdir())
     assert set(first) < set(names) and not any(n.startswith(".") for n in names)
     assert Image.open(tmp_path / "class" / names[0]).size == (32, 32)
+
+
+def test_several_class_prompts_get_their_own_cached_images_and_train_with_their_prompt(parts, tmp_path, caplog):
+    pipe = build_pipeline(parts)
+    prompts = ["a photo of a dog", "a photo of a cat"]
+    cfg = PriorConfig(enabled=True, class_dir=str(tmp_path / "class"), class_prompts=prompts, num_class_images=2,
+                      sample_steps=2, sample_batch_size=3)
+    assert ensure_class_images(pipe, cfg, 32, seed=0) == 4  # num_class_images PER prompt
+    pairs = class_image_prompts(cfg)
+    assert [p for _, p in pairs] == [prompts[0]] * 2 + [prompts[1]] * 2
+    assert len({path for path, _ in pairs}) == 4
+    dog, cat = [np.asarray(Image.open(path)) for path, _ in pairs[:3:2]]
+    assert not np.array_equal(dog, cat)  # same seed, different prompt: a different image
+    # cached by prompt: reordering the list or adding a prompt generates only the new prompt's images
+    cfg.class_prompts = ["a photo of a bird", *reversed(prompts)]
+    assert ensure_class_images(pipe, cfg, 32, seed=0) == 2
+    cfg.class_prompts = ["a photo of a bird"]
+    with caplog.at_level(logging.WARNING):
+        assert ensure_class_images(pipe, cfg, 32, seed=0) == 0 and len(class_image_prompts(cfg)) == 2
+    assert "4 image(s)" in caplog.text  # the dog and cat images are left out, and said so
+    # the dataset pairs item i with class image i % n and ITS prompt; batches carry it
+    cfg.class_prompts = prompts
+    data = S.SDDataConfig(instance_dir=str(write_images(tmp_path / "inst", 1)), instance_prompt=PROMPT)
+    images = S.build_image_dataset(data, 32, 0, class_items=class_image_prompts(cfg))
+    items = S.dataset_items(images)
+    assert len(items) == 4 and [it["class_prompt"] for it in items] == [prompts[0]] * 2 + [prompts[1]] * 2
+    assert images[3]["class_prompt"] == prompts[1]
+    batch = S.make_collate(parts.tokenizer, embeddings=None)([images[1], images[2]])
+    assert torch.equal(batch["input_ids"], S.tokenize(parts.tokenizer, [PROMPT, PROMPT, *prompts]))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"class_prompt": "a dog", "class_prompts": ["a cat"]}, "not both"),
+    ({"class_prompts": ["a cat", " "]}, "empty prompt"),
+    ({"class_prompts": ["a cat", "a cat"]}, "twice"),
+    ({}, "class_prompt"),
+])
+def test_bad_class_prompts_are_user_errors(change, message):
+    with pytest.raises(UserError, match=message):
+        validate_prior(PriorConfig(enabled=True, class_dir="x", **change))
 
 
 def test_cached_latents_and_embeddings_equal_the_encoders(parts, tmp_path):
