@@ -31,7 +31,7 @@ from finetune.methods import sd as S
 from finetune.methods.dreambooth import PriorConfig, class_image_prompts, ensure_class_images, validate_prior
 from finetune.methods.sd_lora import SDLoraConfig, add_lora, lora_layers, validate_sd_lora
 from finetune.methods.textual_inversion import (
-    OBJECT_TEMPLATES, STYLE_TEMPLATES, RowRestorer, TextualInversionConfig, add_placeholder_tokens, learned_embeddings,
+    RowRestorer, TextualInversionConfig, add_placeholder_tokens, learned_embeddings, templates_of,
     placeholder_text, template_prompt, train_only_embeddings,
 )
 from finetune.models.sd import SDModelConfig, build_pipeline, load_sd_components
@@ -93,7 +93,7 @@ def main(argv=None):
     vae, text_encoder, tokenizer, unet, noise_scheduler = parts.vae, parts.text_encoder, parts.tokenizer, parts.unet, parts.noise_scheduler
     unet.set_attn_processor(AttnProcessor2_0() if cfg.efficiency.attention == "sdpa" else AttnProcessor())
     ti_ids = add_placeholder_tokens(tokenizer, text_encoder, ti) if method == "textual_inversion" else []
-    ti_prompt = (OBJECT_TEMPLATES if ti.template == "object" else STYLE_TEMPLATES)[0].format(placeholder_text(ti))
+    ti_prompt = templates_of(ti)[0].format(placeholder_text(ti))
     bucket = 8 * parts.vae_scale_factor  # aspect buckets: latent sides stay multiples of 8 (SD: 64 px)
     images = S.build_image_dataset(cfg.data, res, seed, instance_prompt=ti_prompt if ti_ids else "", bucket_multiple=bucket)
     out = start_run(accelerator, cfg, cfg.train)

@@ -1,7 +1,8 @@
 """Rebuild data/digits_sd/, the tiny Stable Diffusion of the offline quality world, end to end through the recipes.
 
-    python scripts/build_digits_sd.py                      # about 40 min on a 2-core CPU (see data/README.md)
+    OMP_NUM_THREADS=1 python scripts/build_digits_sd.py          # about 40 min on a 2-core CPU (see data/README.md)
     python scripts/build_digits_sd.py --vae-dir outputs/digits_sd_build/vae/vae   # reuse a trained VAE
+    python scripts/build_digits_sd.py --base-dir DIR   # start at stage 6 from a finished digits-only pipeline
 
 Stages, each a plain run of a project recipe (so the build is also their end-to-end test):
 1. recipes/train_autoencoder.py --config recipes/configs/digits_vae.yaml: an AutoencoderKL, 16x16 RGB -> 4x8x8.
@@ -10,8 +11,15 @@ Stages, each a plain run of a project recipe (so the build is also their end-to-
    CLIPTextModel with random weights, the project's offline CLIPTokenizer and SD's noise schedule.
 4. recipes/train_sd.py --config recipes/configs/digits_sd_pretrain.yaml: method=full trains the UNet and the
    text encoder from scratch on the folder, with 10% caption dropout for classifier-free guidance.
-5. Evaluation with the digits judge: images for "a drawing of the digit k", k = 0..9, guidance on, classified
-   as k (bar: >= 97%) and their FID against the real test digits; written to build_info.json beside the weights.
+5. The digits again plus the stroke symbols of finetune.data.symbols (every combination of one to three strokes
+   except the held-out hollow triangle), captioned by their strokes, in one folder.
+6. recipes/train_sd.py --config recipes/configs/digits_sd_symbols.yaml continues stage 4's pipeline on that
+   folder: the model learns to draw by composition, so the held-out triangle (the personalization subject) is new
+   to it yet made of parts it can draw, which is what textual inversion needs (benchmarks/ti_ceiling.py).
+7. Evaluation with the digits judge: images for "a drawing of the digit k", k = 0..9, guidance on, classified
+   as k (bar: >= 97%) and their FID against the real test digits; the symbols: how often a pretraining symbol's
+   caption draws that symbol, and how often the written-out caption of the never-seen triangle draws it. Written to
+   build_info.json beside the weights.
 The finished pipeline (safetensors, weights stored in fp16: about 8 MB) is evaluated as shipped and renamed into
 --out only when complete.
 
@@ -36,6 +44,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run as a plain script from anywhere
 
 from finetune.data.digits import DIGIT_WORDS, caption, write_digits_imagefolder  # noqa: E402
+from finetune.data.symbols import TRIANGLE, nearest_symbol, pretraining_symbols, symbol_caption, symbol_images  # noqa: E402
 from finetune.errors import UserError, exit_on_user_error  # noqa: E402
 from finetune.io import atomic_dir, atomic_write_bytes, atomic_write_json  # noqa: E402
 
@@ -45,6 +54,7 @@ RESOLUTION = 16
 GUIDANCE = 4.0  # classifier-free guidance scale of the evaluation (and of the digits world's defaults)
 SAMPLE_STEPS = 20  # DDIM steps of the evaluation
 TRAIN_PER_CLASS = 139  # every class of the train split has at least 139 images (digit 8 has 139)
+SYMBOL_DRAWINGS = 35  # jittered drawings of each pretraining symbol in stage 5 (40 symbols: about as many as digits)
 
 # The denoiser: 3 levels on the 8x8 latents (8 -> 4 -> 2), cross-attention on the first two. ~3.3M parameters.
 UNET_CONFIG = {
@@ -141,6 +151,19 @@ def evaluate_digits(pipe, n_per_class: int = 20, seed: int = 0, steps: int = SAM
     return {**scores, "guidance_scale": guidance, "sample_steps": steps, "images": images}
 
 
+def evaluate_symbols(pipe, n_per_symbol: int = 5, n_triangle: int = 50, seed: int = 0) -> dict:
+    """How often a pretraining symbol's caption draws that symbol, and the never-seen triangle's written-out caption
+    draws the triangle (finetune.data.symbols.nearest_symbol among all symbols plus the triangle)."""
+    combos = pretraining_symbols()
+    everything = combos + [TRIANGLE]
+    prompts = [symbol_caption(c) for c in combos for _ in range(n_per_symbol)]
+    drawn = nearest_symbol(generate(pipe, prompts, seed), everything)
+    seen = float((drawn == torch.arange(len(combos)).repeat_interleave(n_per_symbol)).float().mean())
+    triangle = nearest_symbol(generate(pipe, [symbol_caption(TRIANGLE)] * n_triangle, seed + 10_000), everything)
+    return {"seen_symbol_accuracy": seen, "n_seen": len(prompts),
+            "held_out_triangle_rate": float((triangle == len(combos)).float().mean()), "n_triangle": n_triangle}
+
+
 def _grid_png(images: torch.Tensor, nrow: int) -> bytes:
     from finetune.models.small_nets import image_grid_png
 
@@ -181,6 +204,16 @@ def train_stages(args, work: Path, vae_dir: Path) -> dict[str, float]:
     return seconds
 
 
+def symbol_stage(args, work: Path, base: Path) -> dict[str, float]:
+    """Stages 5-6: digits + stroke symbols in one captioned folder; the SD recipe continues `base` on it."""
+    extra = symbol_images(pretraining_symbols(), SYMBOL_DRAWINGS, seed=0, size=RESOLUTION)
+    folder = write_digits_imagefolder(work / "digits_symbols", n_per_class=TRAIN_PER_CLASS, size=RESOLUTION,
+                                      split="train", extra=extra)
+    return {"symbols": _run([sys.executable, "recipes/train_sd.py", "--config", "recipes/configs/digits_sd_symbols.yaml",
+                             f"model.pretrained={base}", f"data.caption_dir={folder}",
+                             f"train.output_dir={work / 'symbols'}", "train.overwrite_output_dir=true", *args.symbols_args])}
+
+
 @exit_on_user_error
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -188,41 +221,57 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default=str(DIGITS_SD_DIR), help="where the finished pipeline goes")
     parser.add_argument("--vae-dir", default="", help="reuse a trained AutoencoderKL dir instead of stage 1")
     parser.add_argument("--vae-args", nargs="*", default=[], help="extra key=value overrides of the VAE recipe")
-    parser.add_argument("--sd-args", nargs="*", default=[], help="extra key=value overrides of the SD recipe")
+    parser.add_argument("--sd-args", nargs="*", default=[], help="extra key=value overrides of the SD recipe (stage 4)")
+    parser.add_argument("--symbols-args", nargs="*", default=[], help="extra key=value overrides of the symbols stage (6)")
+    parser.add_argument("--base-dir", default="", help="a finished digits-only pipeline (stage 4's): skip stages 1-4")
     parser.add_argument("--eval-per-class", type=int, default=50, help="evaluation images per digit")
-    parser.add_argument("--eval-only", action="store_true", help="skip stages 1-4: re-evaluate and re-ship a finished --work dir")
+    parser.add_argument("--eval-only", action="store_true", help="skip stages 1-6: re-evaluate and re-ship a finished --work dir")
     args = parser.parse_args(argv)
     work = (ROOT / args.work).resolve() if not Path(args.work).is_absolute() else Path(args.work)
     seconds: dict[str, float] = {}
+    base_info: dict = {}
 
     vae_dir = Path(args.vae_dir) if args.vae_dir else work / "vae" / "vae"
     if args.eval_only:
         previous = json.loads((Path(args.out) / BUILD_INFO).read_text()) if (Path(args.out) / BUILD_INFO).is_file() else {}
         seconds.update({k: v for k, v in previous.get("wall_seconds", {}).items() if k != "eval"})
     else:
-        seconds.update(train_stages(args, work, vae_dir))
+        if args.base_dir:  # stages 1-4 were done by the build that made base_dir: carry its record over
+            earlier = Path(args.base_dir) / BUILD_INFO
+            base_info = json.loads(earlier.read_text()) if earlier.is_file() else {}
+            seconds.update({k: v for k, v in base_info.get("wall_seconds", {}).items() if k in ("vae", "sd")})
+        else:
+            seconds.update(train_stages(args, work, vae_dir))
+        seconds.update(symbol_stage(args, work, Path(args.base_dir).resolve() if args.base_dir else work / "sd" / "pipeline"))
 
     # What ships is what is evaluated: the fp16-stored pipeline, loaded (in fp32) by the toolkit's loader.
-    final = save_half(work / "sd" / "pipeline", work / "final")
+    final = save_half(work / "symbols" / "pipeline", work / "final")
     started = time.perf_counter()
     pipe = load_digits_sd(final)
     scores = evaluate_digits(pipe, n_per_class=args.eval_per_class)
+    symbols = evaluate_symbols(pipe, n_per_symbol=max(1, args.eval_per_class // 10))
     seconds["eval"] = time.perf_counter() - started
     images = scores.pop("images")
     per_row = torch.cat([images[k::10][:10] for k in range(10)])  # one row per digit
     info = {
-        "what": "tiny Stable Diffusion pretrained from scratch on scikit-learn's handwritten digits (train split)",
+        "what": "tiny Stable Diffusion pretrained from scratch on scikit-learn's handwritten digits (train split), "
+                "then on the digits plus stroke symbols (the hollow triangle held out)",
         "rebuild": "python scripts/build_digits_sd.py",
         "params": {name: sum(p.numel() for p in getattr(pipe, name).parameters()) for name in ("vae", "unet", "text_encoder")},
-        "vae": json.loads((vae_dir.parent / "summary.json").read_text()) if (vae_dir.parent / "summary.json").is_file() else {},
-        "sd_training": json.loads((work / "sd" / "summary.json").read_text()),
+        "vae": json.loads((vae_dir.parent / "summary.json").read_text()) if (vae_dir.parent / "summary.json").is_file() else base_info.get("vae", {}),
+        "sd_training": json.loads((work / "sd" / "summary.json").read_text()) if (work / "sd" / "summary.json").is_file() else base_info.get("sd_training", {}),
+        "symbols_training": json.loads((work / "symbols" / "summary.json").read_text()),
+        "base_dir": str(args.base_dir) if args.base_dir else "",
         "evaluation": {k: v for k, v in scores.items() if k != "reference"},
+        "evaluation_symbols": symbols,
         "evaluation_reference": "judge features of the real test digits (finetune.data.digits split 'test') at 16 px",
         "fid_real_train_vs_test": real_digits_fid(),  # the floor: real digits against real digits
         "wall_seconds": {k: round(v, 1) for k, v in seconds.items()},
     }
     finish(final, Path(args.out), info, _grid_png(per_row, nrow=10))
     print(f"digit accuracy {scores['accuracy']:.3f} (bar 0.97), FID {scores['fid']:.2f}, IS {scores['is']:.2f}; "
+          f"symbols drawn as captioned {symbols['seen_symbol_accuracy']:.2f}, held-out triangle from its written "
+          f"caption {symbols['held_out_triangle_rate']:.2f}; "
           f"wrote {args.out}; stage seconds {info['wall_seconds']}")
     return info
 

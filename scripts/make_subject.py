@@ -8,12 +8,14 @@ whose captions use the identifier prompt.
     python scripts/make_subject.py              # writes data/subject/ and prints the detector's checks
 
 "Is this image the subject?" is answered by `SubjectDetector`: a logistic regression on the digits
-judge's 64-d features (finetune.metrics.judge), fitted at load time (about a second) on random affine
-augmentations of the subject images against the real training digits, plus a distance gate: an image
-whose features lie farther from the subject's mean than any of 99% of the augmentations is not the
-subject, whatever the regression says (a linear model alone would accept far-away garbage). Written
-by hand because no library ships a detector for a symbol the project invented. It is a proxy: it
-knows 5 drawings and their jitter, so it under-counts subject images drawn in a new way.
+judge's 64-d features (finetune.metrics.judge) and the image's 8x8 ink, fitted at load time (a few
+seconds) on random affine augmentations of the subject images against the real training digits, smooth
+noise and the stroke symbols the base model learned (finetune.data.symbols, with extra drawings of those
+one stroke off the triangle), plus a distance gate: an image whose features lie farther from the
+subject's mean than any of 99% of the augmentations is not the subject, whatever the regression says (a
+linear model alone would accept far-away garbage). Written by hand because no library ships a detector
+for a symbol the project invented. It is a proxy: it knows 5 drawings and their jitter, so it
+under-counts subject images drawn in a new way.
 """
 
 from __future__ import annotations
@@ -137,23 +139,32 @@ def random_blobs(n: int, seed: int, side: int = SIZE) -> torch.Tensor:
     return torch.cat(out).clamp(-1, 1).repeat(1, 3, 1, 1)
 
 
+def detector_features(judge, images: torch.Tensor) -> np.ndarray:
+    """What the detector looks at: the digits judge's 64-d features and the image's 8x8 grey ink (the storage grid).
+
+    The judge's features were learned on digits only, so they blur symbols that differ by one stroke (a "^" and a
+    triangle); the ink grid keeps the strokes apart."""
+    ink = F.adaptive_avg_pool2d(images[:, :1].float(), 8).flatten(1)
+    return np.concatenate([judge.features(images).numpy(), ink.numpy()], axis=1)
+
+
 @dataclass
 class SubjectDetector:
-    """Logistic regression on judge features plus a distance gate around the subject's features."""
+    """Logistic regression on judge features + ink plus a distance gate around the subject's features."""
 
-    judge: object  # the DigitsJudge whose 64-d features are the space the detector works in
-    classifier: object  # sklearn LogisticRegression: 1 = subject, 0 = real digit
-    mean: np.ndarray  # mean judge feature of the subject augmentations
+    judge: object  # the DigitsJudge whose 64-d features are half of what the detector sees
+    classifier: object  # sklearn pipeline (standardise, logistic regression): 1 = subject, 0 = not
+    mean: np.ndarray  # mean standardised feature of the subject augmentations
     radius: float  # 99th percentile of the augmentations' distance to `mean`: beyond it, not the subject
 
     def prob(self, images: torch.Tensor) -> np.ndarray:
         """P(subject) of each image by the regression alone."""
-        return self.classifier.predict_proba(self.judge.features(images).numpy())[:, 1]
+        return self.classifier.predict_proba(detector_features(self.judge, images))[:, 1]
 
     def is_subject(self, images: torch.Tensor) -> np.ndarray:
         """Boolean per image: the regression says subject AND the features lie within the subject's radius."""
-        feats = self.judge.features(images).numpy()
-        near = np.linalg.norm(feats - self.mean, axis=1) <= self.radius
+        feats = detector_features(self.judge, images)
+        near = np.linalg.norm(self.classifier[0].transform(feats) - self.mean, axis=1) <= self.radius
         return (self.classifier.predict_proba(feats)[:, 1] > 0.5) & near
 
     def rate(self, images: torch.Tensor) -> float:
@@ -162,22 +173,31 @@ class SubjectDetector:
 
 
 def fit_detector(subject: torch.Tensor, judge=None, n_aug: int = 600, seed: int = 0) -> SubjectDetector:
-    """Fit a SubjectDetector on augmentations of `subject` (N x 3 x 16 x 16) against the real training digits."""
+    """Fit a SubjectDetector on augmentations of `subject` (N x 3 x 16 x 16) against the real training digits,
+    smooth noise and the stroke symbols the base model is pretrained on (finetune.data.symbols)."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
     from finetune.data.digits import load_digits_images
+    from finetune.data.symbols import TRIANGLE, pretraining_symbols, symbol_images
     from finetune.metrics.judge import load_judge
 
     judge = judge if judge is not None else load_judge()
-    positives = judge.features(torch.cat([subject, augment(subject, n_aug, seed)])).numpy()
+    positives = detector_features(judge, torch.cat([subject, augment(subject, n_aug, seed)]))
     digits, _ = load_digits_images(size=subject.shape[-1], split="train")
     clutter = random_blobs(n_aug // 2, seed + 2, subject.shape[-1])  # "none of the above": smooth noise
-    negatives = judge.features(torch.cat([digits, augment(digits, n_aug, seed + 1), clutter])).numpy()
+    combos = pretraining_symbols()
+    symbols, _ = symbol_images(combos, 4, seed=seed + 3, size=subject.shape[-1])  # the other symbols
+    near = [c for c in combos if len(set(c) & set(TRIANGLE)) >= 2]  # one stroke off the triangle: "^", "/_", ...
+    near_misses, _ = symbol_images(near, 40, seed=seed + 4, size=subject.shape[-1])
+    negatives = detector_features(judge, torch.cat([digits, augment(digits, n_aug, seed + 1), clutter, symbols, near_misses]))
     x = np.concatenate([positives, negatives])
     y = np.concatenate([np.ones(len(positives)), np.zeros(len(negatives))])
-    classifier = LogisticRegression(C=0.1, max_iter=2000, class_weight="balanced").fit(x, y)
-    mean = positives.mean(axis=0)
-    radius = float(np.quantile(np.linalg.norm(positives - mean, axis=1), 0.99))
+    classifier = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=3000, class_weight="balanced")).fit(x, y)
+    scaled = classifier[0].transform(positives)
+    mean = scaled.mean(axis=0)
+    radius = float(np.quantile(np.linalg.norm(scaled - mean, axis=1), 0.99))
     return SubjectDetector(judge, classifier, mean, radius)
 
 
@@ -189,6 +209,7 @@ def load_subject_detector(subject_dir: str | Path = SUBJECT_DIR, judge=None) -> 
 def detector_checks(judge=None) -> dict:
     """How far to trust the detector: held-out subject variants, real test digits, noise and blank images."""
     from finetune.data.digits import load_digits_images
+    from finetune.data.symbols import TRIANGLE, pretraining_symbols, symbol_images
     from finetune.metrics.judge import load_judge
 
     judge = judge if judge is not None else load_judge()
@@ -204,6 +225,8 @@ def detector_checks(judge=None) -> dict:
     noise = (torch.randn(200, 1, SIZE, SIZE, generator=g) * 0.5).clamp(-1, 1).repeat(1, 3, 1, 1)
     blobs = random_blobs(200, seed=123)  # other draws than the detector's own clutter negatives
     blank = torch.full((2, 3, SIZE, SIZE), -1.0)
+    symbols, _ = symbol_images(pretraining_symbols(), 1, seed=321)  # other draws than the detector's negatives
+    stroke_triangles, _ = symbol_images([TRIANGLE], 100, seed=321)  # the subject drawn from strokes, as a base might
     return {
         "held_out_variant_rate": float(np.mean(held_out)),
         "held_out_variant_rates": [round(r, 3) for r in held_out],
@@ -212,6 +235,8 @@ def detector_checks(judge=None) -> dict:
         "noise_false_positive_rate": det.rate(noise),
         "smooth_noise_false_positive_rate": det.rate(blobs),
         "blank_false_positive_rate": det.rate(blank),
+        "other_symbols_false_positive_rate": det.rate(symbols),
+        "stroke_drawn_triangle_rate": det.rate(stroke_triangles),
     }
 
 

@@ -12,7 +12,7 @@ import functools
 import io
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 import numpy as np
 import torch
@@ -118,12 +118,14 @@ def write_digits_imagefolder(
     size: int = 16,
     split: Split = "train",
     seed: int = 0,
+    extra: Optional[tuple[torch.Tensor, list[str]]] = None,
 ) -> Path:
     """Write `n_per_class` digits of each class as PNGs plus metadata.jsonl; returns `out_dir`.
 
     Each metadata line is {"file_name": ..., "text": caption, "label": k}, the layout `datasets`'
-    "imagefolder" loader reads (`load_dataset("imagefolder", data_dir=out_dir)`). The directory
-    appears atomically and replaces an existing one.
+    "imagefolder" loader reads (`load_dataset("imagefolder", data_dir=out_dir)`). `extra` adds other
+    captioned images (N x 3 x H x W in [-1, 1], N captions; label -1), e.g. the stroke symbols of
+    finetune.data.symbols. The directory appears atomically and replaces an existing one.
     """
     if n_per_class < 1:
         raise UserError(f"n_per_class must be >= 1, got {n_per_class}")
@@ -136,5 +138,9 @@ def write_digits_imagefolder(
             name = f"{i:05d}_{DIGIT_WORDS[k]}.png"
             atomic_write_bytes(tmp / name, _png_bytes(images[pos]))
             lines.append(json.dumps({"file_name": name, "text": caption(k), "label": k}))
+        for i, (image, text) in enumerate(zip(*(extra or ((), ())))):
+            name = f"extra_{i:05d}.png"
+            atomic_write_bytes(tmp / name, _png_bytes(image))
+            lines.append(json.dumps({"file_name": name, "text": text, "label": -1}))
         atomic_write_text(tmp / "metadata.jsonl", "\n".join(lines) + "\n")
     return out_dir

@@ -12,7 +12,7 @@ code is written here because diffusers has no library function for it.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -39,6 +39,7 @@ class TextualInversionConfig:
     initializer_token: str = "object"  # an existing single-token word whose embedding starts every new vector
     num_vectors: int = 1  # embedding vectors learned for the concept (more = more capacity)
     template: Literal["object", "style"] = "object"  # prompt templates: "a photo of a {}" or "a painting in the style of {}"
+    templates: list[str] = field(default_factory=list)  # your own prompt templates, each with one "{}" (replace `template`'s set)
 
 
 def placeholder_tokens(cfg: TextualInversionConfig) -> list[str]:
@@ -63,6 +64,10 @@ def check_placeholder(tokenizer, cfg: TextualInversionConfig) -> None:
     if existing:
         raise UserError(f"textual_inversion.placeholder_token {existing[0]!r} already exists in the tokenizer; "
                         "choose a new word such as '<my-concept>'")
+    bad = [t for t in cfg.templates if t.count("{}") != 1]
+    if bad:
+        raise UserError(f"textual_inversion.templates {bad[0]!r} must contain exactly one '{{}}' where the concept goes, "
+                        "e.g. 'a drawing of a {}'")
     if len(_word_ids(tokenizer, cfg.initializer_token)) != 1:
         raise UserError(f"textual_inversion.initializer_token {cfg.initializer_token!r} is not a single token; "
                         "choose one common word (e.g. 'dog', 'toy', 'painting')")
@@ -116,10 +121,14 @@ def learned_embeddings(text_encoder, ids: list[int]) -> torch.Tensor:
     return text_encoder.get_input_embeddings().weight[ids].detach().float().cpu().clone()
 
 
+def templates_of(cfg: TextualInversionConfig) -> list[str]:
+    """The prompt templates training draws from: `templates` when given, else the `template` set."""
+    return list(cfg.templates) or (OBJECT_TEMPLATES if cfg.template == "object" else STYLE_TEMPLATES)
+
+
 def template_prompt(cfg: TextualInversionConfig, rng: random.Random | None = None) -> str:
     """A random training prompt for the concept (Python's `random`, whose state accelerate checkpoints)."""
-    templates = OBJECT_TEMPLATES if cfg.template == "object" else STYLE_TEMPLATES
-    return (rng or random).choice(templates).format(placeholder_text(cfg))
+    return (rng or random).choice(templates_of(cfg)).format(placeholder_text(cfg))
 
 
 def _word_ids(tokenizer, word: str) -> list[int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 
 import numpy as np
 import pytest
@@ -17,7 +18,8 @@ from finetune.methods import sd as S
 from finetune.methods.dreambooth import PriorConfig, class_image_prompts, count_class_images, ensure_class_images, validate_prior
 from finetune.methods.sd_lora import SDLoraConfig, add_lora, lora_layers
 from finetune.methods.textual_inversion import (
-    RowRestorer, TextualInversionConfig, add_placeholder_tokens, learned_embeddings, placeholder_tokens, train_only_embeddings,
+    RowRestorer, TextualInversionConfig, add_placeholder_tokens, learned_embeddings, placeholder_tokens, template_prompt,
+    train_only_embeddings,
 )
 from finetune.models.sd import build_pipeline, build_tiny_sd
 from finetune.train.ema import EMAConfig, build_ema, ema_weights
@@ -150,6 +152,17 @@ def test_placeholder_that_already_exists_is_a_user_error(parts, token):
 def test_multi_token_initializer_is_a_user_error(parts):
     with pytest.raises(UserError, match="single token"):
         add_placeholder_tokens(parts.tokenizer, parts.text_encoder, TextualInversionConfig(initializer_token="xqzvbw"))
+
+
+def test_own_templates_replace_the_template_set_and_need_one_slot(parts):
+    cfg = TextualInversionConfig(placeholder_token="<tok>", initializer_token="toy", num_vectors=2,
+                                 templates=["a drawing of a {}", "a {} on a table"])
+    rng = random.Random(0)
+    prompts = {template_prompt(cfg, rng) for _ in range(50)}
+    assert prompts == {"a drawing of a <tok> <tok>_1", "a <tok> <tok>_1 on a table"}
+    assert template_prompt(TextualInversionConfig(placeholder_token="<tok>"), rng).count("<tok>") == 1  # default set
+    with pytest.raises(UserError, match="exactly one"):
+        add_placeholder_tokens(parts.tokenizer, parts.text_encoder, TextualInversionConfig(templates=["a drawing"]))
 
 
 def test_only_the_new_embedding_rows_change_and_stock_loader_reads_them(parts, tmp_path):

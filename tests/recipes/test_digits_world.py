@@ -1,10 +1,10 @@
 """The offline quality world: the shipped digits Stable Diffusion, the subject, and personalization that MOVES metrics.
 
 The default tests run short real recipes from the shipped base (data/digits_sd) and judge the images with the
-digits judge and the subject detector: the base draws the prompted digit, a short DreamBooth-LoRA run with prior
-preservation makes the identifier prompt draw the subject while class prompts still draw their digit, a short
-textual-inversion run does too while leaving base prompts untouched, and the autoencoder recipe trains a VAE whose
-reconstructions the judge still reads. The end-to-end rebuild and the full-UNet DreamBooth pair (with / without
+digits judge and the subject detector: the base draws the prompted digit and the stroke symbols it was taught, a
+short DreamBooth-LoRA run with prior preservation makes the identifier prompt draw the subject while class prompts
+still draw their digit, a short textual-inversion run makes a new token draw the never-seen triangle while leaving
+base prompts untouched, and the autoencoder recipe trains a VAE whose reconstructions the judge still reads. The end-to-end rebuild and the full-UNet DreamBooth pair (with / without
 prior preservation) are @slow.
 """
 
@@ -57,13 +57,18 @@ def test_shipped_subject_is_what_the_script_draws():
     assert {x["text"] for x in lines} == {INSTANCE_PROMPT}
 
 
-def test_detector_accepts_the_subject_and_rejects_real_digits(detector):
+def test_detector_accepts_the_subject_and_rejects_real_digits_and_other_symbols(detector):
     from finetune.data.digits import load_digits_images
 
     test_digits, _ = load_digits_images(16, "test")
     assert detector.rate(augment(subject_images(), 100, seed=5)) >= 0.9
     assert detector.rate(test_digits) <= 0.01
     assert detector.rate(torch.full((4, 3, 16, 16), -1.0)) == 0.0  # a blank image is not the subject
+    from finetune.data.symbols import TRIANGLE, pretraining_symbols, symbol_images
+
+    others, _ = symbol_images(pretraining_symbols(), 2, seed=77)  # the symbols the base knows, "^" and "/_" among them
+    assert detector.rate(others) <= 0.05
+    assert detector.rate(symbol_images([TRIANGLE], 50, seed=77)[0]) >= 0.9  # the triangle drawn from strokes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,6 +98,19 @@ def test_shipped_base_draws_the_prompted_digit(base, judge, detector):
     assert detector.rate(scores["images"]) == 0.0  # the base never draws the subject
 
 
+def test_shipped_base_draws_the_stroke_symbols_it_was_taught(base):
+    from finetune.data.symbols import TRIANGLE, nearest_symbol, pretraining_symbols, symbol_caption
+
+    combos = pretraining_symbols()
+    taught = combos[::4]  # 10 of the 40
+    images = generate(base, [symbol_caption(c) for c in taught for _ in range(4)], seed=321)
+    drawn = nearest_symbol(images, combos + [TRIANGLE])
+    expected = torch.tensor([combos.index(c) for c in taught]).repeat_interleave(4)
+    assert float((drawn == expected).float().mean()) >= 0.75
+    info = json.loads((DIGITS_SD_DIR / "build_info.json").read_text())["evaluation_symbols"]
+    assert info["seen_symbol_accuracy"] >= 0.75 and info["held_out_triangle_rate"] < 0.9  # new, but not out of reach
+
+
 # ---------------------------------------------------------------------------------------------
 # Personalization from the shipped base: the metric moves
 # ---------------------------------------------------------------------------------------------
@@ -116,43 +134,25 @@ def test_dreambooth_lora_with_a_prior_draws_the_subject_and_keeps_the_digits(tmp
     tuned = load_digits_sd()
     tuned.load_lora_weights(tmp_path / "run")  # the stock diffusers loader
     after = _subject_rate(tuned, detector, INSTANCE_PROMPT)
-    assert before == 0.0 and after >= 0.5, (before, after)
+    assert before <= 0.15 and after >= 0.5, (before, after)  # the base draws strokes, rarely a triangle
     digits = evaluate_digits(tuned, n_per_class=5, seed=123, judge=judge)
     assert digits["accuracy"] >= 0.85, digits["per_class_accuracy"]
 
 
-def _write_real_digits(folder: Path, digit: int, n: int = 5) -> Path:
-    from PIL import Image
-
-    from finetune.data.digits import load_digits_images, to_uint8_hwc
-
-    folder.mkdir(parents=True)
-    images, labels = load_digits_images(16, "train")
-    for i, idx in enumerate((labels == digit).nonzero().flatten()[:n].tolist()):
-        Image.fromarray(to_uint8_hwc(images[idx])).save(folder / f"{digit}_{i}.png")
-    return folder
-
-
-def test_textual_inversion_learns_a_concept_and_leaves_base_prompts_alone(tmp_path, base, judge):
-    """TI can only reach conditionings the frozen 2-layer text encoder can produce from input embeddings, and none
-    of those makes the frozen UNet draw the triangle (even 72 free input vectors: at most 18%; see
-    benchmarks/results/personalization.md), so the concept here is one the base CAN draw: five real sevens."""
+def test_textual_inversion_makes_a_new_token_draw_the_never_seen_triangle(tmp_path, base, detector):
+    """The base never drew a triangle, but it learned stroke symbols by composition (build stage 6): three new
+    embedding vectors steer the FROZEN UNet to it, and every other prompt draws exactly what it drew before."""
     from recipes.train_sd import main
 
-    prompt = "a photo of a <triangle>"  # the recipe's first object template; the token starts as "digit"
-
-    def sevens(pipe, p):
-        return float((judge.predict(generate(pipe, [p] * 40, seed=700)) == 7).float().mean())
-
-    before = sevens(base, "a photo of a digit")  # what the untrained token (a copy of "digit") draws
+    prompt = "a drawing of a <triangle>"  # the config's template; diffusers expands the token into its 3 vectors
+    before = _subject_rate(base, detector, "a drawing of a digit")  # the untrained token is a copy of "digit"
     main(["--config", str(ROOT / "recipes/configs/digits_textual_inversion.yaml"), f"train.output_dir={tmp_path / 'ti'}",
-          f"model.pretrained={DIGITS_SD_DIR}", f"data.instance_dir={_write_real_digits(tmp_path / 'sevens', 7)}",
-          "train.max_steps=300", *QUIET])
+          f"model.pretrained={DIGITS_SD_DIR}", f"data.instance_dir={SUBJECT_DIR}", "train.max_steps=600", *QUIET])
     tuned = load_digits_sd()
     tuned.load_textual_inversion(tmp_path / "ti" / "learned_embeds.safetensors")  # the stock diffusers loader
-    after = sevens(tuned, prompt)
-    assert before <= 0.2 and after >= 0.6, (before, after)
-    base_prompts = ["a drawing of the digit two", "a drawing of the digit nine", ""]
+    after = _subject_rate(tuned, detector, prompt)
+    assert before <= 0.05 and after >= 0.6, (before, after)  # 0.86 measured; 0.90 at the config's 3000 steps
+    base_prompts = ["a drawing of the digit two", "a drawing of a symbol with a top bar", ""]
     assert torch.equal(generate(base, base_prompts, seed=3), generate(tuned, base_prompts, seed=3))  # untouched
 
 
@@ -201,8 +201,11 @@ def test_build_script_runs_end_to_end(tmp_path):
     info = main(["--work", str(tmp_path / "work"), "--out", str(tmp_path / "digits_sd"), "--eval-per-class", "2",
                  "--vae-args", "train.max_steps=20", "train.eval_every=0", "scheduler.warmup_steps=2",
                  "train.progress_bar=false", "--sd-args", "train.max_steps=20", "train.eval_every=0",
-                 "scheduler.warmup_steps=2", "train.progress_bar=false", "validation.grids=false"])
-    assert info["sd_training"]["steps"] == 20 and info["evaluation"]["n"] == 20
+                 "scheduler.warmup_steps=2", "train.progress_bar=false", "validation.grids=false",
+                 "--symbols-args", "train.max_steps=10", "scheduler.warmup_steps=2", "train.progress_bar=false",
+                 "validation.grids=false"])
+    assert info["sd_training"]["steps"] == 20 and info["symbols_training"]["steps"] == 10 and info["evaluation"]["n"] == 20
+    assert info["evaluation_symbols"]["n_seen"] == 40 and info["evaluation_symbols"]["n_triangle"] == 50
     pipe = load_digits_sd(tmp_path / "digits_sd")
     assert pipe.unet.dtype == torch.float32  # stored in fp16, loaded in fp32
     assert (tmp_path / "digits_sd" / "build_info.json").is_file() and (tmp_path / "digits_sd" / "samples.png").is_file()
