@@ -224,11 +224,12 @@ split): its "subject rate" is the share the digits judge classifies as seven ("a
 DreamBooth-LoRA without a prior and LoRA on the captioned folder train on the same five images with the same
 caption and seed: the same training reached through two configs.
 
-Textual inversion leaves the UNet and the text encoder frozen: it can only steer the base to what the base can
-draw. The triangle is reachable because the base learned the stroke symbols by composition;
-`benchmarks/ti_ceiling.py` measures the bound (a free 77 x 64 conditioning tensor fitted through the frozen UNet)
-on this base and on the digits-only one. The two TI rows differ in the config alone: three vectors, the world's
-own caption template and lr 5e-2 against diffusers' example defaults.
+Textual inversion leaves the UNet and the text encoder frozen: it steers the base only through what the frozen
+text encoder makes of new input embeddings. `benchmarks/ti_ceiling.py` compares it with the bound of any prompt-only
+method (a free 77 x 64 conditioning tensor fitted through the frozen UNet) on this base and on the digits-only base
+it was built from: there the UNet can draw the triangle from a free conditioning, but no learned token gets the
+text encoder to produce one. The two TI rows here differ in the config alone: three vectors, the world's own
+caption template and lr 5e-2 against diffusers' example defaults.
 
 How to read it: the subject detector (`scripts/make_subject.py`) is a logistic regression on the digits judge's
 features and the 8x8 ink, with a distance gate; it recognises held-out drawings of the subject ~93% of the time,

@@ -15,7 +15,8 @@ Stages, each a plain run of a project recipe (so the build is also their end-to-
    except the held-out hollow triangle), captioned by their strokes, in one folder.
 6. recipes/train_sd.py --config recipes/configs/digits_sd_symbols.yaml continues stage 4's pipeline on that
    folder: the model learns to draw by composition, so the held-out triangle (the personalization subject) is new
-   to it yet made of parts it can draw, which is what textual inversion needs (benchmarks/ti_ceiling.py).
+   to it yet made of parts it can draw and its text encoder can express, which is what textual inversion needs
+   (benchmarks/ti_ceiling.py).
 7. Evaluation with the digits judge: images for "a drawing of the digit k", k = 0..9, guidance on, classified
    as k (bar: >= 97%) and their FID against the real test digits; the symbols: how often a pretraining symbol's
    caption draws that symbol, and how often the written-out caption of the never-seen triangle draws it. Written to

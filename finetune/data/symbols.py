@@ -5,8 +5,10 @@ strokes: "a drawing of a symbol with a top bar and a left slant". Pretraining th
 beside the digits teaches it to draw by composition, the way a large SD model can render things no caption of its
 training set named. One combination is held out of pretraining on purpose: the hollow triangle
 (`TRIANGLE`: bottom bar + left slant + right slant), the project's personalization subject (data/subject). So the
-triangle is new to the base model, yet made of parts it can draw: textual inversion can then find a token for it
-(a frozen UNet can only be steered to what it can draw), and DreamBooth still has something new to teach.
+triangle is new to the base model, yet made of parts it has learned to draw and to name. Textual inversion, which
+steers the frozen model only through new input embeddings, then finds a token for it; on the digits-only base it
+could not, although that UNet draws the triangle from a free conditioning tensor: its text encoder, taught ten
+captions, could not express it (benchmarks/ti_ceiling.py). DreamBooth still has something new to teach.
 
 Each symbol is drawn on a 64x64 canvas, jittered (shift, scale, tilt, stroke width), box-averaged to the digits'
 8x8 grid, scaled to full ink at its darkest cell, then upsampled bilinearly to 16x16 RGB in [-1, 1], exactly like
@@ -40,11 +42,6 @@ def symbol_caption(strokes: tuple[str, ...]) -> str:
     parts = [f"a {s}" for s in strokes]
     listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     return f"a drawing of a symbol with {listed}"
-
-
-def symbol_words() -> list[str]:
-    """The words symbol captions use beyond the digits' captions (for the tokenizer's vocabulary)."""
-    return sorted({w for name in STROKES for w in name.split()} | {"symbol", "with", "and"})
 
 
 def pretraining_symbols(max_strokes: int = 3) -> list[tuple[str, ...]]:

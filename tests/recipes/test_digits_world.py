@@ -213,8 +213,10 @@ def test_build_script_runs_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_dreambooth_full_drifts_without_a_prior(tmp_path, judge, detector):
-    """Full-UNet DreamBooth on the subject: without prior preservation the class prompts stop drawing their digit
-    (language drift); with the config's prior (base-model images for each of the ten class prompts) they keep it."""
+    """Full-UNet DreamBooth on the subject: without prior preservation the class prompts drift (the subject leaks into
+    "a drawing of the digit k" and fewer draw their digit); with the config's prior (base-model images for each of the
+    ten class prompts) they keep drawing the digit and not the subject. Measured at 400 steps with 300 images per
+    model (benchmarks/results/personalization.md): accuracy 0.89 vs 1.00, leakage 0.16 vs 0.00."""
     from recipes.train_sd import main
 
     config = str(ROOT / "recipes/configs/digits_dreambooth.yaml")
@@ -223,6 +225,8 @@ def test_dreambooth_full_drifts_without_a_prior(tmp_path, judge, detector):
           "train.max_steps=400", *QUIET])
     plain, prior = load_digits_sd(tmp_path / "plain" / "pipeline"), load_digits_sd(tmp_path / "prior" / "pipeline")
     assert _subject_rate(plain, detector, INSTANCE_PROMPT) >= 0.8 and _subject_rate(prior, detector, INSTANCE_PROMPT) >= 0.8
-    plain_acc = evaluate_digits(plain, n_per_class=5, judge=judge)["accuracy"]
-    prior_acc = evaluate_digits(prior, n_per_class=5, judge=judge)["accuracy"]
-    assert prior_acc >= 0.85 and plain_acc < prior_acc - 0.2, (plain_acc, prior_acc)
+    plain_scores = evaluate_digits(plain, n_per_class=10, judge=judge)
+    prior_scores = evaluate_digits(prior, n_per_class=10, judge=judge)
+    plain_leak, prior_leak = detector.rate(plain_scores["images"]), detector.rate(prior_scores["images"])
+    assert prior_scores["accuracy"] >= 0.95 and plain_scores["accuracy"] < prior_scores["accuracy"], (plain_scores["accuracy"], prior_scores["accuracy"])
+    assert prior_leak <= 0.02 and plain_leak >= 0.05, (plain_leak, prior_leak)
