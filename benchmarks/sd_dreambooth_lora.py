@@ -237,30 +237,31 @@ def best(results: list[dict]) -> dict:
 
 def section(a, photo_scale: int, ref: dict, ours: dict, compiled: dict | None = None) -> list[str]:
     median = lambda r: 1.0 / r["median_step_seconds"]  # noqa: E731  (robust to other processes' load)
-    speed, wall = median(ours) / median(ref), ours["steps_per_second"] / ref["steps_per_second"]
-    total_ours = a.steps / (ours["train_seconds"] + ours["cache_seconds"])
-    mem = ours["peak_memory_bytes"] / ref["peak_memory_bytes"]
+    total = lambda r: a.steps / (r["train_seconds"] + r["cache_seconds"])  # noqa: E731  (wall incl. one-off work)
     mib = lambda b: f"{b / 2**20:,.0f} MiB"  # noqa: E731
+    speed, mem = median(ours) / median(ref), ours["peak_memory_bytes"] / ref["peak_memory_bytes"]
     side = a.resolution * photo_scale
+
+    def rows(label: str, r: dict) -> list[str]:
+        """The side's own row and its ratio to the reference."""
+        return [
+            f"| {label} | {median(r):.2f} | {r['steps_per_second']:.2f} | {total(r):.2f} | {mib(r['peak_memory_bytes'])} |",
+            f"| ratio {label.split(' (')[0]} / reference | **{median(r) / median(ref):.2f}x** | "
+            f"{r['steps_per_second'] / ref['steps_per_second']:.2f}x | {total(r) / ref['steps_per_second']:.2f}x | "
+            f"{r['peak_memory_bytes'] / ref['peak_memory_bytes']:.3f}x |",
+        ]
+
     lines = [
         f"### Instance images {side}x{side * 5 // 4} px (class images {a.resolution} px, as the base model generates them)", "",
         f"| | steps/s (1 / median step) | steps/s (wall, all steps) | wall incl. our caching | peak memory while training ({ours['memory_kind']}) |",
         "|---|---|---|---|---|",
         f"| diffusers-style reference | {median(ref):.2f} | {ref['steps_per_second']:.2f} | {ref['steps_per_second']:.2f} | {mib(ref['peak_memory_bytes'])} |",
-        f"| ours (recipes/train_sd.py) | {median(ours):.2f} | {ours['steps_per_second']:.2f} | {total_ours:.2f} | {mib(ours['peak_memory_bytes'])} |",
-        f"| ratio ours / reference | **{speed:.2f}x** | {wall:.2f}x | {total_ours / ref['steps_per_second']:.2f}x | {mem:.3f}x |",
+        *rows("ours (recipes/train_sd.py)", ours),
     ]
     if compiled:
-        c_total = a.steps / (compiled["train_seconds"] + compiled["cache_seconds"])
         once = compiled["train_seconds"] - a.steps * compiled["median_step_seconds"]  # ~ the compile, paid in step 1
         saved = 1.0 / median(ref) - compiled["median_step_seconds"]
-        lines += [
-            f"| ours + torch.compile (`--dynamo_backend inductor`) | {median(compiled):.2f} | {compiled['steps_per_second']:.2f} | "
-            f"{c_total:.2f} | {mib(compiled['peak_memory_bytes'])} |",
-            f"| ratio ours + compile / reference | **{median(compiled) / median(ref):.2f}x** | "
-            f"{compiled['steps_per_second'] / ref['steps_per_second']:.2f}x | {c_total / ref['steps_per_second']:.2f}x | "
-            f"{compiled['peak_memory_bytes'] / ref['peak_memory_bytes']:.3f}x |",
-        ]
+        lines += rows("ours + torch.compile (`--dynamo_backend inductor`)", compiled)
     lines += [
         "", f"Target >= 1.5x steps/s with no more memory: speed {'met' if speed >= 1.5 else 'NOT met'} (median), "
         f"memory {'met' if mem <= 1.0 else 'NOT met'}. Our one-off caching took {ours['cache_seconds']:.2f} s. "

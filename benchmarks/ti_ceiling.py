@@ -22,8 +22,6 @@ Writes benchmarks/results/ti_ceiling.md.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +35,8 @@ if str(ROOT) not in sys.path:
 
 from finetune.io import atomic_write_text  # noqa: E402
 from finetune.losses.diffusion import diffusion_loss, diffusion_target  # noqa: E402
-from scripts.build_digits_sd import GUIDANCE, RESOLUTION, SAMPLE_STEPS, load_digits_sd  # noqa: E402
+from benchmarks.personalization import TI_PROMPT, Run, train  # noqa: E402
+from scripts.build_digits_sd import GUIDANCE, RESOLUTION, SAMPLE_STEPS, generate, load_digits_sd  # noqa: E402
 from scripts.make_subject import CLASS_PROMPT, load_subject_detector, load_subject_images  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "ti_ceiling.md"
@@ -84,23 +83,15 @@ def sample(pipe, cond: torch.Tensor, n: int, seed: int = 50_000) -> torch.Tensor
 
 
 def textual_inversion_rate(model: str, score, n: int, steps: int) -> float:
-    """Run the TI recipe config on `model` in its own process, load the embedding with stock diffusers, score n samples."""
+    """Run the TI recipe config on `model` as the personalization benchmark runs it, load the embedding with stock
+    diffusers, score n samples of its template prompt (drawn like `generate` draws every prompt here)."""
+    run = Run("textual inversion", "digits_textual_inversion", "ti",
+              [f"model.pretrained={Path(model).resolve()}", f"train.max_steps={steps}"])
     with tempfile.TemporaryDirectory(prefix="ti_") as out:
-        env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        cmd = [sys.executable, "recipes/train_sd.py", "--config", "recipes/configs/digits_textual_inversion.yaml",
-               f"model.pretrained={Path(model).resolve()}", f"train.output_dir={out}/ti", f"train.max_steps={steps}",
-               "train.progress_bar=false", "validation.grids=false"]
-        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise SystemExit(f"textual inversion failed:\n{done.stderr[-3000:]}")
+        train(run, Path(out) / "ti")
         pipe = load_digits_sd(model)
-        pipe.load_textual_inversion(f"{out}/ti/learned_embeds.safetensors")
-        gens = [torch.Generator().manual_seed(50_000 + i) for i in range(n)]
-        with torch.no_grad():
-            images = pipe(["a drawing of a <triangle>"] * n, height=RESOLUTION, width=RESOLUTION,
-                          num_inference_steps=SAMPLE_STEPS, guidance_scale=GUIDANCE, generator=gens,
-                          output_type="pt").images.float() * 2.0 - 1.0
-        return score(images)
+        pipe.load_textual_inversion(Path(out) / "ti" / "learned_embeds.safetensors")
+        return score(generate(pipe, [TI_PROMPT] * n, seed=50_000))
 
 
 def sevens(n: int = 5) -> torch.Tensor:

@@ -70,9 +70,9 @@ def draw_triangle(ax: int, ay: int, bl: int, br: int, by: int, width: int, tilt:
 
 def subject_images() -> torch.Tensor:
     """The subject variants as N x 3 x 16 x 16 in [-1, 1], rendered exactly like load_digits_images."""
-    ink = torch.from_numpy(np.stack([draw_triangle(*v) for v in VARIANTS])).unsqueeze(1)
-    x = F.interpolate(ink * 2.0 - 1.0, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
-    return x.clamp(-1.0, 1.0).repeat(1, 3, 1, 1).contiguous()
+    from finetune.data.digits import ink_to_images
+
+    return ink_to_images(torch.from_numpy(np.stack([draw_triangle(*v) for v in VARIANTS])), SIZE)
 
 
 def _png(image: torch.Tensor) -> bytes:
@@ -144,8 +144,9 @@ def detector_features(judge, images: torch.Tensor) -> np.ndarray:
 
     The judge's features were learned on digits only, so they blur symbols that differ by one stroke (a "^" and a
     triangle); the ink grid keeps the strokes apart."""
-    ink = F.adaptive_avg_pool2d(images[:, :1].float(), 8).flatten(1)
-    return np.concatenate([judge.features(images).numpy(), ink.numpy()], axis=1)
+    from finetune.data.digits import storage_grid
+
+    return np.concatenate([judge.features(images).numpy(), storage_grid(images).numpy()], axis=1)
 
 
 @dataclass

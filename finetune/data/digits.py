@@ -76,11 +76,21 @@ def load_digits_images(
         raise UserError(f"digits size must be >= {MIN_SIZE} (the originals are 8x8), got {size}")
     idx = split_indices(split, seed)
     images, labels = _raw_digits()
-    x = torch.from_numpy(images[idx]).unsqueeze(1) / 16.0 * 2.0 - 1.0
+    return ink_to_images(torch.from_numpy(images[idx]) / 16.0, size), torch.from_numpy(labels[idx].copy())
+
+
+def ink_to_images(ink: torch.Tensor, size: int = 16) -> torch.Tensor:
+    """8x8 ink grids (N x 8 x 8, ink in [0, 1]) as the digits world's images: scaled to [-1, 1] (background -1),
+    upsampled bilinearly to `size` and repeated over three channels (the toolkit's image models are RGB)."""
+    x = torch.as_tensor(ink, dtype=torch.float32).unsqueeze(1) * 2.0 - 1.0
     if size != 8:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    x = x.clamp(-1.0, 1.0).repeat(1, 3, 1, 1).contiguous()
-    return x, torch.from_numpy(labels[idx].copy())
+    return x.clamp(-1.0, 1.0).repeat(1, 3, 1, 1).contiguous()
+
+
+def storage_grid(images: torch.Tensor) -> torch.Tensor:
+    """The 8x8 grey grid images of the digits world are stored on (N x 64): the inverse view of ink_to_images."""
+    return F.adaptive_avg_pool2d(images[:, :1].float(), 8).flatten(1)
 
 
 def to_uint8_hwc(image: torch.Tensor) -> np.ndarray:

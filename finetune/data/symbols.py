@@ -21,18 +21,19 @@ import itertools
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from finetune.data.digits import ink_to_images, storage_grid
 
 CANVAS = 64  # drawing canvas side; box-averaged down to the 8x8 storage grid
 
-# stroke name -> ("line", x0, y0, x1, y1) on the 64x64 canvas
-STROKES: dict[str, tuple] = {
-    "top bar": ("line", 8, 10, 56, 10),
-    "bottom bar": ("line", 8, 54, 56, 54),
-    "left bar": ("line", 10, 8, 10, 56),
-    "right bar": ("line", 54, 8, 54, 56),
-    "left slant": ("line", 8, 54, 32, 8),
-    "right slant": ("line", 32, 8, 56, 54),
+# stroke name -> line (x0, y0, x1, y1) on the 64x64 canvas
+STROKES: dict[str, tuple[int, int, int, int]] = {
+    "top bar": (8, 10, 56, 10),
+    "bottom bar": (8, 54, 56, 54),
+    "left bar": (10, 8, 10, 56),
+    "right bar": (54, 8, 54, 56),
+    "left slant": (8, 54, 32, 8),
+    "right slant": (32, 8, 56, 54),
 }
 TRIANGLE = ("bottom bar", "left slant", "right slant")  # held out of pretraining: the personalization subject
 
@@ -66,19 +67,11 @@ def draw_symbol(strokes: tuple[str, ...], rng: np.random.Generator) -> np.ndarra
         return (c + (x - c) * scale + dx, c + (y - c) * scale + dy)
 
     for name in strokes:
-        kind, *xy = STROKES[name]
-        (x0, y0), (x1, y1) = at(xy[0], xy[1]), at(xy[2], xy[3])
-        draw.line([(x0, y0), (x1, y1)], fill=255, width=width)
+        x0, y0, x1, y1 = STROKES[name]
+        draw.line([at(x0, y0), at(x1, y1)], fill=255, width=width)
     canvas = canvas.rotate(float(rng.uniform(-6, 6)), resample=Image.BILINEAR, center=(c, c))
     ink = np.asarray(canvas.resize((8, 8), Image.BOX), dtype=np.float32) / 255.0
     return ink / max(float(ink.max()), 1e-6)
-
-
-def render(ink: np.ndarray, size: int = 16) -> torch.Tensor:
-    """8x8 ink arrays (N x 8 x 8) as N x 3 x size x size images in [-1, 1], like the digits."""
-    x = torch.from_numpy(np.asarray(ink, dtype=np.float32)).unsqueeze(1) * 2.0 - 1.0
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    return x.clamp(-1.0, 1.0).repeat(1, 3, 1, 1).contiguous()
 
 
 def symbol_images(combos: list[tuple[str, ...]], per_symbol: int, seed: int = 0, size: int = 16) -> tuple[torch.Tensor, list[str]]:
@@ -89,8 +82,7 @@ def symbol_images(combos: list[tuple[str, ...]], per_symbol: int, seed: int = 0,
         for _ in range(per_symbol):
             inks.append(draw_symbol(combo, rng))
             captions.append(symbol_caption(combo))
-    return render(np.stack(inks), size), captions
-
+    return ink_to_images(torch.from_numpy(np.stack(inks)), size), captions
 
 
 def nearest_symbol(images: torch.Tensor, combos: list[tuple[str, ...]], per_symbol: int = 20, seed: int = 99) -> torch.Tensor:
@@ -98,9 +90,5 @@ def nearest_symbol(images: torch.Tensor, combos: list[tuple[str, ...]], per_symb
     `per_symbol` fresh drawings of each. A check of what a generator drew, not a judge of quality: it tells
     neighbours apart (98% of fresh drawings of the pretraining symbols plus the triangle land on their own)."""
     reference, _ = symbol_images(combos, per_symbol, seed=seed, size=images.shape[-1])
-
-    def ink(x: torch.Tensor) -> torch.Tensor:
-        return F.adaptive_avg_pool2d(x[:, :1].float(), 8).flatten(1)
-
-    centroids = ink(reference).view(len(combos), per_symbol, -1).mean(dim=1)
-    return torch.cdist(ink(images), centroids).argmin(dim=1)
+    centroids = storage_grid(reference).view(len(combos), per_symbol, -1).mean(dim=1)
+    return torch.cdist(storage_grid(images), centroids).argmin(dim=1)

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import torch
 
-from finetune.data.digits import write_digits_imagefolder
+from finetune.data.digits import ink_to_images as render, write_digits_imagefolder
 from finetune.data.symbols import (
-    STROKES, TRIANGLE, nearest_symbol, pretraining_symbols, render, symbol_caption, symbol_images,
+    STROKES, TRIANGLE, nearest_symbol, pretraining_symbols, symbol_caption, symbol_images,
 )
 
 
