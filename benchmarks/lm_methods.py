@@ -9,13 +9,14 @@ with the step budget, batch and sequence length of the main job (recipes/configs
 batch 4, 256-token blocks) and bf16 autocast from accelerate_config.yaml. Before/after perplexities on the legal
 validation split (domain) and the general-text split (forgetting) are read from each run's summary.json.
 
-- lora:     recipes/configs/legal_lora.yaml unchanged (the main job itself; its wall time includes the merged
-            export and the reload checks);
+- lora:     recipes/configs/legal_lora.yaml unchanged (the main job itself, decoder layers compiled; its wall time
+            includes the cold compile, the merged export and the reload checks);
 - full:     recipes/configs/legal_unfreeze.yaml with full.unfreeze=none and full.discriminative_factor=1
             (every weight trains from step 0 at one learning rate, 1e-4);
 - unfreeze: recipes/configs/legal_unfreeze.yaml unchanged (ULMFiT: top group first, one more every 10 steps,
             lr / 2.6 per group below the top);
-- prompt:   recipes/configs/legal_lora.yaml with method=prompt (20 virtual tokens, lr 3e-2, plain 2D mask).
+- prompt:   recipes/configs/legal_lora.yaml with method=prompt (20 virtual tokens, lr 3e-2, plain 2D mask; compiled
+            layers as the main job). full and unfreeze run eager, so compare their times with that in mind.
 
 Results: benchmarks/results/lm_methods.md (and lm_methods.json with the raw summaries).
 """
@@ -39,11 +40,11 @@ CONFIGS = ROOT / "recipes" / "configs"
 COMMON = ["train.progress_bar=false", "train.tensorboard=false"]
 
 METHODS = {
-    "lora": ("LoRA r=16, all-linear (lr 1e-3)", "legal_lora.yaml", []),
+    "lora": ("LoRA r=16, all-linear (lr 1e-3; compiled layers)", "legal_lora.yaml", []),
     "full": ("full fine-tuning (lr 1e-4)", "legal_unfreeze.yaml",
              ["full.unfreeze=none", "full.discriminative_factor=1.0"]),
     "unfreeze": ("gradual unfreezing (ULMFiT, lr 1e-4 / 2.6 per group)", "legal_unfreeze.yaml", []),
-    "prompt": ("prompt tuning, 20 virtual tokens (lr 3e-2)", "legal_lora.yaml",
+    "prompt": ("prompt tuning, 20 virtual tokens (lr 3e-2; compiled layers)", "legal_lora.yaml",
                ["method=prompt", "optim.lr=3e-2", "data.packed_attention=none", "export.merged=false",
                 "prompt.init_text=Legal text. Contract clauses, statutes and court decisions."]),
 }

@@ -10,6 +10,7 @@ writes the adapter (PEFT dir) or the full model, an optional merged model, and a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -25,13 +26,18 @@ from finetune.data.text import check_config as check_data_config
 from finetune.data.text import read_jsonl
 from finetune.errors import UserError, exit_on_user_error
 from finetune.export.lm import save_lm_artifacts, write_model_card
-from finetune.losses.lm import causal_lm_loss, count_trained_tokens
+from finetune.losses.lm import causal_lm_loss, count_trained_tokens, fused_linear_cross_entropy
 from finetune.methods.full import FullMethodConfig, GradualUnfreezer, apply_static_freeze, build_param_groups
 from finetune.methods.lora import LoraMethodConfig, apply_lora, restore_frozen_weights, store_frozen_weights
 from finetune.methods.prompt_tuning import PromptMethodConfig, apply_prompt_method
 from finetune.methods.sd import StepTimer  # per-step timing and peak memory, shared with the SD recipe
-from finetune.metrics.perplexity import nll_sum
-from finetune.models.causal_lm import LMModelConfig, load_causal_lm, resolve_model_source
+from finetune.models.causal_lm import (
+    LMModelConfig,
+    compile_decoder_layers,
+    lm_head_bypassed,
+    load_causal_lm,
+    resolve_model_source,
+)
 from finetune.optim.optimizers import OptimConfig, build_optimizer, param_groups, validate_optim_config
 from finetune.optim.schedulers import SchedulerConfig, build_scheduler, validate_scheduler_config
 from finetune.io import atomic_write_json
@@ -42,6 +48,11 @@ from finetune.train import Hooks, TrainConfig, build_accelerator, start_run, tra
 class EvalConfig:
     batch_size: int = 8  # sequences per evaluation forward pass
     max_batches: int = 0  # evaluate at most this many batches per split (0: the whole split)
+
+
+@dataclass
+class LossConfig:
+    fused: bool = True  # lm_head + cross-entropy in row chunks: the (tokens x vocab) logits are never held whole
 
 
 @dataclass
@@ -62,6 +73,7 @@ class LMRecipeConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-4))  # optimizer
     scheduler: SchedulerConfig = field(default_factory=lambda: SchedulerConfig(name="cosine", warmup_steps=10))  # lr schedule
     eval: EvalConfig = field(default_factory=EvalConfig)  # perplexity evaluation
+    loss: LossConfig = field(default_factory=LossConfig)  # how the token loss is computed (same numbers either way)
     export: ExportConfig = field(default_factory=ExportConfig)  # what is written at the end
 
 
@@ -93,16 +105,26 @@ def logits_for(model, batch) -> torch.Tensor:
     return logits[:, -batch["input_ids"].shape[1] :]
 
 
-def evaluate_ppl(model, dataset, collate, eval_cfg: EvalConfig, device) -> float:
+def summed_nll(model, batch, fused: bool) -> torch.Tensor:
+    """Summed next-token NLL over the batch's trained tokens. fused: the model hands back its final hidden states
+    and `fused_linear_cross_entropy` applies the output projection chunk by chunk (less memory, same numbers)."""
+    with lm_head_bypassed(model) if fused else contextlib.nullcontext() as head_weight:
+        out = logits_for(model, batch)
+    if head_weight is None:  # not fused, or a head that cannot be bypassed (e.g. a LoRA-wrapped lm_head)
+        return causal_lm_loss(out, batch["labels"], reduction="sum")
+    return fused_linear_cross_entropy(out, head_weight, batch["labels"], reduction="sum")
+
+
+def evaluate_ppl(model, dataset, collate, cfg: LMRecipeConfig, device) -> float:
     """Token-weighted perplexity of `model` on `dataset`: exp(sum of NLL / scored tokens)."""
     total, count = 0.0, 0
-    for b, start in enumerate(range(0, len(dataset), eval_cfg.batch_size)):
-        if eval_cfg.max_batches and b >= eval_cfg.max_batches:
+    for b, start in enumerate(range(0, len(dataset), cfg.eval.batch_size)):
+        if cfg.eval.max_batches and b >= cfg.eval.max_batches:
             break
-        batch = collate([dataset[i] for i in range(start, min(start + eval_cfg.batch_size, len(dataset)))])
+        batch = collate([dataset[i] for i in range(start, min(start + cfg.eval.batch_size, len(dataset)))])
         batch = {k: v.to(device) for k, v in batch.items()}
-        nll, n = nll_sum(logits_for(model, batch), batch["labels"])
-        total, count = total + nll, count + n
+        total += float(summed_nll(model, batch, cfg.loss.fused))
+        count += count_trained_tokens(batch["labels"])
     return math.exp(total / max(count, 1))
 
 
@@ -124,7 +146,7 @@ def main(argv=None):
     # Perplexity before training, on the untouched base model.
     model.to(accelerator.device).eval()
     with torch.no_grad(), accelerator.autocast():
-        before = {k: evaluate_ppl(model, ds, collate, cfg.eval, accelerator.device) for k, ds in eval_splits.items()}
+        before = {k: evaluate_ppl(model, ds, collate, cfg, accelerator.device) for k, ds in eval_splits.items()}
     accelerator.print(f"perplexity before: {before}")
 
     # Trainable parameters: the method decides, the optimizer sees exactly those (all groups up front).
@@ -149,6 +171,8 @@ def main(argv=None):
             unfreezer = GradualUnfreezer(model, cfg.full, set_requires_grad=accelerator.num_processes == 1)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.model.compile_layers and compile_decoder_layers(model):
+        accelerator.print("decoder layers compiled in place (torch.compile); the first step pays the compile")
     n_total = sum(p.numel() for p in model.parameters())
     accelerator.print(f"method {cfg.method}: {n_train:,} trainable of {n_total:,} parameters")
 
@@ -161,14 +185,14 @@ def main(argv=None):
     def step_fn(batch):
         seen["tokens"] += batch["input_ids"].numel()
         # Summed token NLL; the loop divides by the trained-token count of the whole accumulation window.
-        return causal_lm_loss(logits_for(model, batch), batch["labels"], reduction="sum")
+        return summed_nll(model, batch, cfg.loss.fused)
 
     timer = StepTimer()  # optimizer steps only: evaluations in between are subtracted
 
     def eval_fn(step):
         t0 = time.perf_counter()
         with accelerator.autocast():  # the same precision as the perplexity before training
-            ppl = {k: evaluate_ppl(model, ds, collate, cfg.eval, accelerator.device) for k, ds in eval_splits.items()}
+            ppl = {k: evaluate_ppl(model, ds, collate, cfg, accelerator.device) for k, ds in eval_splits.items()}
         metrics = {f"{k}_ppl": v for k, v in ppl.items()}
         if "validation" in ppl:
             metrics["val_loss"] = math.log(ppl["validation"])

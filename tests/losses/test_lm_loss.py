@@ -66,3 +66,76 @@ def test_shape_errors():
         causal_lm_loss(torch.zeros(2, 4, 5), torch.zeros(2, 3, dtype=torch.long))
     with pytest.raises(UserError, match="reduction"):
         causal_lm_loss(torch.zeros(1, 2, 5), torch.zeros(1, 2, dtype=torch.long), reduction="none")
+
+
+# --- fused_linear_cross_entropy: the projection and the loss in row chunks ---------------------------------------
+
+
+def _fused_case(seed=0, rows=(3, 7), hidden=8, vocab=50):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(*rows, hidden, generator=g)
+    w = torch.randn(vocab, hidden, generator=g)
+    labels = torch.randint(0, vocab, rows, generator=g)
+    labels[0, :4] = -100
+    labels[2, -1] = -100
+    return h, w, labels
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 4, 1000])  # many chunks, a ragged last chunk, one chunk
+def test_fused_loss_and_gradients_equal_the_unfused_path(monkeypatch, chunk_rows):
+    import finetune.losses.lm as lm
+
+    h, w, labels = _fused_case()
+    monkeypatch.setattr(lm, "_CHUNK_BYTES", chunk_rows * 4 * w.shape[0])
+    h1, w1 = h.clone().requires_grad_(), w.clone().requires_grad_()
+    h2, w2 = h.clone().requires_grad_(), w.clone().requires_grad_()
+    ref = causal_lm_loss(h1 @ w1.t(), labels)
+    ours = lm.fused_linear_cross_entropy(h2, w2, labels)
+    (3.0 * ref).backward()
+    (3.0 * ours).backward()  # the backward scales the precomputed gradient by the incoming one
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-6)
+    torch.testing.assert_close(h2.grad, h1.grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(w2.grad, w1.grad, rtol=1e-5, atol=1e-7)
+    s = lm.fused_linear_cross_entropy(h, w, labels, reduction="sum")
+    assert s.item() == pytest.approx(causal_lm_loss(h @ w.t(), labels, reduction="sum").item(), rel=1e-6)
+
+
+def test_fused_loss_under_bf16_autocast_matches_autocast_logits():
+    from finetune.losses.lm import fused_linear_cross_entropy
+
+    h, w, labels = _fused_case(seed=1, vocab=300)
+    h1, h2 = h.clone().requires_grad_(), h.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = causal_lm_loss(h1 @ w.t(), labels)  # bf16 matmul, fp32 softmax: what the model's lm_head does
+        ours = fused_linear_cross_entropy(h2, w, labels)
+    ref.backward()
+    ours.backward()
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert h2.grad.dtype == torch.float32 and w.grad is None  # a frozen head gets no gradient
+    torch.testing.assert_close(h2.grad, h1.grad, rtol=2e-2, atol=1e-3)  # bf16 rounding of the logit gradient
+    fp32 = fused_linear_cross_entropy(h, w, labels)
+    assert abs(fp32.item() - ours.item()) > 1e-6  # the autocast dtype was really used
+
+
+def test_fused_loss_frozen_weight_cast_follows_the_weight():
+    from finetune.losses.lm import fused_linear_cross_entropy
+
+    h, w, labels = _fused_case(seed=2)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        before = fused_linear_cross_entropy(h, w, labels)
+        w.mul_(2.0)  # an in-place update of a frozen weight must not reuse the stale cast
+        after = fused_linear_cross_entropy(h, w, labels)
+        want = causal_lm_loss(h @ w.t(), labels)
+    assert after.item() != before.item()
+    assert after.item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_fused_loss_no_trained_tokens_and_shape_errors():
+    from finetune.losses.lm import fused_linear_cross_entropy
+
+    h = torch.randn(1, 3, 4, requires_grad=True)
+    loss = fused_linear_cross_entropy(h, torch.randn(5, 4), torch.full((1, 3), -100))
+    loss.backward()
+    assert loss.item() == 0.0 and h.grad.abs().sum().item() == 0.0
+    with pytest.raises(UserError, match=r"hidden \(B, T, H\)"):
+        fused_linear_cross_entropy(torch.zeros(1, 3, 4), torch.zeros(5, 6), torch.zeros(1, 3, dtype=torch.long))

@@ -333,3 +333,38 @@ def test_smollm2_cache_matches_transformers_gguf_load(smollm2):
     gguf_path = causal_lm.smollm2_gguf_path()
     direct = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
     torch.testing.assert_close(logits_of(model, tokenizer), logits_of(direct, tokenizer), rtol=0, atol=0)
+
+
+def test_compile_decoder_layers_keeps_names_and_numbers():
+    # model.compile_layers (the main job): every decoder layer compiled in place, so the adapter's parameter names
+    # and the exported state dict are the eager model's, and training sees the same loss and gradients.
+    from finetune.methods.lora import LoraMethodConfig, apply_lora
+    from finetune.models.causal_lm import compile_decoder_layers
+
+    eager = apply_lora(build_tiny_llama(num_hidden_layers=2), LoraMethodConfig(r=4, dropout=0.0))
+    compiled = apply_lora(build_tiny_llama(num_hidden_layers=2), LoraMethodConfig(r=4, dropout=0.0))
+    compiled.load_state_dict(eager.state_dict())  # the same LoRA init on both
+    names = [n for n, _ in compiled.named_parameters()]
+    assert compile_decoder_layers(compiled) == 2
+    assert [n for n, _ in compiled.named_parameters()] == names and list(compiled.state_dict()) == list(eager.state_dict())
+    ids = torch.randint(3, 200, (2, 16), generator=torch.Generator().manual_seed(0))
+    results = []
+    for model in (eager, compiled):
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        results.append((loss.item(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    assert results[1][0] == pytest.approx(results[0][0], rel=1e-5)
+    assert results[0][1].keys() == results[1][1].keys()
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], grad, rtol=1e-4, atol=1e-6)
+
+
+def test_compile_decoder_layers_without_a_compiler_or_layers(monkeypatch, caplog):
+    from finetune.models.causal_lm import compile_decoder_layers
+
+    model = build_tiny_llama(num_hidden_layers=1)
+    monkeypatch.setattr(causal_lm.shutil, "which", lambda name: None)
+    assert compile_decoder_layers(model) == 0  # runs eager, says why
+    assert "no C++ compiler" in caplog.text
+    with pytest.raises(UserError, match="compile_layers=false"):
+        compile_decoder_layers(torch.nn.Sequential(torch.nn.Linear(2, 2)))
