@@ -38,17 +38,31 @@ def causal_lm_loss(
     "sum" is their sum, for normalising by the token count of a whole accumulation window.
     """
     _check_shapes(logits, labels)
+    _check_reduction(reduction)
+    flat_logits = logits.float().reshape(-1, logits.shape[-1])
+    shift_labels = _shifted_labels(labels, ignore_index, flat_logits.device)
+    total = F.cross_entropy(flat_logits, shift_labels, ignore_index=ignore_index, reduction="sum")
+    return _reduce(total, shift_labels, ignore_index, reduction)
+
+
+def _check_reduction(reduction: str) -> None:
     if reduction not in ("mean", "sum"):
         raise UserError(f"unknown reduction {reduction!r}; use 'mean' or 'sum'")
-    # Shift the labels, not the logits: logits[:, :-1] would copy the whole (B, T, V) tensor and its gradient
-    # (200 MB per step for SmolLM2 at batch 4 x 256); the last position gets ignore_index and drops out.
-    flat_logits = logits.float().reshape(-1, logits.shape[-1])
-    shift_labels = F.pad(labels, (0, 1), value=ignore_index)[:, 1:].reshape(-1).to(flat_logits.device)
-    total = F.cross_entropy(flat_logits, shift_labels, ignore_index=ignore_index, reduction="sum")
+
+
+def _shifted_labels(labels: Tensor, ignore_index: int, device) -> Tensor:
+    """(B*T,) targets: position t predicts labels[t + 1]; the last position gets ignore_index and drops out.
+
+    Shifting the labels rather than the logits: logits[:, :-1] would copy the whole (B, T, V) tensor and its gradient
+    (200 MB per step for SmolLM2 at batch 4 x 256)."""
+    return F.pad(labels, (0, 1), value=ignore_index)[:, 1:].reshape(-1).to(device)
+
+
+def _reduce(total: Tensor, shift_labels: Tensor, ignore_index: int, reduction: str) -> Tensor:
+    """"sum": the summed token NLL; "mean": over the trained tokens (0 when there are none, rather than NaN)."""
     if reduction == "sum":
         return total
-    count = (shift_labels != ignore_index).sum()
-    return total / count.clamp(min=1)
+    return total / (shift_labels != ignore_index).sum().clamp(min=1)
 
 
 def count_trained_tokens(labels: Tensor, ignore_index: int = -100) -> int:
@@ -95,7 +109,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         rows, vocab = hidden.shape[0], weight.shape[0]
         chunk = max(1, _CHUNK_BYTES // (4 * vocab))
         w = _in_dtype(weight, compute_dtype)
-        grad_hidden = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
+        want_grad = any(ctx.needs_input_grad[:2])  # False in evaluation: the loss only
+        grad_hidden = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device) if want_grad else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, rows, chunk):
@@ -107,7 +122,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             lse = torch.logsumexp(logits, dim=-1)
             picked = logits.gather(1, target[:, None]).squeeze(1)
             total += ((lse - picked) * scored).sum()
-            if not any(ctx.needs_input_grad[:2]):  # evaluation: the loss only
+            if not want_grad:
                 continue
             probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place: d(sum of NLL)/d logits = probs - one_hot
             probs.scatter_add_(1, target[:, None], -scored[:, None].to(probs.dtype))
@@ -147,14 +162,11 @@ def fused_linear_cross_entropy(
             f"fused LM loss needs hidden (B, T, H), weight (V, H) and labels (B, T); got {tuple(hidden.shape)}, "
             f"{tuple(weight.shape)} and {tuple(labels.shape)}"
         )
-    if reduction not in ("mean", "sum"):
-        raise UserError(f"unknown reduction {reduction!r}; use 'mean' or 'sum'")
+    _check_reduction(reduction)
     device = hidden.device.type
     compute_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
-    shift_labels = F.pad(labels, (0, 1), value=ignore_index)[:, 1:].reshape(-1).to(hidden.device)
+    shift_labels = _shifted_labels(labels, ignore_index, hidden.device)
     with torch.autocast(device, enabled=False):
         total = _LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, shift_labels, compute_dtype,
                                           ignore_index)
-    if reduction == "sum":
-        return total
-    return total / (shift_labels != ignore_index).sum().clamp(min=1)
+    return _reduce(total, shift_labels, ignore_index, reduction)

@@ -279,7 +279,7 @@ def _remote_code_message(where: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Pad token
+# Training speed: compiled decoder layers, the lm_head bypass of the fused loss
 
 
 def compile_decoder_layers(model) -> int:
@@ -330,6 +330,10 @@ def lm_head_bypassed(model):
 
 def _pass_through(x):
     return x
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pad token
 
 
 def configure_pad_token(tokenizer, model=None) -> str:
