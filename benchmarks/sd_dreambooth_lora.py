@@ -35,6 +35,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 RESULTS = ROOT / "benchmarks" / "results" / "sd_dreambooth_lora.md"
+# --ablate: our recipe with the kernels it used before 2026-12-01 (caching and everything else unchanged)
+PREVIOUS_KERNELS = ["optim.fused=false", "optim.foreach=true", "efficiency.conv_backend=onednn"]
+SIDES = {  # extra sides of our recipe: role -> row label
+    "ours_compiled": "ours + torch.compile (`--dynamo_backend inductor`)",
+    "ours_previous": "ours with foreach AdamW and oneDNN convolutions (`--ablate`)",
+}
 INSTANCE_PROMPT, CLASS_PROMPT = "a photo of sks dog", "a photo of a dog"
 
 
@@ -199,11 +205,13 @@ def run_ours(a) -> dict:
         f"train.output_dir={out}", f"train.max_steps={a.steps}", f"train.batch_size={a.batch_size}",
         "train.log_every=1000", "train.progress_bar=false", "train.tensorboard=false", "train.save_best=false",
         "validation.grids=false", "validation.loss_images=1", "optim.lr=1e-4", "optim.weight_decay=1e-2",
+        *(PREVIOUS_KERNELS if a.previous_kernels else []),
     ])
     memory = summary["train_peak_memory"]  # measured at the end of the last optimizer step
     return {"steps_per_second": summary["steps_per_second"], "train_seconds": summary["train_seconds"],
             "median_step_seconds": summary["median_step_seconds"],
-            "cache_seconds": summary["cache_seconds"], "peak_memory_bytes": memory["bytes"], "memory_kind": memory["kind"]}
+            "cache_seconds": summary["cache_seconds"], "peak_memory_bytes": memory["bytes"], "memory_kind": memory["kind"],
+            "conv_backend": summary["conv_backend"]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,10 +221,10 @@ def run_ours(a) -> dict:
 
 def child(role: str, a, work: Path) -> dict:
     compiled = role == "ours_compiled"  # our recipe with accelerate's dynamo backend: torch.compile(inductor) in prepare()
-    role = "ours" if compiled else role
-    cmd = [sys.executable, __file__, "--role", role, "--work", str(work), "--steps", str(a.steps),
+    cmd = [sys.executable, __file__, "--role", "ours" if role in SIDES else role, "--work", str(work), "--steps", str(a.steps),
            "--batch-size", str(a.batch_size), "--rank", str(a.rank), "--resolution", str(a.resolution),
-           "--num-images", str(a.num_images)]
+           "--num-images", str(a.num_images)] + (["--previous-kernels"] if role == "ours_previous" else [])
+    role = "ours" if role in SIDES else role
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
     if a.mixed_precision != "no":
         env["ACCELERATE_MIXED_PRECISION"] = a.mixed_precision
@@ -232,10 +240,11 @@ def best(results: list[dict]) -> dict:
     """The run with the fastest median step, with every run's median step kept for the report."""
     fastest = dict(min(results, key=lambda r: r["median_step_seconds"]))
     fastest["all_median_ms"] = [round(r["median_step_seconds"] * 1e3, 1) for r in results]
+    fastest["all_memory_mib"] = [round(r["peak_memory_bytes"] / 2**20) for r in results]
     return fastest
 
 
-def section(a, photo_scale: int, ref: dict, ours: dict, compiled: dict | None = None) -> list[str]:
+def section(a, photo_scale: int, ref: dict, ours: dict, extras: dict[str, dict]) -> list[str]:
     median = lambda r: 1.0 / r["median_step_seconds"]  # noqa: E731  (robust to other processes' load)
     total = lambda r: a.steps / (r["train_seconds"] + r["cache_seconds"])  # noqa: E731  (wall incl. one-off work)
     mib = lambda b: f"{b / 2**20:,.0f} MiB"  # noqa: E731
@@ -258,16 +267,21 @@ def section(a, photo_scale: int, ref: dict, ours: dict, compiled: dict | None = 
         f"| diffusers-style reference | {median(ref):.2f} | {ref['steps_per_second']:.2f} | {ref['steps_per_second']:.2f} | {mib(ref['peak_memory_bytes'])} |",
         *rows("ours (recipes/train_sd.py)", ours),
     ]
+    for role, r in extras.items():
+        lines += rows(SIDES[role], r)
+    compiled = extras.get("ours_compiled")
     if compiled:
         once = compiled["train_seconds"] - a.steps * compiled["median_step_seconds"]  # ~ the compile, paid in step 1
         saved = 1.0 / median(ref) - compiled["median_step_seconds"]
-        lines += rows("ours + torch.compile (`--dynamo_backend inductor`)", compiled)
     lines += [
         "", f"Target >= 1.5x steps/s with no more memory: speed {'met' if speed >= 1.5 else 'NOT met'} (median), "
-        f"memory {'met' if mem <= 1.0 else 'NOT met'}. Our one-off caching took {ours['cache_seconds']:.2f} s. "
+        f"memory {'met' if mem <= 1.0 else 'NOT met'}. Our one-off caching took {ours['cache_seconds']:.2f} s; "
+        f"Convolution kernels (efficiency.conv_backend=auto, timed by the recipe on the CPU): {ours['conv_backend']}. "
         f"Median step of each run (ms): reference {ref['all_median_ms']}, ours {ours['all_median_ms']}"
+        + (f", ours with previous kernels {extras['ours_previous']['all_median_ms']}" if "ours_previous" in extras else "")
         + (f", ours + compile {compiled['all_median_ms']}. The compile costs ~{once:.0f} s once (in the first step), "
-           f"repaid against the reference after ~{once / saved:,.0f} steps" if compiled and saved > 0 else "") + ".", "",
+           f"repaid against the reference after ~{once / saved:,.0f} steps" if compiled and saved > 0 else "")
+        + f". Peak memory of each run (MiB): reference {ref['all_memory_mib']}, ours {ours['all_memory_mib']}.", "",
     ]
     return lines
 
@@ -285,19 +299,22 @@ def write_results(a, runs: list, device: str) -> str:
         f"alternated {a.repeats} times, the fastest run of each side kept (the machine is shared with other jobs). "
         "steps/s counts optimizer steps only; memory is read at the end of the last optimizer step.", "",
     ]
-    for photo_scale, ref, ours, compiled in runs:
-        lines += section(a, photo_scale, ref, ours, compiled)
+    for photo_scale, ref, ours, extras in runs:
+        lines += section(a, photo_scale, ref, ours, extras)
     lines += [
         "Where the difference comes from: the VAE and the text encoder are frozen, so our recipe encodes every image "
         "and prompt once before training, while the reference decodes, resizes and crops the images and runs both "
-        "encoders on every step. Per step both then run the UNet forward/backward and the optimizer; ours keeps the "
-        "UNet in channels-last layout and uses the multi-tensor (foreach) AdamW. Without compilation the speed-up is "
-        "bounded by what the reference spends outside the UNet: the image decoding (which grows with the size of the "
-        "user's photos) and the two encoders; with small images the tiny UNet's own forward/backward is most of both "
-        "steps, so caching alone cannot reach 1.5x there. torch.compile (accelerate's dynamo backend, a launch flag, "
-        "no recipe change) shortens the UNet step itself, but on the CPU the inductor compiler's memory shows in the "
-        "process's peak RSS and its one-off compile must be repaid by the run's length. SD1.5-sized runs (`--sd15`) "
-        "need a GPU; there our recipe also keeps the cached-away VAE and text encoder in CPU memory.", "",
+        "encoders on every step. Per step both then run the UNet forward/backward and the optimizer. There ours uses "
+        "torch's fused AdamW (one kernel for all LoRA tensors; on the CPU foreach AdamW falls back to a loop over "
+        "them), reads the UNet's dtype from its first weight instead of diffusers' `unet.dtype` (a walk over every "
+        "module, each step), and times one step under oneDNN's and under torch's native convolution kernels before "
+        "training and keeps the faster: on the tiny UNet's small feature maps oneDNN's fixed per-call cost dominates, "
+        "on big ones (and in fp16) oneDNN wins, and on GPUs nothing changes. Caching alone is bounded by what the "
+        "reference spends outside the UNet, which shrinks with the photos' size; the `--ablate` row shows our recipe "
+        "with the previous kernels (foreach AdamW, oneDNN). torch.compile (accelerate's dynamo backend, a launch "
+        "flag, no recipe change) shortens the UNet step further, but on the CPU the inductor compiler's memory shows "
+        "in the process's peak RSS and its one-off compile must be repaid by the run's length. SD1.5-sized runs "
+        "(`--sd15`) need a GPU; there our recipe also keeps the cached-away VAE and text encoder in CPU memory.", "",
     ]
     text = "\n".join(lines)
     atomic_write_text(Path(a.results), text)
@@ -317,7 +334,10 @@ def main() -> None:
     p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"], help="for both sides")
     p.add_argument("--compile", action="store_true",
                    help="also run our recipe with accelerate's dynamo backend (torch.compile, inductor) as a third side")
+    p.add_argument("--ablate", action="store_true",
+                   help=f"also run our recipe with its previous kernels ({' '.join(PREVIOUS_KERNELS)}) as another side")
     p.add_argument("--results", default=str(RESULTS), help="markdown results file")
+    p.add_argument("--previous-kernels", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--role", choices=["ours", "reference"], help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -343,16 +363,14 @@ def main() -> None:
             side = a.resolution * scale
             shutil.rmtree(work / "instance", ignore_errors=True)
             make_images(work / "instance", a.num_images, side, side * 5 // 4, seed=1)
-            refs, ourss, compileds = [], [], []
-            for _ in range(a.repeats):  # alternate the sides so both meet the same background load
-                refs.append(child("reference", a, work))
-                ourss.append(child("ours", a, work))
-                if a.compile:
-                    compileds.append(child("ours_compiled", a, work))
-                print(f"photo scale {scale}: median step reference {refs[-1]['median_step_seconds'] * 1e3:.1f} ms, "
-                      f"ours {ourss[-1]['median_step_seconds'] * 1e3:.1f} ms"
-                      + (f", ours + compile {compileds[-1]['median_step_seconds'] * 1e3:.1f} ms" if a.compile else ""), flush=True)
-            runs.append((scale, best(refs), best(ourss), best(compileds) if compileds else None))
+            roles = ["reference", "ours"] + (["ours_compiled"] if a.compile else []) + (["ours_previous"] if a.ablate else [])
+            results: dict[str, list] = {role: [] for role in roles}
+            for _ in range(a.repeats):  # alternate the sides so all meet the same background load
+                for role in roles:
+                    results[role].append(child(role, a, work))
+                print(f"photo scale {scale}: median step " + ", ".join(
+                    f"{role} {results[role][-1]['median_step_seconds'] * 1e3:.1f} ms" for role in roles), flush=True)
+            runs.append((scale, best(results["reference"]), best(results["ours"]), {r: best(results[r]) for r in roles[2:]}))
     print(write_results(a, runs, device))
 
 

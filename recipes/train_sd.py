@@ -38,6 +38,7 @@ from finetune.models.sd import SDModelConfig, build_pipeline, load_sd_components
 from finetune.optim.optimizers import OptimConfig, build_optimizer, param_groups
 from finetune.optim.schedulers import SchedulerConfig, build_scheduler
 from finetune.train import Hooks, TrainConfig, build_accelerator, start_run, train, weight_dtype
+from finetune.train.setup import conv_backend, cpu_conv_backend
 from finetune.train.checkpoint import check_output_dir
 from finetune.train.ema import EMAConfig, build_ema, ema_weights
 
@@ -57,7 +58,7 @@ class SDRecipeConfig:
     validation: S.ValidationConfig = field(default_factory=S.ValidationConfig)  # sample grids and fixed-noise loss
     kohya: bool = False  # method=lora: also write lora_kohya.safetensors (A1111 / ComfyUI / kohya)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(save_best=False))  # loop settings; no best/ copies of big artifacts by default
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, weight_decay=1e-2, foreach=True))  # AdamW, multi-tensor
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, weight_decay=1e-2, fused=True))  # AdamW, one fused kernel
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)  # lr schedule
 
 
@@ -137,7 +138,7 @@ def main(argv=None):
     started = time.perf_counter()
     items = S.dataset_items(images)
     train_idx, val_idx = S.split_validation(len(items), cfg.validation, cfg.train.batch_size)
-    val_items = S.cache_all_latents(vae, images, items, val_idx, device, every_item=cfg.efficiency.cache_latents)
+    val_items = S.cache_all_latents(vae, images, items, val_idx, device, cfg.efficiency.cache_latents, cfg.train.batch_size)
     prompts = sorted({p for it in items for p in (it["prompt"], it.get("class_prompt", it["prompt"]))} | {""})
     embeds = S.PromptEmbeddings(text_encoder, tokenizer, prompts, device, dtype) if cfg.efficiency.cache_text and not te_trains else None
     if cfg.efficiency.offload_frozen and device.type != "cpu" and cfg.efficiency.cache_latents:
@@ -149,6 +150,12 @@ def main(argv=None):
     dataset = S.TrainItems(images, items, train_idx)
 
     core = S.SDDenoiser(unet, text_encoder if embeds is None else None)
+    cond_fn = embeds if embeds is not None else (lambda prompts: S.tokenize(tokenizer, prompts))
+    # CPU: oneDNN or native convolution kernels, whichever runs this model's step faster (no-op on GPUs).
+    side, n = res // parts.vae_scale_factor, cfg.train.batch_size * (2 if cfg.prior.enabled else 1)
+    probe = S.step_probe(core, unet_params + te_params, cond_fn, items[0]["prompt"], (n, unet.config.in_channels, side, side),
+                         device, accelerator.autocast)
+    conv = cpu_conv_backend(cfg.efficiency.conv_backend, probe, accelerator)
     groups = param_groups(unet.named_parameters(), cfg.optim.weight_decay)
     groups += param_groups(text_encoder.named_parameters(), cfg.optim.weight_decay, lr=cfg.text_encoder.lr or cfg.optim.lr)
     optimizer = build_optimizer(groups, cfg.optim)
@@ -187,7 +194,6 @@ def main(argv=None):
     timer = S.StepTimer()  # steps/s and peak memory of the optimizer steps alone
 
     def validation_loss() -> float:
-        cond_fn = embeds if embeds is not None else (lambda prompts: S.tokenize(tokenizer, prompts))
         with torch.no_grad(), accelerator.autocast():
             return S.fixed_noise_loss(core, vae, noise_scheduler, val, cond_fn, prediction_type, device)
 
@@ -238,11 +244,12 @@ def main(argv=None):
     before_loss, before_images = validation_loss(), samples()
     hooks = Hooks(before_step=before_step, before_optimizer_step=before_optimizer_step, after_optimizer_step=after_optimizer_step)
     batches_fn = S.epoch_batches([items[i]["bucket"] for i in train_idx], cfg.train.batch_size, seed) if cfg.data.aspect_buckets else None
-    result = train(
-        accelerator=accelerator, model=denoiser, optimizer=optimizer, scheduler=scheduler, dataset=dataset,
-        collate_fn=collate, step_fn=step_fn, cfg=cfg.train, eval_fn=eval_fn, save_fn=save_fn, hooks=hooks,
-        batches_fn=batches_fn, checkpoint_objects=(ema,) if ema is not None else (),
-    )
+    with conv_backend(conv):
+        result = train(
+            accelerator=accelerator, model=denoiser, optimizer=optimizer, scheduler=scheduler, dataset=dataset,
+            collate_fn=collate, step_fn=step_fn, cfg=cfg.train, eval_fn=eval_fn, save_fn=save_fn, hooks=hooks,
+            batches_fn=batches_fn, checkpoint_objects=(ema,) if ema is not None else (),
+        )
 
     # Outputs (main process): the artifact, the before/after grid and the summary.
     accelerator.wait_for_everyone()
@@ -255,12 +262,13 @@ def main(argv=None):
     summary = {
         "method": method, "prior_preservation": cfg.prior.enabled, "steps": result.global_step,
         **timer.summary(result.global_step), "cache_seconds": round(cache_seconds, 3), "class_images_generated": generated,
-        "trained_parameters": n_trained, "image_sizes": S.image_sizes(images, items), "val_loss_before": before_loss,
+        "trained_parameters": n_trained, "conv_backend": conv, "image_sizes": S.image_sizes(images, items), "val_loss_before": before_loss,
         "val_loss_after": result.last_eval.get("val_loss"), "nonfinite_steps": result.nonfinite_steps,
         "artifacts": [str(Path(p).relative_to(out)) for p in artifacts], "sample_prompts": sample_prompts,
         # after training and the last validation: trained weights must still be fp32, frozen ones in the weight dtype
         "trainable_dtypes": sorted({str(p.dtype) for p in trainable}),
         "frozen_dtypes": sorted({str(p.dtype) for m in (unet, text_encoder) for p in m.parameters() if not p.requires_grad}),
+        "vae_dtype": str(vae.dtype),
     }
     atomic_write_json(out / "summary.json", summary)
     print(f"validation loss {before_loss:.4f} -> {summary['val_loss_after']:.4f}; artifacts: {summary['artifacts']}")

@@ -153,11 +153,16 @@ def _load_single_file(path: Path, cfg: SDModelConfig, torch_dtype: torch.dtype) 
     if path.suffix != ".safetensors":
         raise UserError(f"{path} is not a .safetensors checkpoint; single files are read as .safetensors only "
                         "(pickle .ckpt/.pt/.bin files can run code when loaded: convert them first)")
+    from diffusers.loaders.single_file_utils import SingleFileComponentError  # raised for a part missing from the file
+
     try:
         pipe = StableDiffusionPipeline.from_single_file(
-            str(path), dtype=torch_dtype, config=cfg.single_file_config, load_safety_checker=False
+            str(path), dtype=torch_dtype, config=cfg.single_file_config,
+            # No safety checker. (`load_safety_checker=False` would not do: diffusers treats any value of that
+            # deprecated flag as a request and downloads CompVis/stable-diffusion-safety-checker from the hub.)
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         )
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, SingleFileComponentError) as e:
         raise UserError(f"could not load single-file checkpoint {path} ({_first_line(e)}); it must be an SD1.x/SD2.x "
                         "checkpoint, and offline you must set model.single_file_config to a diffusers dir with its configs") from e
     return _assemble(pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.unet, dict(pipe.scheduler.config))

@@ -28,6 +28,8 @@ class OptimConfig:
     momentum: float = 0.0  # momentum of SGD and RMSprop
     foreach: bool = False  # torch's multi-tensor update: fewer kernel launches for many small tensors (LoRA), a
     #                        temporary copy of the parameters' size in memory (avoid for full fine-tuning of big models)
+    fused: bool = False  # torch's fused update (adamw/adam/sgd): one kernel over all tensors, no temporaries; on the CPU,
+    #                      where foreach falls back to a per-tensor loop, the fast choice for many small tensors (LoRA)
 
 
 def validate_optim_config(cfg: OptimConfig) -> None:
@@ -45,6 +47,10 @@ def validate_optim_config(cfg: OptimConfig) -> None:
         raise UserError(f"optim.eps={cfg.eps} must be > 0")
     if cfg.momentum < 0:
         raise UserError(f"optim.momentum={cfg.momentum} must be >= 0")
+    if cfg.fused and cfg.foreach:
+        raise UserError("optim.fused and optim.foreach are two ways to batch the update; set only one of them")
+    if cfg.fused and cfg.name == "rmsprop":
+        raise UserError("optim.fused is not available for rmsprop in torch; unset it or use optim.foreach=true")
 
 
 def is_no_decay(name: str, param: nn.Parameter, no_decay_embeddings: bool = False) -> bool:
@@ -118,6 +124,8 @@ def build_optimizer(params_or_groups, cfg: OptimConfig) -> torch.optim.Optimizer
     groups = _as_groups(params_or_groups)
     betas = (float(cfg.betas[0]), float(cfg.betas[1]))
     common = {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "foreach": cfg.foreach}
+    if cfg.fused:
+        common["fused"] = True
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, betas=betas, eps=cfg.eps, **common)
     if cfg.name == "adam":

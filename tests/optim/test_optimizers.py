@@ -133,3 +133,33 @@ def test_foreach_switch_reaches_the_optimizer():
     for name in ("adamw", "adam", "rmsprop", "sgd"):
         assert build_optimizer(params, OptimConfig(name=name, foreach=True)).defaults["foreach"] is True
         assert build_optimizer(params, OptimConfig(name=name)).defaults["foreach"] is False
+
+
+def test_fused_update_matches_the_per_tensor_update_and_refuses_bad_combinations():
+    import torch
+
+    from finetune.errors import UserError
+    from finetune.optim.optimizers import OptimConfig, build_optimizer
+
+    torch.manual_seed(0)
+    start = [torch.randn(5, 3), torch.randn(7)]
+    results = {}
+    for fused in (False, True):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = build_optimizer(params, OptimConfig(name="adamw", lr=1e-2, weight_decay=0.1, fused=fused))
+        assert opt.defaults.get("fused") is (True if fused else None)
+        for step in range(3):
+            for p in params:
+                p.grad = torch.full_like(p, 0.5 + step) * torch.sign(p.detach())
+            opt.step()
+        results[fused] = params
+    for plain, fused, before in zip(results[False], results[True], start):
+        assert not torch.equal(plain.detach(), before)  # the update did something
+        torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-7)
+    for bad, message in ((OptimConfig(fused=True, foreach=True), "set only one"), (OptimConfig(name="rmsprop", fused=True), "rmsprop")):
+        try:
+            build_optimizer(results[True], bad)
+        except UserError as e:
+            assert message in str(e)
+        else:
+            raise AssertionError(f"{bad} was accepted")

@@ -148,6 +148,50 @@ def test_bf16_mixed_precision_keeps_trained_weights_fp32_through_validation(tmp_
     assert any(not torch.equal(first[k], last[k]) for k in unet)
 
 
+def test_fp16_path_scales_the_loss_skips_overflowing_steps_unsaved_and_keeps_fp32_weights(tmp_path, cpu_fp16):
+    inst, out = write_images(tmp_path / "inst", 2), tmp_path / "run"
+    summary = run(out, f"data.instance_dir={inst}", f"data.instance_prompt={PROMPT}", "train.max_steps=8",
+                  "train.eval_every=4", "train.batch_size=2", "optim.lr=1e-3", "train.save_every=1", "train.keep_last=8",
+                  "validation.grids=false", "efficiency.vae_fp32=true")
+    train = [r for r in read_metrics(out) if r["split"] == "train"]
+    assert [r["step"] for r in train] == list(range(1, 9)) and all(r["loss_scale"] > 0 for r in train)  # logged every step
+    skipped = [r["step"] for r in train if r["skipped"]]
+    assert skipped and summary["nonfinite_steps"] == len(skipped) < 8, train
+    weights = {s: load_file(str(out / f"checkpoint-{s}" / "model.safetensors")) for s in range(1, 9)}
+    for r, prev in zip(train[1:], train):
+        same = all(torch.equal(weights[r["step"]][k], weights[prev["step"]][k]) for k in weights[1])
+        if r["skipped"]:  # an overflowing step changes no weight and halves the scale
+            assert same and not np.isfinite(float(r["grad_norm"])) and r["loss_scale"] == prev["loss_scale"] / 2
+        else:
+            assert not same
+    assert all(torch.isfinite(v).all() for w in weights.values() for v in w.values())
+    # after training and the validations: trained weights fp32, frozen ones fp16, the VAE fp32 as asked
+    assert summary["trainable_dtypes"] == ["torch.float32"] and summary["frozen_dtypes"] == ["torch.float16"]
+    assert summary["vae_dtype"] == "torch.float32" and np.isfinite(summary["val_loss_after"])
+
+
+def test_fp16_on_the_cpu_is_refused_in_one_line_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")  # plain accelerate: no fp16 autocast or scaler on the CPU
+    inst, out = write_images(tmp_path / "inst", 2), tmp_path / "run"
+    with pytest.raises(SystemExit):
+        main([*BASE, f"train.output_dir={out}", f"data.instance_dir={inst}", f"data.instance_prompt={PROMPT}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fp16 needs a GPU" in err[0] and "bf16" in err[0]
+    assert not out.exists()
+
+
+def test_conv_backend_choice_changes_speed_not_results(tmp_path):
+    inst = write_images(tmp_path / "inst", 2)
+    common = [f"data.instance_dir={inst}", f"data.instance_prompt={PROMPT}", "train.max_steps=2", "train.batch_size=2",
+              "validation.grids=false"]
+    runs = {b: run(tmp_path / b, *common, f"efficiency.conv_backend={b}") for b in ("auto", "onednn", "native")}
+    assert runs["auto"]["conv_backend"] in ("onednn", "native") and runs["native"]["conv_backend"] == "native"
+    losses = {b: [r["loss"] for r in read_metrics(tmp_path / b) if r["split"] == "train"] for b in runs}
+    assert losses["native"] == pytest.approx(losses["onednn"], rel=1e-4)
+    assert losses["auto"] == losses[runs["auto"]["conv_backend"]]  # the timing probe leaves the training itself alone
+    assert torch.backends.mkldnn.enabled  # the choice applied to the training loop only
+
+
 def test_uncached_v_prediction_with_min_snr_offset_noise_and_ema_resumes(tmp_path):
     inst, out = write_images(tmp_path / "inst", 2), tmp_path / "run"
     common = [f"data.instance_dir={inst}", f"data.instance_prompt={PROMPT}", "efficiency.cache_latents=false",
