@@ -155,7 +155,7 @@ def main(argv=None):
     side, n = res // parts.vae_scale_factor, cfg.train.batch_size * (2 if cfg.prior.enabled else 1)
     probe = S.step_probe(core, unet_params + te_params, cond_fn, items[0]["prompt"], (n, unet.config.in_channels, side, side),
                          device, accelerator.autocast)
-    conv = cpu_conv_backend(cfg.efficiency.conv_backend, probe, accelerator)
+    conv = cpu_conv_backend(cfg.efficiency.conv_backend, probe, accelerator, out / "conv_backend.json", reuse=bool(cfg.train.resume))
     groups = param_groups(unet.named_parameters(), cfg.optim.weight_decay)
     groups += param_groups(text_encoder.named_parameters(), cfg.optim.weight_decay, lr=cfg.text_encoder.lr or cfg.optim.lr)
     optimizer = build_optimizer(groups, cfg.optim)

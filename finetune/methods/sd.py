@@ -76,6 +76,7 @@ class EfficiencyConfig:
     vae_fp32: bool = True  # keep the VAE in fp32 under mixed precision (SD1's VAE overflows in fp16)
     channels_last: bool = True  # UNet weights and activations in channels-last layout (oneDNN's and cuDNN's fast path)
     conv_backend: Literal["auto", "onednn", "native"] = "auto"  # CPU convolution kernels; auto times one step under each
+    #                                                             (kept in conv_backend.json, reused on resume)
 
 
 # ---------------------------------------------------------------------------------------------

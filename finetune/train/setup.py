@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -10,6 +11,7 @@ from accelerate.utils import set_seed
 
 from finetune.config import save_config
 from finetune.errors import UserError
+from finetune.io import atomic_write_json
 from finetune.train.checkpoint import check_output_dir
 
 
@@ -51,14 +53,16 @@ def start_run(accelerator, cfg, train_cfg) -> Path:
 CONV_BACKENDS = ("auto", "onednn", "native")
 
 
-def cpu_conv_backend(choice: str, probe, accelerator) -> str:
+def cpu_conv_backend(choice: str, probe, accelerator, record: Path, reuse: bool = False) -> str:
     """The CPU convolution kernels to train with: "onednn" (torch's default) or "native" (im2col + BLAS).
 
-    oneDNN pays a fixed cost per call that pays off on big feature maps but dominates small ones: on a 2-core CPU a
-    3x3 convolution of 32 channels on 2x8x8 (the tiny SD at 64 px), channels-last, takes 269 us forward + backward with
-    oneDNN and 141 us natively. "auto" times `probe()` (one forward + backward of the real model on a batch of the real shape) under each and keeps
-    the faster; the main process decides for all. Not a CUDA setting: on GPUs this returns "cudnn" and changes nothing.
-    Apply the result around the training loop with `with conv_backend(result):`.
+    oneDNN pays a fixed cost per call that pays off on big feature maps but dominates small ones: on a 2-core CPU
+    a 3x3 convolution of 32 channels on 2x8x8 (the tiny SD at 64 px), channels-last, takes 269 us forward +
+    backward with oneDNN and 141 us natively. "auto" times `probe()` (one forward + backward of the real model on
+    a batch of the real shape) under each, keeps the faster and writes it to `record`; the main process decides
+    for all. With `reuse` (a resumed run) a choice already in `record` is taken again, so a resumed run computes
+    with the same kernels as the run it continues. Not a CUDA setting: on GPUs this returns "cudnn" and changes
+    nothing. Apply the result around the training loop with `with conv_backend(result):`.
     """
     import time
 
@@ -69,7 +73,10 @@ def cpu_conv_backend(choice: str, probe, accelerator) -> str:
         raise UserError(f"conv backend {choice!r} is unknown; choose one of {', '.join(CONV_BACKENDS)}")
     if accelerator.device.type != "cpu":
         return "cudnn" if accelerator.device.type == "cuda" else accelerator.device.type
-    if choice == "auto":
+    if choice == "auto" and reuse and record.is_file():
+        choice = json.loads(record.read_text())["conv_backend"]
+        accelerator.print(f"cpu conv backend: {choice}, as in the run this one resumes ({record})")
+    elif choice == "auto":
         seconds = {}
         with torch.random.fork_rng():  # the probe must not shift the training noise
             for name in ("onednn", "native"):
@@ -83,7 +90,10 @@ def cpu_conv_backend(choice: str, probe, accelerator) -> str:
                     seconds[name] = min(runs)
         choice = min(seconds, key=seconds.get)
         accelerator.print("cpu conv backend: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in seconds.items()) + f" -> {choice}")
-    return broadcast_object_list([choice])[0] if accelerator.num_processes > 1 else choice
+        choice = broadcast_object_list([choice])[0] if accelerator.num_processes > 1 else choice
+        if accelerator.is_main_process:
+            atomic_write_json(record, {"conv_backend": choice, "probe_ms": {k: round(v * 1e3, 2) for k, v in seconds.items()}})
+    return choice
 
 
 @contextlib.contextmanager

@@ -198,8 +198,14 @@ def test_uncached_v_prediction_with_min_snr_offset_noise_and_ema_resumes(tmp_pat
               "efficiency.cache_text=false", "model.prediction_type=v_prediction", "loss.snr_gamma=5",
               "loss.noise_offset=0.1", "ema.enabled=true", "ema.decay=0.9", "train.batch_size=2",
               "train.save_every=2", "validation.grids=false", "optim.lr=1e-3"]
-    run(out, *common, "train.max_steps=2")
+    first = run(out, *common, "train.max_steps=2")
+    # the timed CPU kernel choice is recorded, and a resumed run keeps it (even one it would not pick itself)
+    recorded = json.loads((out / "conv_backend.json").read_text())
+    assert recorded["conv_backend"] == first["conv_backend"] and set(recorded["probe_ms"]) == {"onednn", "native"}
+    other = "onednn" if first["conv_backend"] == "native" else "native"
+    (out / "conv_backend.json").write_text(json.dumps({"conv_backend": other}))
     summary = run(out, *common, "train.max_steps=4", "train.resume=latest")  # EMA state comes back from the checkpoint
+    assert summary["conv_backend"] == other
     train = [r for r in read_metrics(out) if r["split"] == "train"]
     assert [r["step"] for r in train] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in train)
     assert summary["steps"] == 4 and (out / "checkpoint-4").is_dir()
