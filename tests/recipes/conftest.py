@@ -13,21 +13,27 @@ def fresh_accelerate_state():
     GradientState._reset_state()
 
 
-@pytest.fixture
-def cpu_fp16(monkeypatch):
-    """accelerate's fp16 machinery, which it switches on only for accelerators (fp16 autocast + a GradScaler), switched
-    on for the CPU, so the recipes' fp16 path runs here as it does on a GPU. The scale starts high and doubles every 2
-    steps, so overflowing (skipped) steps happen within a few steps."""
+@pytest.fixture(params=["cpu", "cuda"])
+def fp16(request, monkeypatch):
+    """A recipe run under fp16 with a loss scale that starts high (1e6) and doubles every 2 steps, so overflowing
+    (skipped) steps happen within a few steps. "cpu": accelerate's fp16 machinery, which it switches on only for
+    accelerators (fp16 autocast + a GradScaler), switched on for the CPU, so the fp16 path runs here as on a GPU.
+    "cuda": accelerate's own fp16 on a GPU (skipped without one; run it where a GPU is lent)."""
     import torch
     from accelerate import Accelerator
 
     import finetune.train.setup as setup
 
-    class CPUFp16Accelerator(Accelerator):
+    device = request.param
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+
+    class Fp16Accelerator(Accelerator):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            self.native_amp = True  # accelerator.autocast() -> torch.autocast("cpu", torch.float16)
-            self.scaler = torch.amp.GradScaler("cpu", init_scale=1e6, growth_interval=2)
+            self.native_amp = True  # already so on a GPU; on the CPU: accelerator.autocast() -> torch.autocast("cpu", fp16)
+            self.scaler = torch.amp.GradScaler(device, init_scale=1e6, growth_interval=2)
 
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
-    monkeypatch.setattr(setup, "Accelerator", CPUFp16Accelerator)
+    monkeypatch.setattr(setup, "Accelerator", Fp16Accelerator)
+    return device

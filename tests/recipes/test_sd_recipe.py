@@ -148,7 +148,7 @@ def test_bf16_mixed_precision_keeps_trained_weights_fp32_through_validation(tmp_
     assert any(not torch.equal(first[k], last[k]) for k in unet)
 
 
-def test_fp16_path_scales_the_loss_skips_overflowing_steps_unsaved_and_keeps_fp32_weights(tmp_path, cpu_fp16):
+def test_fp16_path_scales_the_loss_skips_overflowing_steps_unsaved_and_keeps_fp32_weights(tmp_path, fp16):
     inst, out = write_images(tmp_path / "inst", 2), tmp_path / "run"
     summary = run(out, f"data.instance_dir={inst}", f"data.instance_prompt={PROMPT}", "train.max_steps=8",
                   "train.eval_every=4", "train.batch_size=2", "optim.lr=1e-3", "train.save_every=1", "train.keep_last=8",
