@@ -221,10 +221,11 @@ def run_ours(a) -> dict:
 
 def child(role: str, a, work: Path) -> dict:
     compiled = role == "ours_compiled"  # our recipe with accelerate's dynamo backend: torch.compile(inductor) in prepare()
-    cmd = [sys.executable, __file__, "--role", "ours" if role in SIDES else role, "--work", str(work), "--steps", str(a.steps),
+    previous = role == "ours_previous"
+    role = "ours" if role in SIDES else role  # every extra side is our recipe with a launch or config change
+    cmd = [sys.executable, __file__, "--role", role, "--work", str(work), "--steps", str(a.steps),
            "--batch-size", str(a.batch_size), "--rank", str(a.rank), "--resolution", str(a.resolution),
-           "--num-images", str(a.num_images)] + (["--previous-kernels"] if role == "ours_previous" else [])
-    role = "ours" if role in SIDES else role
+           "--num-images", str(a.num_images)] + (["--previous-kernels"] if previous else [])
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
     if a.mixed_precision != "no":
         env["ACCELERATE_MIXED_PRECISION"] = a.mixed_precision
@@ -275,7 +276,7 @@ def section(a, photo_scale: int, ref: dict, ours: dict, extras: dict[str, dict])
         saved = 1.0 / median(ref) - compiled["median_step_seconds"]
     lines += [
         "", f"Target >= 1.5x steps/s with no more memory: speed {'met' if speed >= 1.5 else 'NOT met'} (median), "
-        f"memory {'met' if mem <= 1.0 else 'NOT met'}. Our one-off caching took {ours['cache_seconds']:.2f} s; "
+        f"memory {'met' if mem <= 1.0 else 'NOT met'}. Our one-off caching took {ours['cache_seconds']:.2f} s. "
         f"Convolution kernels (efficiency.conv_backend=auto, timed by the recipe on the CPU): {ours['conv_backend']}. "
         f"Median step of each run (ms): reference {ref['all_median_ms']}, ours {ours['all_median_ms']}"
         + (f", ours with previous kernels {extras['ours_previous']['all_median_ms']}" if "ours_previous" in extras else "")
