@@ -32,6 +32,7 @@ from finetune.train import build_accelerator, start_run
 from finetune.train.batches import iterate_batches, shuffled_batches
 from finetune.train.checkpoint import load_checkpoint, remove_partial, resolve_resume, save_checkpoint
 from finetune.train.logging import MetricsLogger, plot_loss_curve, read_metrics
+from finetune.train.loop import validate_train_config
 
 WASSERSTEIN = ("wgan", "wgan_gp")
 UNBOUNDED = ("wgan", "wgan_gp", "hinge")  # losses whose D output must be a raw, unbounded score
@@ -116,12 +117,9 @@ def resolve_config(cfg: GANConfig) -> GANConfig:
     check_image_size(cfg.arch, cfg.image_size)
     if cfg.latent_dim < 1 or cfg.hidden < 1:
         raise UserError(f"latent_dim={cfg.latent_dim} and hidden={cfg.hidden} must be >= 1")
-    if t.max_steps < 0 or t.batch_size < 1 or t.log_every < 1 or t.eval_every < 0 or t.save_every < 0:
-        raise UserError("train.max_steps, eval_every, save_every must be >= 0 and batch_size, log_every >= 1")
+    validate_train_config(t)  # the keys the GAN loop shares with TrainConfig
     if t.eval_samples < 2:
         raise UserError(f"train.eval_samples={t.eval_samples} must be >= 2 (FID needs a covariance; use a few hundred)")
-    if t.max_grad_norm < 0:
-        raise UserError(f"train.max_grad_norm={t.max_grad_norm} must be >= 0 (0 disables clipping)")
     return dataclasses.replace(cfg, n_critic=n_critic, clip_value=clip)
 
 

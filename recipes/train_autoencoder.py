@@ -33,6 +33,7 @@ from finetune.models.small_nets import image_grid_png
 from finetune.optim.optimizers import OptimConfig, build_optimizer, param_groups
 from finetune.optim.schedulers import SchedulerConfig, build_scheduler
 from finetune.train import TrainConfig, build_accelerator, start_run, train
+from finetune.train.loop import validate_train_config
 
 
 @dataclass
@@ -85,6 +86,7 @@ class AutoencoderConfig:
 
 def validate(cfg: AutoencoderConfig) -> None:
     """Refuse settings that cannot work, before anything is built."""
+    validate_train_config(cfg.train)
     m = cfg.model
     levels = len(m.block_out_channels)
     if levels < 1 or any(c < 1 or c % m.norm_num_groups for c in m.block_out_channels):

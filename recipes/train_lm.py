@@ -42,6 +42,7 @@ from finetune.optim.optimizers import OptimConfig, build_optimizer, param_groups
 from finetune.optim.schedulers import SchedulerConfig, build_scheduler, validate_scheduler_config
 from finetune.io import atomic_write_json
 from finetune.train import Hooks, TrainConfig, build_accelerator, start_run, train, weight_dtype
+from finetune.train.loop import validate_train_config
 
 
 @dataclass
@@ -79,6 +80,7 @@ class LMRecipeConfig:
 
 def check_combination(cfg: LMRecipeConfig) -> None:
     """Refuse settings that cannot work together, before any model loads."""
+    validate_train_config(cfg.train)
     validate_optim_config(cfg.optim)
     validate_scheduler_config(cfg.scheduler, cfg.train.max_steps)
     check_data_config(cfg.data)

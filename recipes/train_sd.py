@@ -38,6 +38,7 @@ from finetune.models.sd import SDModelConfig, build_pipeline, load_sd_components
 from finetune.optim.optimizers import OptimConfig, build_optimizer, param_groups
 from finetune.optim.schedulers import SchedulerConfig, build_scheduler
 from finetune.train import Hooks, TrainConfig, build_accelerator, start_run, train, weight_dtype
+from finetune.train.loop import validate_train_config
 from finetune.train.setup import conv_backend, cpu_conv_backend
 from finetune.train.checkpoint import check_output_dir
 from finetune.train.ema import EMAConfig, build_ema, ema_weights
@@ -64,6 +65,7 @@ class SDRecipeConfig:
 
 def check_combination(cfg: SDRecipeConfig) -> None:
     """Refuse settings that cannot work together, before any image or model loads."""
+    validate_train_config(cfg.train)
     check_resolution(cfg.model.resolution)
     S.validate_data(cfg.data, cfg.method)
     validate_prior(cfg.prior)

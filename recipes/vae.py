@@ -28,6 +28,7 @@ from finetune.models.small_nets import DigitsVAE, image_grid_png
 from finetune.optim.optimizers import OptimConfig, build_optimizer
 from finetune.optim.schedulers import SchedulerConfig, build_scheduler
 from finetune.train import TrainConfig, build_accelerator, start_run, train
+from finetune.train.loop import validate_train_config
 
 
 # Subclasses only to change defaults: the config loader builds a nested section from its class's
@@ -62,6 +63,7 @@ class VAEConfig:
 
 def validate(cfg: VAEConfig) -> None:
     """Refuse settings that cannot train, before anything is built."""
+    validate_train_config(cfg.train)
     if cfg.beta < 0:
         raise UserError(f"beta={cfg.beta} must be >= 0 (1 is the ELBO, > 1 a beta-VAE)")
     if cfg.image_size < 8:

@@ -81,6 +81,33 @@ class TrainResult:
     last_eval: dict = field(default_factory=dict)
 
 
+# The smallest value each loop counter can work with, and what the key means (for the error line). Below these
+# the loop misbehaves far from the cause (grad_accum=0: "a training window has no trained tokens").
+TRAIN_MINIMUMS = {
+    "max_steps": (1, "optimizer steps to train for"),
+    "batch_size": (1, "samples per micro-batch"),
+    "grad_accum": (1, "micro-batches per optimizer step; 1 means no accumulation"),
+    "log_every": (1, "log every N optimizer steps"),
+    "eval_every": (0, "0 evaluates only at the end"),
+    "save_every": (0, "0 writes no checkpoints"),
+    "keep_last": (0, "0 keeps every checkpoint"),
+    "early_stopping_patience": (0, "0 turns early stopping off"),
+    "max_consecutive_nonfinite": (0, "non-finite steps in a row before the run stops"),
+    "max_grad_norm": (0, "0 disables clipping"),
+}
+
+
+def validate_train_config(cfg, section: str = "train") -> None:
+    """Refuse a loop counter below its minimum in one line naming `section.key`, before any model loads.
+
+    Duck-typed: a recipe's own train section (the GAN's) is checked on the keys it shares with TrainConfig.
+    """
+    for key, (low, meaning) in TRAIN_MINIMUMS.items():
+        value = getattr(cfg, key, None)
+        if value is not None and not value >= low:  # `not >=` also refuses a NaN max_grad_norm
+            raise UserError(f"{section}.{key}={value} must be >= {low} ({meaning}); fix {section}.{key} in the config")
+
+
 class NonFiniteTraining(UserError):
     """Training produced NaN/Inf losses or gradients too many times in a row."""
 
