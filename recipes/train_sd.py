@@ -123,8 +123,11 @@ def main(argv=None):
     else:
         unet_params, te_params = [], [train_only_embeddings(text_encoder)]
     # Frozen weights in the mixed-precision dtype, trained ones in fp32 (fp16/bf16 master weights lose small updates).
+    # Textual inversion trains the whole (fp32) token table, so the embeddings' sum is fp32; bf16 layer norms after
+    # it fail on the CPU (autocast there does not cast layer_norm), so its text encoder stays fp32 as in diffusers'
+    # textual_inversion.py; autocast still runs its matmuls in the mixed precision.
     for module in (unet, text_encoder):
-        S.cast_frozen(module.to(device), dtype)
+        S.cast_frozen(module.to(device), torch.float32 if module is text_encoder and ti_ids else dtype)
     cast_training_params([unet, text_encoder], torch.float32)  # diffusers' guard; they never left fp32 here
     vae.to(device, torch.float32 if cfg.efficiency.vae_fp32 else dtype)
     restorer = RowRestorer(te_params[0], ti_ids) if ti_ids else None  # after the cast: same device and dtype

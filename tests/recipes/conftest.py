@@ -1,4 +1,21 @@
+from pathlib import Path
+
 import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def shipped_precision() -> str:
+    """The mixed precision the shipped accelerate_config.yaml sets (what `make demo` and users run under)."""
+    return yaml.safe_load((ROOT / "accelerate_config.yaml").read_text())["mixed_precision"]
+
+
+@pytest.fixture
+def shipped_mixed_precision(monkeypatch):
+    """Run a recipe in-process under the shipped config's precision, as `accelerate launch` would."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", shipped_precision())
+    return shipped_precision()
 
 
 @pytest.fixture(autouse=True)
