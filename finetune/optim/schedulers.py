@@ -11,6 +11,7 @@ exponential or floor variants. "plateau" is torch's ReduceLROnPlateau, stepped w
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from dataclasses import dataclass
 from typing import Literal, Union
@@ -19,6 +20,8 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, ReduceLROnPlateau
 
 from finetune.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 SCHEDULER_NAMES = ("constant", "linear", "cosine", "cosine_with_restarts", "step", "exponential", "polynomial", "plateau")
 
@@ -48,8 +51,8 @@ def validate_scheduler_config(cfg: SchedulerConfig, total_steps: int) -> None:
         raise UserError(f"scheduler.name={cfg.name!r} is unknown; choose one of {', '.join(SCHEDULER_NAMES)}")
     if total_steps < 1:
         raise UserError(f"total optimizer steps is {total_steps}; need at least 1 (check max_steps, epochs and the dataset size)")
-    if cfg.warmup_steps < 0 or cfg.warmup_steps > total_steps:
-        raise UserError(f"scheduler.warmup_steps={cfg.warmup_steps} must be between 0 and the total steps ({total_steps})")
+    if cfg.warmup_steps < 0:
+        raise UserError(f"scheduler.warmup_steps={cfg.warmup_steps} must be >= 0 (0: no warmup)")
     if cfg.name == "plateau" and cfg.warmup_steps:
         raise UserError("scheduler.name='plateau' has no warmup; set scheduler.warmup_steps=0 or choose another schedule")
     if not 0.0 <= cfg.min_lr_ratio <= 1.0:
@@ -68,6 +71,19 @@ def validate_scheduler_config(cfg: SchedulerConfig, total_steps: int) -> None:
         raise UserError(f"scheduler.plateau_patience={cfg.plateau_patience} must be >= 0")
     if cfg.plateau_mode not in ("min", "max"):
         raise UserError(f"scheduler.plateau_mode={cfg.plateau_mode!r} must be 'min' or 'max'")
+
+
+def warmup_for(cfg: SchedulerConfig, total_steps: int) -> int:
+    """The warmup the schedule runs: `cfg.warmup_steps`, or a tenth of the run when that warmup would outlast it.
+
+    A warmup longer than the run comes from a config written for a longer run (`legal_lora.yaml
+    train.max_steps=3` keeps its 5 warmup steps): shortening the run is the quickest try, so it is not refused.
+    A tenth (transformers' usual warmup_ratio=0.1), not `total_steps - 1`: the run then trains mostly at the
+    schedule's lr rather than ramping up for all of it, and a run of under 10 steps starts at the full lr.
+    """
+    if cfg.warmup_steps <= total_steps:
+        return cfg.warmup_steps
+    return total_steps // 10
 
 
 def lr_multiplier(
@@ -114,6 +130,10 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, tota
     (`scheduler.step(metric)`) after each evaluation.
     """
     validate_scheduler_config(cfg, total_steps)
+    warmup = warmup_for(cfg, total_steps)
+    if warmup != cfg.warmup_steps:
+        logger.warning("scheduler.warmup_steps=%d is longer than the %d-step run; warming up for %d steps (a tenth "
+                       "of the run) instead", cfg.warmup_steps, total_steps, warmup)
     if cfg.name == "plateau":
         min_lrs = [g["lr"] * cfg.min_lr_ratio for g in optimizer.param_groups]
         return ReduceLROnPlateau(
@@ -124,7 +144,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, tota
     fn = functools.partial(
         lr_multiplier,
         name=cfg.name,
-        warmup_steps=cfg.warmup_steps,
+        warmup_steps=warmup,
         total_steps=total_steps,
         num_cycles=cfg.num_cycles,
         step_size=cfg.step_size,

@@ -139,7 +139,7 @@ def test_state_dict_round_trip_resumes_exactly(name):
 
 def test_scheduler_user_errors():
     with pytest.raises(UserError, match="warmup_steps"):
-        build_scheduler(_opt(), SchedulerConfig(name="linear", warmup_steps=11), 10)
+        build_scheduler(_opt(), SchedulerConfig(name="linear", warmup_steps=-1), 10)
     with pytest.raises(UserError, match="plateau"):
         build_scheduler(_opt(), SchedulerConfig(name="plateau", warmup_steps=2), 10)
     with pytest.raises(UserError, match="gamma"):
@@ -149,3 +149,32 @@ def test_scheduler_user_errors():
     with pytest.raises(UserError, match="cosine"):
         build_scheduler(_opt(), SchedulerConfig(name="cosine_annealing"), 10)
     assert math.isfinite(_lrs("cosine", total=1)[-1])
+
+
+def test_a_warmup_longer_than_the_run_is_capped_to_a_tenth_with_one_warning(caplog):
+    with caplog.at_level("WARNING", logger="finetune.optim.schedulers"):
+        capped = _lrs("linear", total=30, warmup_steps=100)
+    assert capped == pytest.approx(_lrs("linear", total=30, warmup_steps=3))
+    (record,) = caplog.records
+    assert "scheduler.warmup_steps=100" in record.getMessage() and "3 steps" in record.getMessage()
+    assert "\n" not in record.getMessage()
+
+
+def test_a_warmup_that_fits_the_run_is_kept_without_warning(caplog):
+    with caplog.at_level("WARNING", logger="finetune.optim.schedulers"):
+        lrs = _lrs("linear", total=10, warmup_steps=10)
+    assert lrs[:3] == pytest.approx([0.0, BASE / 10, 2 * BASE / 10]) and not caplog.records
+
+
+def test_the_main_job_config_with_three_steps_trains_at_the_full_lr_from_the_first_step(caplog):
+    # `legal_lora.yaml train.max_steps=3`, the quickest try: its 5 warmup steps no longer refuse the run.
+    from finetune.config import load_section
+    from finetune.optim.schedulers import warmup_for
+    from tests.conftest import ROOT
+
+    cfg = load_section(SchedulerConfig, str(ROOT / "recipes" / "configs" / "legal_lora.yaml"), "scheduler")
+    assert cfg.warmup_steps == 5 and warmup_for(cfg, 3) == 0
+    opt = _opt()
+    with caplog.at_level("WARNING", logger="finetune.optim.schedulers"):
+        build_scheduler(opt, cfg, 3)
+    assert opt.param_groups[0]["lr"] == BASE and len(caplog.records) == 1
