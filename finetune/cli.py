@@ -48,9 +48,11 @@ def cmd_eval(args) -> None:
 
     from finetune.data.text import TextDataConfig, build_text_datasets, make_collate
     from finetune.metrics.perplexity import nll_sum
+    from finetune.models.causal_lm import fit_context
 
     model, tokenizer = _load_lm(args.model, args.adapter, args.trust_remote_code)
-    cfg = TextDataConfig(train_file=args.data, text_field=args.field, max_length=args.max_length, pack=False)
+    max_length = fit_context(args.max_length, model, "--max-length")  # default: 1024, or the model's context if shorter
+    cfg = TextDataConfig(train_file=args.data, text_field=args.field, max_length=max_length, pack=False)
     ds = build_text_datasets(cfg, tokenizer)["train"]
     collate = make_collate(cfg, tokenizer)
     total, count = 0.0, 0
@@ -140,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(s)
     s.add_argument("--data", required=True)
     s.add_argument("--field", default="text")
-    s.add_argument("--max-length", type=int, default=1024)
+    s.add_argument("--max-length", type=int, default=None, help="tokens per document (longer: truncated); default 1024 or the model's context")
     s.add_argument("--batch-size", type=int, default=4)
     s.set_defaults(fn=cmd_eval)
 

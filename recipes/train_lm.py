@@ -34,6 +34,7 @@ from finetune.methods.sd import StepTimer  # per-step timing and peak memory, sh
 from finetune.models.causal_lm import (
     LMModelConfig,
     compile_decoder_layers,
+    fit_context,
     lm_head_bypassed,
     load_causal_lm,
     resolve_model_source,
@@ -138,6 +139,7 @@ def main(argv=None):
 
     # Model and data first: their errors must leave no output directory behind.
     model, tokenizer = load_causal_lm(cfg.model)
+    fit_context(cfg.data.max_length, model, "data.max_length", cfg.prompt.num_virtual_tokens if cfg.method == "prompt" else 0)
     splits = build_text_datasets(cfg.data, tokenizer)
     collate = make_collate(cfg.data, tokenizer)
     out = start_run(accelerator, cfg, cfg.train)

@@ -279,6 +279,34 @@ def _remote_code_message(where: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Sequence length against the model's context
+
+
+def fit_context(max_length: Optional[int], model, key: str, reserved: int = 0, default: int = 1024) -> int:
+    """The sequence length to use with `model`: `max_length`, or `default` capped to the context when it is None.
+
+    Refused, not capped: RoPE models (LLaMA) run past `max_position_embeddings` without any error, on positions
+    they never saw, so an over-long length trains or evaluates silently wrong numbers; a length the user set is
+    kept or refused, never changed behind their back. `reserved` (and a PEFT prompt adapter's virtual tokens)
+    take positions too. Documents longer than the length are still packed into blocks or truncated.
+    """
+    context = getattr(model.config, "max_position_embeddings", None)
+    prompt_cfg = getattr(model, "active_peft_config", None)
+    if prompt_cfg is not None and prompt_cfg.is_prompt_learning:
+        reserved += prompt_cfg.num_virtual_tokens
+    if not context:  # the config names no limit (e.g. a state-space model): nothing to check against
+        return default if max_length is None else max_length
+    room = context - reserved
+    if max_length is None:
+        return min(default, room)
+    if max_length > room:
+        extra = f" plus {reserved} virtual tokens of the prompt method" if reserved else ""
+        raise UserError(f"{key}={max_length}{extra} exceeds the model's context (max_position_embeddings={context}); "
+                        f"set {key}={room} or less (longer documents are packed into blocks or truncated to it)")
+    return max_length
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Training speed: compiled decoder layers, the lm_head bypass of the fused loss
 
 

@@ -368,3 +368,32 @@ def test_compile_decoder_layers_without_a_compiler_or_layers(monkeypatch, caplog
     assert "no C++ compiler" in caplog.text
     with pytest.raises(UserError, match="compile_layers=false"):
         compile_decoder_layers(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Sequence length against the model's context (the tiny LLaMA's max_position_embeddings is 256)
+
+
+def test_a_length_beyond_the_context_is_refused_in_one_line_naming_both():
+    from finetune.models.causal_lm import fit_context
+
+    model = build_tiny_llama(num_hidden_layers=1)
+    assert fit_context(256, model, "data.max_length") == 256
+    with pytest.raises(UserError, match=r"data\.max_length=2048 exceeds .*max_position_embeddings=256.*data\.max_length=256 or less") as e:
+        fit_context(2048, model, "data.max_length")
+    assert "\n" not in str(e.value)
+    assert fit_context(None, model, "--max-length") == 256  # no length given: the default, capped to the context
+    assert fit_context(None, build_tiny_llama(num_hidden_layers=1, max_position_embeddings=4096), "--max-length") == 1024
+
+
+def test_prompt_virtual_tokens_take_context_positions_too():
+    from finetune.methods.prompt_tuning import PromptMethodConfig, apply_prompt_method
+    from finetune.models.causal_lm import fit_context
+
+    model = build_tiny_llama(num_hidden_layers=1)
+    with pytest.raises(UserError, match=r"256 plus 20 virtual tokens.*max_length=236 or less"):
+        fit_context(256, model, "data.max_length", reserved=20)
+    prompted = apply_prompt_method(model, build_tiny_tokenizer(), PromptMethodConfig(num_virtual_tokens=10, init="random"))
+    assert fit_context(246, prompted, "--max-length") == 246  # read from the PEFT adapter itself
+    with pytest.raises(UserError, match="plus 10 virtual tokens"):
+        fit_context(250, prompted, "--max-length")
