@@ -42,6 +42,7 @@ from finetune.models.causal_lm import (
 from finetune.optim.optimizers import OptimConfig, build_optimizer, param_groups, validate_optim_config
 from finetune.optim.schedulers import SchedulerConfig, build_scheduler, validate_scheduler_config
 from finetune.io import atomic_write_json
+from finetune.quiet import quiet_libraries
 from finetune.train import Hooks, TrainConfig, build_accelerator, start_run, train, weight_dtype
 from finetune.train.loop import validate_train_config
 
@@ -133,6 +134,7 @@ def evaluate_ppl(model, dataset, collate, cfg: LMRecipeConfig, device) -> float:
 
 @exit_on_user_error
 def main(argv=None):
+    quiet_libraries()  # before anything loads: library noise off unless FINETUNE_VERBOSE=1
     cfg = parse_recipe_args(LMRecipeConfig, argv, description=__doc__)
     check_combination(cfg)
     accelerator = build_accelerator(cfg.train.seed)

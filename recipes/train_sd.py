@@ -37,6 +37,7 @@ from finetune.methods.textual_inversion import (
 from finetune.models.sd import SDModelConfig, build_pipeline, load_sd_components
 from finetune.optim.optimizers import OptimConfig, build_optimizer, param_groups
 from finetune.optim.schedulers import SchedulerConfig, build_scheduler
+from finetune.quiet import quiet_libraries
 from finetune.train import Hooks, TrainConfig, build_accelerator, start_run, train, weight_dtype
 from finetune.train.loop import validate_train_config
 from finetune.train.setup import conv_backend, cpu_conv_backend
@@ -83,6 +84,7 @@ def check_combination(cfg: SDRecipeConfig) -> None:
 
 @exit_on_user_error
 def main(argv=None):
+    quiet_libraries()  # before anything loads: library noise off unless FINETUNE_VERBOSE=1
     cfg = parse_recipe_args(SDRecipeConfig, argv, description=__doc__)
     check_combination(cfg)
     check_output_dir(cfg.train.output_dir, cfg.train.resume, cfg.train.overwrite_output_dir)
