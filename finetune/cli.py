@@ -1,5 +1,6 @@
-"""The `finetune` command: look at data, evaluate, generate and export without writing a script.
+"""The `finetune` command: train, look at data, evaluate, generate and export without writing a script.
 
+    finetune train lm --config recipes/configs/legal_lora.yaml [key=value ...] [--accelerate-config FILE]
     finetune inspect-data recipes/configs/legal_lora.yaml
     finetune eval --model DIR_OR_ID [--adapter ADAPTER_DIR] --data FILE.jsonl
     finetune generate --model DIR_OR_ID [--adapter ADAPTER_DIR] --prompt "..."
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 from finetune.errors import UserError, exit_on_user_error
+from finetune.quiet import quiet_libraries, set_verbose
 
 
 def _load_lm(model: str, adapter: str | None, trust_remote_code: bool = False):
@@ -85,47 +87,79 @@ def cmd_generate(args) -> None:
     print(tokenizer.decode(ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True))
 
 
+MERGE_MARKER = "finetune_merge.json"  # written into every merged directory: what we may replace later
+
+
+def check_merge_out(out: Path) -> None:
+    """--out may be new, empty, or a previous merge of ours holding only the files it wrote; never a user's folder."""
+    if out.is_file():
+        raise UserError(f"--out {out} is a file; pass a directory for the merged model")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    written = []
+    if (out / MERGE_MARKER).is_file():
+        try:
+            written = json.loads((out / MERGE_MARKER).read_text())["files"]
+        except (ValueError, KeyError, TypeError):
+            written = []
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in written)
+    if foreign:
+        raise UserError(f"--out {out} already holds files finetune did not write ({', '.join(foreign[:3])}"
+                        f"{', ...' if len(foreign) > 3 else ''}); pass a new or empty directory")
+
+
 def cmd_export_merge(args) -> None:
     from finetune.io import atomic_dir
 
+    out = Path(args.out)
+    check_merge_out(out)  # before the minutes of loading and merging
     model, tokenizer = _load_lm(args.model, args.adapter)
     merged = model.merge_and_unload()
-    with atomic_dir(args.out) as tmp:
+    with atomic_dir(out) as tmp:  # a previous merge is replaced only once the new one is complete
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-    print(f"merged model written to {args.out}")
+        files = sorted(p.name for p in tmp.iterdir()) + [MERGE_MARKER]
+        (tmp / MERGE_MARKER).write_text(json.dumps({"model": args.model, "adapter": args.adapter, "files": files}, indent=2) + "\n")
+    print(f"merged model written to {out}")
 
 
 def cmd_export_kohya(args) -> None:
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
+    from finetune.export.kohya import module_alphas, read_diffusers_lora, save_kohya
 
-    from finetune.export.kohya import to_kohya
-    from finetune.io import atomic_write_bytes
+    state, adapter_metadata = read_diffusers_lora(args.lora)
+    if adapter_metadata:  # save_lora_weights recorded every component's LoraConfig: rank and alpha per module
+        alpha = module_alphas(state, adapter_metadata)
+        if args.alpha is not None and set(alpha.values()) != {args.alpha}:
+            raise UserError(f"--alpha {args.alpha} contradicts the lora_alpha the file records "
+                            f"({sorted(set(alpha.values()))}); drop --alpha, it is read from the file")
+    elif args.rank is None or args.alpha is None:
+        raise UserError(f"'{args.lora}' does not record rank/alpha (no lora_adapter_metadata); pass --rank and --alpha")
+    else:
+        alpha = args.alpha
+    path = save_kohya(args.out, state, alpha, rank=args.rank)
+    print(f"kohya/A1111 LoRA written to {path} ({len(state) // 2} modules)")
 
-    src = Path(args.lora)
-    if not src.is_file() or src.suffix != ".safetensors":
-        raise UserError(f"'{args.lora}' is not a .safetensors LoRA file; pass pytorch_lora_weights.safetensors")
-    with safe_open(str(src), "pt") as f:
-        meta = f.metadata() or {}
-    state = load_file(str(src))
-    rank = args.rank or int(meta.get("rank", 0)) or None
-    alpha = args.alpha or float(meta.get("alpha", 0)) or None
-    if rank is None or alpha is None:
-        raise UserError("the LoRA file does not record rank/alpha; pass --rank and --alpha")
-    kohya_sd, kohya_meta = to_kohya(state, alpha=alpha, rank=rank)
-    import tempfile
 
-    with tempfile.TemporaryDirectory() as d:
-        tmp = Path(d) / "out.safetensors"
-        save_file(kohya_sd, str(tmp), metadata=kohya_meta)
-        atomic_write_bytes(args.out, tmp.read_bytes())
-    print(f"kohya/A1111 LoRA written to {args.out} ({len(kohya_sd)} tensors)")
+def cmd_train(args) -> int:
+    from finetune.launch import launch
+
+    recipe_args = (["--config", args.config] if args.config else []) + args.overrides + args.extra
+    return launch(args.recipe, recipe_args, args.accelerate_config)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from finetune.launch import RECIPES
+
     p = argparse.ArgumentParser(prog="finetune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--verbose", action="store_true", help="show every library warning and progress bar (FINETUNE_VERBOSE=1)")
     sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("train", help="run a recipe under accelerate (as `accelerate launch recipes/...`), errors in one line")
+    s.add_argument("recipe", choices=list(RECIPES), help="lm: train_lm.py, sd: train_sd.py, gan, vae, autoencoder")
+    s.add_argument("--config", help="the recipe's YAML config, e.g. recipes/configs/legal_lora.yaml")
+    s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-4 train.max_steps=20")
+    s.add_argument("--accelerate-config", help="accelerate config file (default: the project's accelerate_config.yaml)")
+    s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("inspect-data", help="render samples with trained tokens marked; fail on unusable data")
     s.add_argument("config", help="a recipe YAML with `data:` (and optionally `model:`) sections")
@@ -171,8 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    args.fn(args)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "train":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra  # `train` hands what it does not know (overrides after an option) to the recipe
+    set_verbose(args.verbose)
+    quiet_libraries()
+    code = args.fn(args)
+    if code:
+        raise SystemExit(code)
 
 
 if __name__ == "__main__":

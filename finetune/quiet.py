@@ -28,6 +28,8 @@ NOISY_LOGS = [
     ("diffusers.models.modeling_utils", r"that should be kept in float32: \[\]\."),
     # accelerate lists the defaults it filled in (threads per CPU process) when the config file leaves them out
     ("accelerate.commands.launch", r"were not passed to `accelerate launch` and had defaults used"),
+    # torchrun's note that a process exited with 2, the recipes' user-error code: the recipe has printed why
+    ("torch.distributed.elastic.multiprocessing.api", r"failed \(exitcode: 2\) local_rank"),
 ]
 
 # (category, message pattern): warnings.warn calls that are noise

@@ -6,6 +6,10 @@ and a per-module `.alpha` scalar, plus `ss_*` safetensors metadata. Written by h
 kohya -> diffusers converter and a PEFT -> kohya one that always writes alpha = rank, which silently changes the
 LoRA's strength whenever lora_alpha != r.
 
+Alpha can differ per module (PEFT's alpha_pattern / rank_pattern, or different UNet and text-encoder configs): kohya
+stores one `.alpha` per module, so `read_diffusers_lora` + `module_alphas` read each module's value from the
+`lora_adapter_metadata` that `save_lora_weights` writes, resolved the way PEFT resolves it.
+
 CLIP text-encoder modules are written with kohya's "lora_te_text_model_..." spelling (transformers 4's layout, which
 A1111 expects) and read back in the installed transformers' layout (version 5 dropped the `text_model.` level).
 """
@@ -13,10 +17,12 @@ A1111 expects) and read back in the installed transformers' layout (version 5 dr
 from __future__ import annotations
 
 import functools
+import json
+import math
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Union
 
 import torch
 from safetensors import safe_open
@@ -29,6 +35,7 @@ from finetune.io import atomic_write_bytes
 KOHYA_PREFIX = {"unet": "lora_unet_", "text_encoder": "lora_te_", "text_encoder_2": "lora_te2_"}
 _PREFIX_TO_COMPONENT = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2"}
 
+ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # where save_lora_weights stores each component's LoraConfig
 _FLAT_CLIP_HEADS = ("embeddings.", "encoder.", "final_layer_norm")  # CLIP text modules once under "text_model."
 _PEFT_KEY = re.compile(r"^(unet|text_encoder|text_encoder_2)\.(.+)\.(lora_A|lora_B|lora\.down|lora\.up)\.weight$")
 _KOHYA_KEY = re.compile(r"^(lora_unet_|lora_te1_|lora_te2_|lora_te_)([A-Za-z0-9_]+)\.(lora_down\.weight|lora_up\.weight|alpha)$")
@@ -47,24 +54,65 @@ _COMPOUNDS = sorted(
 )
 
 
-def to_kohya(state_dict: Mapping[str, torch.Tensor], alpha: float, rank: Optional[int] = None) -> dict[str, torch.Tensor]:
+# one lora_alpha for every module, or {"unet.<module>": alpha, ...} (module_alphas) when they differ
+Alpha = Union[float, Mapping[str, float]]
+
+
+def to_kohya(state_dict: Mapping[str, torch.Tensor], alpha: Alpha, rank: Optional[int] = None) -> dict[str, torch.Tensor]:
     """diffusers/PEFT LoRA keys -> kohya keys, with one `.alpha` scalar per module (the LoraConfig's lora_alpha)."""
     _check_rank(state_dict, rank)
     out: dict[str, torch.Tensor] = {}
     has_te2 = any(k.startswith("text_encoder_2.") for k in state_dict)
     for key, tensor in state_dict.items():
-        match = _PEFT_KEY.match(key)
-        if match is None:
-            raise UserError(f"LoRA key {key!r} is not in diffusers format (expected 'unet.<module>.lora_A.weight' as "
-                            "save_lora_weights writes it); DoRA and non-LoRA adapters cannot be exported to kohya")
-        component, module, kind = match.groups()
+        component, module, kind = _parse_peft_key(key)
+        module_alpha = alpha[f"{component}.{module}"] if isinstance(alpha, Mapping) else alpha
         prefix = "lora_te1_" if component == "text_encoder" and has_te2 else KOHYA_PREFIX[component]
         if component != "unet" and module.startswith(_FLAT_CLIP_HEADS):
             module = "text_model." + module  # A1111/kohya name CLIP's modules as transformers 4 did
         name = prefix + module.replace(".", "_")
         out[f"{name}.{'lora_down' if kind in ('lora_A', 'lora.down') else 'lora_up'}.weight"] = tensor
-        out[f"{name}.alpha"] = torch.tensor(float(alpha))
+        out[f"{name}.alpha"] = torch.tensor(float(module_alpha))
     return out
+
+
+def read_diffusers_lora(path: str | Path) -> tuple[dict[str, torch.Tensor], Optional[dict]]:
+    """A `pytorch_lora_weights.safetensors` -> (state dict, its parsed `lora_adapter_metadata`, None if absent)."""
+    path = Path(path)
+    if not path.is_file() or path.suffix != ".safetensors":
+        raise UserError(f"'{path}' is not a .safetensors LoRA file; pass pytorch_lora_weights.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        raw = (f.metadata() or {}).get(ADAPTER_METADATA_KEY)
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        return state, (json.loads(raw) if raw else None)
+    except json.JSONDecodeError:
+        raise UserError(f"{path}: its {ADAPTER_METADATA_KEY} is not valid JSON; pass --rank and --alpha") from None
+
+
+def module_alphas(state_dict: Mapping[str, torch.Tensor], adapter_metadata: Mapping) -> dict[str, float]:
+    """Each module's kohya alpha from diffusers' adapter metadata ({"unet.r": 4, "unet.lora_alpha": 8, ...}).
+
+    Resolved as PEFT resolves it (rank_pattern / alpha_pattern matched by module-name suffix); the metadata's rank
+    must be the weights' rank. rsLoRA scales by alpha / sqrt(r) where kohya scales by alpha / r, so it is folded in.
+    """
+    from peft.utils.other import get_pattern_key  # PEFT's own matcher, so patterns resolve exactly as in training
+
+    alphas = {}
+    for key, rank in _ranks(state_dict).items():
+        component, name, _ = _parse_peft_key(key)
+        cfg = {k[len(component) + 1:]: v for k, v in adapter_metadata.items() if k.startswith(component + ".")}
+        if "r" not in cfg or "lora_alpha" not in cfg:
+            raise UserError(f"the LoRA file's {ADAPTER_METADATA_KEY} has no LoraConfig for the {component}; "
+                            "pass --rank and --alpha")
+        if cfg.get("use_dora"):
+            raise UserError("the LoRA is DoRA (use_dora), which kohya/A1111 LoRA files cannot hold; export it as diffusers LoRA")
+        rank_pattern, alpha_pattern = cfg.get("rank_pattern") or {}, cfg.get("alpha_pattern") or {}
+        r = int(rank_pattern.get(get_pattern_key(rank_pattern.keys(), name), cfg["r"]))
+        if r != rank:
+            raise UserError(f"{component}.{name} has rank {rank} but the file's metadata says r={r}; the file is inconsistent")
+        alpha = float(alpha_pattern.get(get_pattern_key(alpha_pattern.keys(), name), cfg["lora_alpha"]))
+        alphas[f"{component}.{name}"] = alpha * math.sqrt(r) if cfg.get("use_rslora") else alpha
+    return alphas
 
 
 def from_kohya(
@@ -103,8 +151,8 @@ def _clip_is_flat() -> bool:
     return not hasattr(model, "text_model")
 
 
-def kohya_metadata(alpha: float, rank: int, base_model_version: Optional[str] = None) -> dict[str, str]:
-    """The `ss_*` safetensors metadata kohya's tools write and A1111 / civitai read."""
+def kohya_metadata(alpha: float | str, rank: int | str, base_model_version: Optional[str] = None) -> dict[str, str]:
+    """The `ss_*` safetensors metadata kohya's tools write and A1111 / civitai read ("Dynamic": differs per module)."""
     meta = {"ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_network_alpha": str(alpha)}
     if base_model_version:
         meta["ss_base_model_version"] = base_model_version  # e.g. "sd_v1", "sd_v2"
@@ -112,16 +160,20 @@ def kohya_metadata(alpha: float, rank: int, base_model_version: Optional[str] = 
 
 
 def save_kohya(
-    path: str | Path, state_dict: Mapping[str, torch.Tensor], alpha: float, rank: Optional[int] = None,
+    path: str | Path, state_dict: Mapping[str, torch.Tensor], alpha: Alpha, rank: Optional[int] = None,
     base_model_version: Optional[str] = "sd_v1",
 ) -> Path:
     """Write a diffusers/PEFT LoRA as one kohya-format .safetensors file (A1111/ComfyUI loadable)."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise UserError(f"kohya LoRA output {path} must end in .safetensors")
-    rank = rank if rank is not None else max(_ranks(state_dict).values())
     tensors = {k: v.detach().contiguous() for k, v in to_kohya(state_dict, alpha, rank).items()}
-    atomic_write_bytes(path, safetensors_save(tensors, metadata=kohya_metadata(alpha, rank, base_model_version)))
+    ranks = set(_ranks(state_dict).values())
+    alphas = set(alpha.values()) if isinstance(alpha, Mapping) else {alpha}
+    # kohya's own tools (resize_lora.py) write "Dynamic" when the value differs per module
+    meta = kohya_metadata(float(alphas.pop()) if len(alphas) == 1 else "Dynamic",
+                          ranks.pop() if len(ranks) == 1 else "Dynamic", base_model_version)
+    atomic_write_bytes(path, safetensors_save(tensors, metadata=meta))
     return path
 
 
@@ -146,6 +198,15 @@ def _check_rank(state_dict: Mapping[str, torch.Tensor], rank: Optional[int]) -> 
 
 def _ranks(state_dict: Mapping[str, torch.Tensor]) -> dict[str, int]:
     return {k: int(v.shape[0]) for k, v in state_dict.items() if k.endswith((".lora_A.weight", ".lora.down.weight"))}
+
+
+def _parse_peft_key(key: str) -> tuple[str, str, str]:
+    """'unet.<module>.lora_A.weight' -> ("unet", "<module>", "lora_A")."""
+    match = _PEFT_KEY.match(key)
+    if match is None:
+        raise UserError(f"LoRA key {key!r} is not in diffusers format (expected 'unet.<module>.lora_A.weight' as "
+                        "save_lora_weights writes it); DoRA and non-LoRA adapters cannot be exported to kohya")
+    return match.groups()
 
 
 def _group_kohya(state_dict: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
