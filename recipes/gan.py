@@ -3,10 +3,11 @@
     accelerate launch recipes/gan.py --config recipes/configs/gan_nonsaturating.yaml [key=value ...]
 
 Two optimizers do not fit the shared loop, so this recipe has its own short one; it reuses the
-toolkit's data order, checkpoints (accelerate save_state: G, D, both optimizers, RNG), logging and
-setup, so `train.resume=latest` continues a run bit for bit. Losses: minimax, nonsaturating, lsgan,
-wgan (weight clipping), wgan_gp (gradient penalty), hinge; spectral norm on D, one-sided label
-smoothing, TTUR (separate optim_g / optim_d learning rates) and n_critic D steps per G step.
+toolkit's data order, checkpoints (finetune/train/checkpoint.py: G, D, both optimizers, noise, RNG;
+safetensors + JSON), logging and setup, so `train.resume=latest` continues a run bit for bit. Losses:
+minimax, nonsaturating, lsgan, wgan (weight clipping), wgan_gp (gradient penalty), hinge; spectral norm
+on D, one-sided label smoothing, TTUR (separate optim_g / optim_d learning rates) and n_critic D steps
+per G step.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from finetune.quiet import quiet_libraries
 from finetune.stabilize import apply_spectral_norm
 from finetune.train import build_accelerator, start_run
 from finetune.train.batches import iterate_batches, shuffled_batches
-from finetune.train.checkpoint import load_checkpoint, remove_partial, resolve_resume, save_checkpoint
+from finetune.train.checkpoint import Checkpointed, remove_partial, resume_checkpoint, save_checkpoint
 from finetune.train.logging import MetricsLogger, plot_loss_curve, read_metrics
 from finetune.train.loop import validate_train_config
 
@@ -158,27 +159,28 @@ def main(argv: list[str] | None = None) -> dict:
     opt_g, opt_d = build_ttur(G.parameters(), D.parameters(), cfg.optim_g, cfg.optim_d)
     G, D, opt_g, opt_d = accelerator.prepare(G, D, opt_g, opt_d)
     noise = NoiseSource(t.seed, accelerator.process_index, accelerator.device)
-    accelerator.register_for_checkpointing(noise)
+    # every weight and buffer (spectral norm's too); the noise stream is seeded per process, so saved per process
+    saved = Checkpointed([G, D], [opt_g, opt_d], rank_objects={"noise": noise})
     d_fn, g_fn = GAN_LOSSES["wgan" if cfg.loss == "wgan_gp" else cfg.loss]
     d_out = (lambda x: torch.sigmoid(D(x))) if cfg.d_output == "sigmoid" else D
     real_label = {"real_label": cfg.label_smoothing} if cfg.loss in ("minimax", "nonsaturating", "lsgan") else {}
     max_norm = t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
 
+    judge = load_judge() if accelerator.is_main_process else None  # before the resume: building it draws random numbers
+    eval_z = torch.randn(t.eval_samples, cfg.latent_dim, generator=torch.Generator().manual_seed(t.seed + 7919))
+
     step, epoch, position = 0, 0, 0
     logger = MetricsLogger(out, accelerator.is_main_process, t.tensorboard)
-    resume_from = resolve_resume(out, t.resume)
     if accelerator.is_main_process:
         remove_partial(out)
-    if resume_from is not None:
-        state = load_checkpoint(accelerator, resume_from)  # G, D, both optimizers, noise and RNG states
+    resumed = resume_checkpoint(accelerator, out, t.resume, saved)
+    if resumed is not None:
+        resume_from, state = resumed
         step, epoch, position = state["global_step"], state["epoch"], state["position"]
-        logger.truncate_after(step)
+        logger.truncate_after(step, redo_eval=step >= t.max_steps)  # the final evaluation below runs again
         accelerator.print(f"resumed from {resume_from} at step {step}")
     data = iterate_batches(shuffled_batches(len(real_images), t.batch_size, t.seed),
                            accelerator.process_index, accelerator.num_processes, epoch, position)
-
-    judge = load_judge() if accelerator.is_main_process else None
-    eval_z = torch.randn(t.eval_samples, cfg.latent_dim, generator=torch.Generator().manual_seed(t.seed + 7919))
 
     def evaluate(step: int) -> dict:
         """FID / IS / KID of samples from fixed noise, plus a sample grid PNG (main process only)."""
@@ -250,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
             evaluate(step)
         if t.save_every and step % t.save_every == 0:
             state = {"global_step": step, "epoch": epoch, "position": position, "world_size": accelerator.num_processes}
-            save_checkpoint(accelerator, out, step, state, t.keep_last)
+            save_checkpoint(accelerator, out, step, state, t.keep_last, saved)
     wall = time.perf_counter() - start
 
     summary = {}

@@ -3,12 +3,14 @@
 `build_ema` makes one over the trainable parameters (fp32 shadow copies); the recipe calls `ema.step(params)`
 after each optimizer step (Hooks.after_optimizer_step) and evaluates and saves inside `ema_weights(...)`,
 which swaps the averaged weights in and the live ones back afterwards. EMAModel has state_dict /
-load_state_dict, so the loop's checkpoints carry it (pass it in `checkpoint_objects`).
+load_state_dict, so the loop's checkpoints carry it (pass it in `checkpoint_objects`): floats and ints in
+the JSON skeleton, the shadow weights in safetensors (finetune/train/state.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 from typing import Optional
 
@@ -30,9 +32,22 @@ def build_ema(params: list[torch.nn.Parameter], cfg: EMAConfig):
         return None
     if not 0.0 < cfg.decay < 1.0:
         raise UserError(f"ema.decay must be in (0, 1), got {cfg.decay}; 0.999-0.9999 is usual")
-    from diffusers.training_utils import EMAModel
+    return _ema_class()(params, decay=cfg.decay, use_ema_warmup=cfg.warmup)
 
-    return EMAModel(params, decay=cfg.decay, use_ema_warmup=cfg.warmup)
+
+@functools.cache
+def _ema_class():
+    """diffusers' EMAModel, whose restored shadow weights go back to the device of the weights it averages."""
+    from diffusers.training_utils import EMAModel  # imported late: diffusers is slow to import
+
+    class EMA(EMAModel):
+        def load_state_dict(self, state_dict: dict) -> None:
+            device = self.shadow_params[0].device if self.shadow_params else None
+            super().load_state_dict(state_dict)  # checkpoints are read onto the CPU
+            if device is not None:
+                self.to(device=device)
+
+    return EMA
 
 
 @contextlib.contextmanager

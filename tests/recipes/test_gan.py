@@ -66,6 +66,10 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
 
     a, b = _tensors(full / "checkpoint-12"), _tensors(split / "checkpoint-12")
     assert len(a) > 10 and a.keys() == b.keys()
+    # G, D, both optimizers, the noise stream and the process RNG, all safetensors; no pickle anywhere
+    assert sorted(p.name for p in (split / "checkpoint-12").iterdir()) == [
+        "model.safetensors", "model_1.safetensors", "noise_0.safetensors", "optimizer.safetensors",
+        "optimizer_1.safetensors", "rng_0.safetensors", "trainer_state.json"]
     assert any("_u" in k for k in a), "spectral-norm buffers should be in the checkpoint"
     for k in a:
         assert torch.equal(a[k], b[k]), k
