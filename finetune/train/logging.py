@@ -33,15 +33,16 @@ class MetricsLogger:
             except ImportError:  # tensorboard is optional
                 self.writer = None
 
-    def truncate_after(self, step: int) -> None:
-        """On resume: drop events a killed run logged after the checkpoint it resumes from."""
+    def truncate_after(self, step: int, redo_eval: bool = False) -> None:
+        """On resume: drop events a killed run logged after the checkpoint it resumes from (with `redo_eval`,
+        also its evaluation at `step`, which the resumed run repeats)."""
         if not (self.enabled and self.path.is_file()):
             return
-        kept = [
-            line
-            for line in self.path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step
-        ]
+        def keep(r: dict) -> bool:
+            at = r.get("step", 0)
+            return at < step or (at == step and not (redo_eval and r.get("split") == "eval"))
+
+        kept = [line for line in self.path.read_text().splitlines() if line.strip() and keep(json.loads(line))]
         atomic_write_bytes(self.path, "".join(line + "\n" for line in kept).encode())
 
     def log(self, step: int, split: str, **values) -> None:

@@ -28,11 +28,11 @@ from tqdm.auto import tqdm
 from finetune.errors import UserError
 from finetune.train.batches import BatchesFn, iterate_batches, shuffled_batches
 from finetune.train.checkpoint import (
+    Checkpointed,
     check_output_dir,
-    load_checkpoint,
     params_finite,
     remove_partial,
-    resolve_resume,
+    resume_checkpoint,
     save_checkpoint,
 )
 from finetune.train.logging import MetricsLogger, plot_loss_curve
@@ -121,21 +121,15 @@ def _optimizer_params(optimizer) -> list[torch.nn.Parameter]:
     return [p for g in optimizer.param_groups for p in g["params"]]
 
 
-def trainable_only_checkpoints(accelerator, params) -> None:
+def trainable_only_checkpoints(model, optimizer, scheduler, objects: tuple) -> Checkpointed:
     """Checkpoints keep only the weights the optimizer can change (the LoRA/prompt/unfrozen ones).
 
     Frozen weights never change, so saving them (540 MB for SmolLM2 under LoRA) buys nothing;
-    resume reloads them from the base model and loads the checkpoint non-strictly.
+    resume rebuilds them from the base model and loads exactly the saved names.
     """
-    ids = {id(p) for p in params}
-
-    def keep_trainable(models, weights, output_dir):
-        for model, state in zip(models, weights):
-            keep = {name for name, p in model.named_parameters() if id(p) in ids}
-            for key in [k for k in state if k not in keep]:
-                del state[key]
-
-    accelerator.register_save_state_pre_hook(keep_trainable)
+    named = {"scheduler": scheduler} if scheduler is not None else {}  # stepped by us, not prepared (see train)
+    named.update({f"object_{i}": obj for i, obj in enumerate(objects)})
+    return Checkpointed([model], [optimizer], named, only=_optimizer_params(optimizer))
 
 
 def _is_plateau(scheduler) -> bool:
@@ -175,29 +169,26 @@ def train(
     out = Path(cfg.output_dir)
     check_output_dir(out, cfg.resume, cfg.overwrite_output_dir)
     world, rank = accelerator.num_processes, accelerator.process_index
-    if scheduler is not None:
-        accelerator.register_for_checkpointing(scheduler)  # stepped by us, not prepared (see below)
-    for obj in checkpoint_objects:
-        accelerator.register_for_checkpointing(obj)
+    saved = trainable_only_checkpoints(model, optimizer, scheduler, checkpoint_objects)
     logger = MetricsLogger(out, accelerator.is_main_process, cfg.tensorboard)
     batches_fn = batches_fn or shuffled_batches(len(dataset), cfg.batch_size, cfg.seed)
 
-    trainable_only_checkpoints(accelerator, _optimizer_params(optimizer))
-
     result = TrainResult()
     epoch, position, consecutive_bad, evals_since_best = 0, 0, 0, 0
-    resume_from = resolve_resume(out, cfg.resume)
     if accelerator.is_main_process:
         remove_partial(out)
-    if resume_from is not None:
-        state = load_checkpoint(accelerator, resume_from)
+    resumed = resume_checkpoint(accelerator, out, cfg.resume, saved)
+    if resumed is not None:
+        resume_from, state = resumed
         result.global_step = state["global_step"]
         epoch, position = state["epoch"], state["position"]
         result.best_metric, result.best_step = state.get("best_metric"), state.get("best_step")
         result.nonfinite_steps = state.get("nonfinite_steps", 0)
         evals_since_best = state.get("evals_since_best", 0)
-        logger.truncate_after(result.global_step)
+        # a run resumed at max_steps trains no step but evaluates again (below), so that evaluation is logged once
+        logger.truncate_after(result.global_step, redo_eval=result.global_step >= cfg.max_steps)
         accelerator.print(f"resumed from {resume_from} at step {result.global_step}")
+    resumed_done = resumed is not None and result.global_step >= cfg.max_steps
 
     data = iterate_batches(batches_fn, rank, world, epoch, position)
     params = _optimizer_params(optimizer)
@@ -329,12 +320,15 @@ def train(
         if cfg.save_every and (step % cfg.save_every == 0 or (stop and not is_last)):
             if not params_finite(params):
                 raise NonFiniteTraining("weights became non-finite; refusing to checkpoint them")
-            save_checkpoint(accelerator, out, step, trainer_state(), cfg.keep_last)
+            save_checkpoint(accelerator, out, step, trainer_state(), cfg.keep_last, saved)
         if stop:
             result.stopped_early = True
             accelerator.print(f"early stopping at step {step}: no {cfg.monitor} improvement "
                               f"in {cfg.early_stopping_patience} evaluations")
             break
+    if resumed_done and eval_fn is not None:
+        # a kill during the final export, or a finished job re-run: the result is as complete as a normal end's
+        evaluate(result.global_step)
     bar.close()
     logger.close()
     if accelerator.is_main_process:
