@@ -129,7 +129,8 @@ def evaluate_ppl(model, dataset, collate, cfg: LMRecipeConfig, device) -> float:
         batch = {k: v.to(device) for k, v in batch.items()}
         total += float(summed_nll(model, batch, cfg.loss.fused))
         count += count_trained_tokens(batch["labels"])
-    return math.exp(total / max(count, 1))
+    mean = total / max(count, 1)
+    return math.exp(mean) if mean < 700 else math.inf  # a diverged model: inf (math.exp raises past ~709), not a crash
 
 
 @exit_on_user_error

@@ -35,7 +35,7 @@ from finetune.methods.textual_inversion import (
     placeholder_text, template_prompt, train_only_embeddings,
 )
 from finetune.models.sd import SDModelConfig, build_pipeline, load_sd_components
-from finetune.optim.optimizers import OptimConfig, build_optimizer, param_groups
+from finetune.optim.optimizers import OptimConfig, build_optimizer, param_groups, validate_optim_config
 from finetune.optim.schedulers import SchedulerConfig, build_scheduler
 from finetune.quiet import quiet_libraries
 from finetune.train import Hooks, TrainConfig, build_accelerator, start_run, train, weight_dtype
@@ -67,6 +67,7 @@ class SDRecipeConfig:
 def check_combination(cfg: SDRecipeConfig) -> None:
     """Refuse settings that cannot work together, before any image or model loads."""
     validate_train_config(cfg.train)
+    validate_optim_config(cfg.optim)
     check_resolution(cfg.model.resolution)
     S.validate_data(cfg.data, cfg.method)
     validate_prior(cfg.prior)

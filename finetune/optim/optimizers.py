@@ -37,8 +37,8 @@ def validate_optim_config(cfg: OptimConfig) -> None:
     valid = ("adamw", "adam", "rmsprop", "sgd")
     if cfg.name not in valid:
         raise UserError(f"optim.name={cfg.name!r} is unknown; choose one of {', '.join(valid)}")
-    if not cfg.lr > 0:
-        raise UserError(f"optim.lr={cfg.lr} must be > 0")
+    if not 0 < cfg.lr < 1e6:  # NaN fails too; an lr near float32's max (3.4e38) overflows inside the update
+        raise UserError(f"optim.lr={cfg.lr} is out of range: it must be > 0 and below 1e6 (typical: 1e-5 to 1e-2)")
     if cfg.weight_decay < 0:
         raise UserError(f"optim.weight_decay={cfg.weight_decay} must be >= 0")
     if len(cfg.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.betas):

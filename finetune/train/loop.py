@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ from finetune.train.checkpoint import (
     save_checkpoint,
 )
 from finetune.train.logging import MetricsLogger, plot_loss_curve
+from finetune.train.setup import keep_output_dir
 
 
 @dataclass
@@ -56,7 +58,8 @@ class TrainConfig:
     monitor: str = "val_loss"  # eval metric used for best model, early stopping and plateau schedulers
     monitor_mode: Literal["min", "max"] = "min"  # whether lower or higher `monitor` is better
     save_best: bool = True  # save the best model (by `monitor`) to <output_dir>/best
-    max_consecutive_nonfinite: int = 10  # stop after this many non-finite steps in a row
+    max_consecutive_nonfinite: int = 10  # stop after this many non-finite (or exploding) steps in a row
+    divergence_factor: float = 1000.0  # a loss above this many times the run's early losses counts as diverged (0: off)
     tensorboard: bool = True  # also log to <output_dir>/tensorboard when tensorboard is installed
     progress_bar: bool = True  # show a tqdm progress bar
 
@@ -94,6 +97,7 @@ TRAIN_MINIMUMS = {
     "early_stopping_patience": (0, "0 turns early stopping off"),
     "max_consecutive_nonfinite": (0, "non-finite steps in a row before the run stops"),
     "max_grad_norm": (0, "0 disables clipping"),
+    "divergence_factor": (0, "0 turns the exploding-loss check off"),
 }
 
 
@@ -136,6 +140,38 @@ def _is_plateau(scheduler) -> bool:
     return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
 
+class Divergence:
+    """Tells a diverged loss from a noisy one: non-finite, or above `factor` times the median of the run's first
+    `warmup` losses (those seen so far while fewer). Weights blown up to ~1e30 stay finite, so a NaN check alone lets
+    them through; a diffusion or LM loss varies by a few times from batch to batch, not by orders of magnitude."""
+
+    def __init__(self, factor: float, warmup: int = 10):
+        self.factor, self.warmup, self.early = factor, warmup, []
+
+    def diverged(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return True
+        if self.early and self.factor > 0:
+            reference = sorted(self.early)[(len(self.early) - 1) // 2]
+            if reference > 0 and value > self.factor * reference:
+                return True
+        if len(self.early) < self.warmup:
+            self.early.append(value)
+        return False
+
+
+def eval_diverged(metrics: dict, monitor: str, best: Optional[float], mode: str, factor: float) -> Optional[str]:
+    """Why an evaluation says the weights diverged (a non-finite metric, or the monitored loss `factor` times the
+    best one), or None."""
+    for k, v in metrics.items():
+        if isinstance(v, (int, float)) and not math.isfinite(v):
+            return f"{k} = {v}"
+    value = metrics.get(monitor)
+    if mode == "min" and factor > 0 and value is not None and best is not None and best > 0 and value > factor * best:
+        return f"{monitor} = {value:.4g}, {value / best:.0f} times the best {best:.4g}"
+    return None
+
+
 def _improved(value: float, best: Optional[float], mode: str) -> bool:
     if best is None:
         return True
@@ -175,6 +211,7 @@ def train(
 
     result = TrainResult()
     epoch, position, consecutive_bad, evals_since_best = 0, 0, 0, 0
+    divergence, loss_bad, loss_value = Divergence(cfg.divergence_factor), False, float("nan")
     if accelerator.is_main_process:
         remove_partial(out)
     resumed = resume_checkpoint(accelerator, out, cfg.resume, saved)
@@ -220,8 +257,12 @@ def train(
         with torch.no_grad():
             metrics = eval_fn(step)
         model.train()
-        result.last_eval = dict(metrics)
         logger.log(step, "eval", **metrics)
+        if why := eval_diverged(metrics, cfg.monitor, result.best_metric, cfg.monitor_mode, cfg.divergence_factor):
+            # never "best", never checkpointed or exported: the weights on disk stay the last ones that evaluated finite
+            raise NonFiniteTraining(f"the run diverged at step {step} ({why}); nothing was saved from these weights. "
+                                    "Lower optim.lr or enable train.max_grad_norm, then resume from the last checkpoint")
+        result.last_eval = dict(metrics)
         value = metrics.get(cfg.monitor)
         improved = value is not None and _improved(float(value), result.best_metric, cfg.monitor_mode)
         if scheduler is not None and _is_plateau(scheduler) and value is not None:
@@ -281,20 +322,28 @@ def train(
             hooks.before_optimizer_step(step)
         grad_norm = accelerator.clip_grad_norm_(params, max_norm)  # unscales fp16 grads first
         grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
-        finite = math.isfinite(grad_norm) and math.isfinite(loss_value)
+        loss_bad = divergence.diverged(loss_value)  # the current weights give a non-finite or exploded loss
+        finite = math.isfinite(grad_norm) and not loss_bad
         scaler = getattr(accelerator, "scaler", None)
+        if loss_bad:
+            optimizer.zero_grad(set_to_none=True)  # a diverged loss's gradient must not move the weights
         if finite or scaler is not None:
             optimizer.step()  # with fp16 the GradScaler skips non-finite steps and lowers its scale
         skipped = not finite or accelerator.optimizer_step_was_skipped
         if not skipped and scheduler is not None and not _is_plateau(scheduler):
             scheduler.step()  # not accelerate-prepared: it would step once per process
         optimizer.zero_grad(set_to_none=True)
+        if loss_bad and not consecutive_bad and accelerator.is_main_process and (out / f"checkpoint-{step}").is_dir():
+            # the weights that gave this loss are the last update's: a checkpoint of them would resume a dead run
+            shutil.rmtree(out / f"checkpoint-{step}")
+            accelerator.print(f"removed checkpoint-{step}: its weights give a non-finite or exploding loss")
         if skipped:
             result.nonfinite_steps += 1
             consecutive_bad += 1
             if consecutive_bad >= cfg.max_consecutive_nonfinite:
                 raise NonFiniteTraining(
-                    f"{consecutive_bad} non-finite steps in a row (loss {loss_value}, grad norm {grad_norm}); "
+                    f"{consecutive_bad} non-finite or exploding steps in a row (loss {loss_value:.4g}, grad norm "
+                    f"{grad_norm:.4g}); nothing was saved from these weights; "
                     "lower optim.lr, enable train.max_grad_norm, or use bf16 instead of fp16"
                 )
         else:
@@ -302,6 +351,7 @@ def train(
             if hooks.after_optimizer_step:
                 hooks.after_optimizer_step(step)
         result.global_step = step = step + 1
+        keep_output_dir()  # a trained step: a later error no longer removes the run's directory
 
         lr = optimizer.param_groups[0]["lr"]
         if step % cfg.log_every == 0 or step == cfg.max_steps or skipped:
@@ -317,7 +367,9 @@ def train(
         is_last = step == cfg.max_steps
         if eval_fn is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or is_last):
             stop = evaluate(step)
-        if cfg.save_every and (step % cfg.save_every == 0 or (stop and not is_last)):
+        if cfg.save_every and loss_bad and step % cfg.save_every == 0:
+            accelerator.print(f"step {step}: no checkpoint, the loss is non-finite or exploding ({loss_value:.4g})")
+        elif cfg.save_every and (step % cfg.save_every == 0 or (stop and not is_last)):
             if not params_finite(params):
                 raise NonFiniteTraining("weights became non-finite; refusing to checkpoint them")
             save_checkpoint(accelerator, out, step, trainer_state(), cfg.keep_last, saved)
@@ -331,6 +383,9 @@ def train(
         evaluate(result.global_step)
     bar.close()
     logger.close()
+    if consecutive_bad and loss_bad:
+        raise NonFiniteTraining(f"training ended on {consecutive_bad} non-finite or exploding steps (loss {loss_value:.4g}): "
+                                "the weights diverged and were not exported; lower optim.lr or enable train.max_grad_norm")
     if accelerator.is_main_process:
         plot_loss_curve(out)
     return result

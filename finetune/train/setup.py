@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 from pathlib import Path
 
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from finetune.config import save_config
-from finetune.errors import UserError
+from finetune.errors import UserError, discard, on_user_error
 from finetune.io import atomic_write_json
-from finetune.train.checkpoint import check_output_dir
+from finetune.train.checkpoint import check_output_dir, list_checkpoints
 
 
 def build_accelerator(seed: int) -> Accelerator:
@@ -39,15 +40,59 @@ def build_accelerator(seed: int) -> Accelerator:
     return accelerator
 
 
+# What a run leaves beside its artifacts that a second run in the same directory would mix with its own (a second
+# series appended to metrics.jsonl, an old summary, an old best/): replaced together with the checkpoints.
+RUN_STATE = ("metrics.jsonl", "summary.json", "loss_curve.png", "tensorboard", "best", "samples", "conv_backend.json")
+_provisional: list = []  # undo steps of start_run until the first optimizer step (see keep_output_dir)
+
+
 def start_run(accelerator, cfg, train_cfg) -> Path:
-    """Check the output directory is ours to use, then write the resolved config beside the outputs."""
+    """Check the output directory is ours to use, then write the resolved config beside the outputs.
+
+    A directory holding another run is refused, unless the run resumes from one of its checkpoints or
+    `overwrite_output_dir` replaces it (its checkpoints and run state, not the user's other files). A directory this
+    call creates is removed again if the run ends in a user error before its first optimizer step: a mistake that
+    only shows once the model is built (a rank of 0, a batch larger than the data) leaves nothing behind.
+    """
     out = Path(train_cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"train.output_dir '{out}' is a file, not a directory; choose another train.output_dir")
     check_output_dir(out, train_cfg.resume, train_cfg.overwrite_output_dir)
+    previous = [name for name in RUN_STATE if (out / name).exists()]
+    checkpoints = list_checkpoints(out)
+    stale = []
+    if train_cfg.overwrite_output_dir:
+        stale = previous + [p.name for p in checkpoints]
+    elif previous and not (train_cfg.resume and checkpoints):
+        if not train_cfg.resume or "summary.json" in previous:
+            what = "a finished run" if "summary.json" in previous else "another run"
+            raise UserError(
+                f"train.output_dir '{out}' already holds {what} ({', '.join(previous)}) and no checkpoint to resume "
+                "from; pass train.overwrite_output_dir=true to replace it, or choose another train.output_dir"
+            )
+        accelerator.print(f"warning: {out} holds a run killed before its first checkpoint; starting it again")
+        stale = previous
+    created = not out.exists()
+    accelerator.wait_for_everyone()  # every process has checked the directory before the main one changes it
     if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
+        try:
+            for name in stale:
+                path = out / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, out / "config.yaml")
+        except OSError as e:
+            raise UserError(f"cannot write to train.output_dir '{out}' ({e.strerror}); choose a writable directory") from None
+        if created:
+            _provisional.append(on_user_error(lambda: shutil.rmtree(out, ignore_errors=True)))
     accelerator.wait_for_everyone()
     return out
+
+
+def keep_output_dir() -> None:
+    """The run has trained a step: from now on its directory stays, whatever happens (the loop calls this)."""
+    while _provisional:
+        discard(_provisional.pop())
 
 
 CONV_BACKENDS = ("auto", "onednn", "native")

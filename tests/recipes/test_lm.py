@@ -191,3 +191,17 @@ def test_main_job_real_smollm2_legal_lora(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["relative_change"]["validation"] <= -0.20, summary
     assert "validation perplexity" in proc.stdout
+
+
+def test_a_diverging_run_stops_in_one_line_and_saves_nothing_from_the_diverged_weights(tiny, tmp_path):
+    """SGD at lr 9e5 without clipping blows the weights up to finite but huge values after step 2 (losses ~4e9)."""
+    out = tmp_path / "diverged"
+    proc = run(args_for(tiny, out, "method=full", "optim.name=sgd", "optim.lr=9e5", "train.max_grad_norm=0",
+                        "train.max_steps=8", "train.save_every=1", "train.eval_every=4"), check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    err = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert len(err) == 1 and ("diverged" in err[0] or "exploding" in err[0]), err
+    # checkpoint-2 held the exploded weights (step 3's loss showed it): only checkpoint-1 is left to resume from
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]
+    for artifact in ("model", "adapter", "best", "summary.json", "README.md"):
+        assert not (out / artifact).exists(), artifact

@@ -27,6 +27,8 @@ class ToyConfig:
     seq_len: int = 12  # tokens per sequence
     token_loss: bool = True  # per-token loss normalised across the window (else mean of means)
     poison_at: int = -1  # from this micro-step on, multiply the loss by NaN (tests the guard)
+    explode_at: int = -1  # from this micro-step on, multiply the loss by 1e6: finite, but diverged (tests the guard)
+    nan_eval_at: int = -1  # from this optimizer step on, evaluation returns NaN (tests the evaluation guard)
     step_sleep: float = 0.0  # seconds to sleep per micro-step (lets tests kill a run mid-way)
 
 
@@ -72,12 +74,15 @@ def main(argv=None):
         time.sleep(cfg.step_sleep)
         if 0 <= cfg.poison_at <= step_no["n"]:
             loss = loss * float("nan")
+        if 0 <= cfg.explode_at <= step_no["n"]:
+            loss = loss * 1e6
         return loss
 
     def eval_fn(step):
         batch = collate(data[:16])
         logits = model(batch["input_ids"])
-        return {"val_loss": float(causal_lm_loss(logits, batch["labels"]))}
+        value = float(causal_lm_loss(logits, batch["labels"]))
+        return {"val_loss": float("nan") if 0 <= cfg.nan_eval_at <= step else value}
 
     def save_fn(path):
         path.mkdir(parents=True, exist_ok=True)
