@@ -3,6 +3,11 @@
 Every artifact is written atomically and, when asked, verified by reloading it the way a user
 would (peft.PeftModel.from_pretrained on a fresh base, or AutoModelForCausalLM.from_pretrained)
 and comparing logits with the in-memory model.
+
+Artifacts name their base model as another machine can find it: the adapter's
+`base_model_name_or_path` is the base's hub id when one is known (`finetune.models.causal_lm.
+base_model_reference`), not this machine's cache path; the run's README.md is the one model card, and
+the adapter's README.md (PEFT writes an empty template there) points to it.
 """
 
 from __future__ import annotations
@@ -14,6 +19,13 @@ from pathlib import Path
 import torch
 
 from finetune.io import atomic_dir, atomic_write_text
+from finetune.models.causal_lm import (
+    BaseModelReference,
+    LMModelConfig,
+    base_model_reference,
+    describe_base,
+    load_causal_lm,
+)
 
 # fp32 reload of the same weights is exact up to kernel order; merging folds B@A*scale into W.
 TOLERANCE = {"adapter": 1e-4, "model": 1e-4, "merged": 2e-3}
@@ -53,10 +65,9 @@ def save_lm_artifacts(model, tokenizer, out: Path, *, method: str, merged: bool 
         with atomic_dir(out / "adapter") as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
+            make_adapter_portable(Path(tmp))
         if verify:
             from peft import PeftModel
-
-            from finetune.models.causal_lm import load_causal_lm
 
             base, _ = load_causal_lm(base_cfg)
             checks["adapter"] = _check("adapter", reference, _logits(PeftModel.from_pretrained(base, out / "adapter"), ids))
@@ -82,45 +93,66 @@ def save_lm_artifacts(model, tokenizer, out: Path, *, method: str, merged: bool 
     return checks
 
 
-def write_model_card(out: Path, config: dict, summary: dict) -> None:
-    """README.md in the output dir: what was trained, how, the before/after figures, how to load it."""
-    method = summary["method"]
-    base = config["model"]["name_or_path"]
-    rows = "\n".join(
-        f"| {split} | {summary['perplexity_before'][split]:.2f} | {after:.2f} | {100 * (after / summary['perplexity_before'][split] - 1):+.1f}% |"
-        for split, after in summary["perplexity_after"].items()
-        if split in summary["perplexity_before"]
+def make_adapter_portable(adapter_dir: Path) -> BaseModelReference:
+    """Record the base's hub id in adapter_config.json and replace PEFT's empty README template with a pointer.
+
+    PEFT records `model.name_or_path`, i.e. where this machine loaded the base from (for the shipped model a
+    cache path under ~/.cache/finetune), so `AutoPeftModelForCausalLM` and the card's snippet would fail
+    anywhere else. PeftModel.from_pretrained(base, dir) given a base object never reads the field.
+    """
+    config_path = adapter_dir / "adapter_config.json"
+    adapter_cfg = json.loads(config_path.read_text())
+    base = base_model_reference(adapter_cfg.get("base_model_name_or_path") or "")
+    if base.name_or_path:
+        adapter_cfg["base_model_name_or_path"] = base.name_or_path
+        config_path.write_text(json.dumps(adapter_cfg, indent=2, sort_keys=True) + "\n")
+    front = f"base_model: {base.hub_id}\n" if base.hub_id else ""  # the hub's metadata takes hub ids only
+    (adapter_dir / "README.md").write_text(
+        f"---\nlibrary_name: peft\n{front}---\n# {adapter_cfg.get('peft_type', 'PEFT')} adapter of "
+        f"{base.name_or_path or 'its base model'}\n\nWritten by `finetune`. The model card of the run (base model, "
+        "method and hyperparameters, data, measured perplexities, how to load it on any machine) is the README.md "
+        "of the run directory that holds this folder, e.g. `outputs/legal_lora/README.md` for "
+        "`outputs/legal_lora/adapter`.\n"
     )
-    if method == "full":
-        load = ("from transformers import AutoModelForCausalLM\n"
-                "model = AutoModelForCausalLM.from_pretrained('model')")
-        front = "library_name: transformers"
-    else:
-        load = ("from peft import AutoPeftModelForCausalLM\n"
-                "model = AutoPeftModelForCausalLM.from_pretrained('adapter')")
-        front = "library_name: peft"
+    return base
+
+
+def write_model_card(out: Path, config: dict, summary: dict) -> None:
+    """README.md in the output dir, the run's one model card: base model, method, data, figures, how to load it."""
+    method = summary["method"]
+    base = describe_base(LMModelConfig(**config["model"]))
+    title = base.hub_id or Path(base.name_or_path).name
+    front = "library_name: transformers" if method == "full" else "library_name: peft"
+    if base.hub_id:
+        front += f"\nbase_model: {base.hub_id}"
     text = f"""---
 {front}
-base_model: {base}
 tags: [finetune, {method}]
 ---
-# {method} fine-tune of {base}
+# {method} fine-tune of {title}
 
-Trained with `finetune` (recipes/train_lm.py) for {summary['steps']} steps on `{config['data']['train_file']}`
-in {summary['train_seconds']} s ({summary['tokens_per_second']} tokens/s); {summary['trainable_parameters']:,} trainable parameters.
+Trained with `finetune` (recipes/train_lm.py) for {summary['steps']} steps in {summary['train_seconds']} s
+({summary['tokens_per_second']} tokens/s); {summary['trainable_parameters']:,} trainable parameters.
 
-| split | perplexity before | after | change |
-|---|---|---|---|
-{rows}
+## Base model
 
-Exported artifacts were reloaded with the stock library and compared with the trained model
-(max |logit difference|): {json.dumps(summary.get('export_check') or {})}.
+{_base_section(base)}
+
+## Method
+
+{_method_section(config, summary)}
+
+## Data
+
+{_data_section(config["data"])}
+
+## Results
+
+{_results_section(summary)}
 
 ## Load
 
-```python
-{load}
-```
+{_load_section(method, base, merged=bool(config.get("export", {}).get("merged")))}
 
 ## Config
 
@@ -129,3 +161,94 @@ Exported artifacts were reloaded with the stock library and compared with the tr
 ```
 """
     atomic_write_text(Path(out) / "README.md", text)
+
+
+def _base_section(base: BaseModelReference) -> str:
+    if base.hub_id:
+        lines = [f"- Hugging Face Hub: [`{base.hub_id}`](https://huggingface.co/{base.hub_id}) (the adapter's "
+                 "`base_model_name_or_path`)"]
+    else:
+        lines = ["- No hub id is known for this base: the artifacts name its local directory, so copy that "
+                 "directory along with them"]
+    if base.local_path:
+        lines.append(f"- Trained on this machine's copy: `{base.local_path}`" + (f"; {base.note}" if base.note else ""))
+    return "\n".join(lines)
+
+
+def _method_section(config: dict, summary: dict) -> str:
+    method = config["method"]
+    if method == "lora":
+        lora = config["lora"]
+        what = (f"LoRA{' (DoRA)' if lora['use_dora'] else ''}: r={lora['r']}, alpha={lora['alpha']}, "
+                f"dropout={lora['dropout']}, target modules {', '.join(lora['target_modules'])}, bias {lora['bias']}")
+    elif method == "prompt":
+        prompt = config["prompt"]
+        what = f"{prompt['kind']}: {prompt['num_virtual_tokens']} virtual tokens"
+    else:
+        full = config["full"]
+        what = (f"full fine-tuning: unfreeze={full['unfreeze']}, first {full['freeze_first_n_layers']} layers frozen, "
+                f"discriminative lr factor {full['discriminative_factor']}")
+    t, o, s = config["train"], config["optim"], config["scheduler"]
+    return (f"- {what}; {summary['trainable_parameters']:,} trainable parameters\n"
+            f"- {o['name']}, lr {o['lr']:g}, weight decay {o['weight_decay']:g}; {s['name']} schedule, "
+            f"{s['warmup_steps']} warmup steps\n"
+            f"- {summary['steps']} optimizer steps of {t['batch_size']} sequences x {t['grad_accum']} accumulation "
+            f"(max length {config['data']['max_length']} tokens); gradient clipping at {t['max_grad_norm']:g}")
+
+
+def _data_section(data: dict) -> str:
+    packing = (f"documents packed into {data['max_length']}-token blocks" if data["format"] == "text" and data["pack"]
+               else f"one sequence per record, cut at {data['max_length']} tokens")
+    lines = [f"- train: `{data['train_file']}` (format {data['format']}; {packing})"]
+    for key, label in (("validation_file", "validation"), ("test_file", "test"),
+                       ("general_validation_file", "general text (forgetting)")):
+        if data.get(key):
+            lines.append(f"- {label}: `{data[key]}`")
+    if not data.get("validation_file") and data.get("validation_fraction"):
+        lines.append(f"- validation: {data['validation_fraction']:.0%} of the train records (seed {data['seed']})")
+    return "\n".join(lines)
+
+
+def _results_section(summary: dict) -> str:
+    before, after = summary["perplexity_before"], summary["perplexity_after"]
+    rows = "\n".join(
+        f"| {split} | {before[split]:.2f} | {value:.2f} | {100 * (value / before[split] - 1):+.1f}% |"
+        for split, value in after.items() if split in before
+    )
+    return f"""Perplexity measured by the run (also in summary.json), base model before training and with the fine-tune after:
+
+| split | perplexity before | after | change |
+|---|---|---|---|
+{rows}
+
+Best step {summary.get('best_step')}; stopped early: {summary.get('stopped_early')}; non-finite steps skipped: \
+{summary.get('nonfinite_steps')}. Exported artifacts were reloaded with the stock library and compared with the
+trained model (max |logit difference|): {json.dumps(summary.get('export_check') or {})}."""
+
+
+def _load_section(method: str, base: BaseModelReference, merged: bool) -> str:
+    """Snippets that run from this directory: on any machine with the hub, and offline from the local copy."""
+    return "Paths are relative to this card's directory.\n\n" + _load_snippets(method, base, merged)
+
+
+def _load_snippets(method: str, base: BaseModelReference, merged: bool) -> str:
+    if method == "full":
+        return ("The full model is self-contained (no base model needed):\n\n```python\n"
+                "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+                "model = AutoModelForCausalLM.from_pretrained(\"model\")\n"
+                "tokenizer = AutoTokenizer.from_pretrained(\"model\")\n```")
+    where = "any machine with the Hugging Face Hub" if base.hub_id else "this machine (the base has no hub id)"
+    text = (f"On {where} (the adapter names its base model `{base.name_or_path}`):\n\n```python\n"
+            "from peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n"
+            "model = AutoPeftModelForCausalLM.from_pretrained(\"adapter\")\n"
+            "tokenizer = AutoTokenizer.from_pretrained(\"adapter\")\n```")
+    if base.hub_id and base.local_path:
+        text += ("\n\nOffline, from the local copy the run trained on:\n\n```python\n"
+                 "from peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+                 f"base = AutoModelForCausalLM.from_pretrained({json.dumps(base.local_path)})\n"
+                 "model = PeftModel.from_pretrained(base, \"adapter\")\n"
+                 "tokenizer = AutoTokenizer.from_pretrained(\"adapter\")\n```")
+    if merged:
+        text += ("\n\nThe merged model (base + adapter in one, self-contained): "
+                 "`AutoModelForCausalLM.from_pretrained(\"merged\")`.")
+    return text

