@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ from finetune.optim.schedulers import SchedulerConfig, build_scheduler, validate
 from finetune.io import atomic_write_json
 from finetune.quiet import quiet_libraries
 from finetune.train import Hooks, TrainConfig, build_accelerator, start_run, train, weight_dtype
+from finetune.train.setup import finished_run
 from finetune.train.loop import validate_train_config
 
 
@@ -138,6 +140,10 @@ def main(argv=None):
     quiet_libraries()  # before anything loads: library noise off unless FINETUNE_VERBOSE=1
     cfg = parse_recipe_args(LMRecipeConfig, argv, description=__doc__)
     check_combination(cfg)
+    if (done := finished_run(cfg.train)) is not None:
+        print(f"{cfg.train.output_dir} holds this run, finished at step {done.get('steps')}; nothing to do "
+              f"(its summary: {cfg.train.output_dir}/summary.json; raise train.max_steps to train on)")
+        return
     accelerator = build_accelerator(cfg.train.seed)
 
     # Model and data first: their errors must leave no output directory behind.
@@ -246,9 +252,10 @@ def main(argv=None):
     summary = {
         "method": cfg.method,
         "steps": result.global_step,
-        "train_seconds": round(seconds, 1),
-        "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
-        "median_step_seconds": round(timer.summary(result.global_step)["median_step_seconds"] or 0.0, 4),
+        # None: this process resumed a run whose training had ended (killed during its export), so it timed no step
+        "train_seconds": round(seconds, 1) if result.trained_steps else None,
+        "tokens_per_second": round(tokens / seconds, 1) if result.trained_steps else None,
+        "median_step_seconds": round(statistics.median(timer.steps), 4) if timer.steps else None,
         "step_seconds": [round(t, 4) for t in timer.steps],  # every optimizer step (data, forward, backward, update)
         "train_peak_memory": timer.memory,  # peak RSS (CPU) / max_memory_allocated (GPU) at the last optimizer step
         "trainable_parameters": n_train,

@@ -40,7 +40,7 @@ from finetune.optim.schedulers import SchedulerConfig, build_scheduler
 from finetune.quiet import quiet_libraries
 from finetune.train import Hooks, TrainConfig, build_accelerator, start_run, train, weight_dtype
 from finetune.train.loop import validate_train_config
-from finetune.train.setup import conv_backend, cpu_conv_backend
+from finetune.train.setup import conv_backend, cpu_conv_backend, finished_run
 from finetune.train.checkpoint import check_output_dir
 from finetune.train.ema import EMAConfig, build_ema, ema_weights
 
@@ -88,6 +88,10 @@ def main(argv=None):
     quiet_libraries()  # before anything loads: library noise off unless FINETUNE_VERBOSE=1
     cfg = parse_recipe_args(SDRecipeConfig, argv, description=__doc__)
     check_combination(cfg)
+    if (done := finished_run(cfg.train)) is not None:
+        print(f"{cfg.train.output_dir} holds this run, finished at step {done.get('steps')}; nothing to do "
+              f"(its summary: {cfg.train.output_dir}/summary.json; raise train.max_steps to train on)")
+        return done
     check_output_dir(cfg.train.output_dir, cfg.train.resume, cfg.train.overwrite_output_dir)
     accelerator = build_accelerator(cfg.train.seed)
     device, dtype, res, seed = accelerator.device, weight_dtype(accelerator), cfg.model.resolution, cfg.train.seed

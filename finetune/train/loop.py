@@ -82,6 +82,7 @@ class TrainResult:
     stopped_early: bool = False
     nonfinite_steps: int = 0
     last_eval: dict = field(default_factory=dict)
+    trained_steps: int = 0  # optimizer steps this call ran: 0 when it resumed a run already at max_steps
 
 
 # The smallest value each loop counter can work with, and what the key means (for the error line). Below these
@@ -351,6 +352,7 @@ def train(
             if hooks.after_optimizer_step:
                 hooks.after_optimizer_step(step)
         result.global_step = step = step + 1
+        result.trained_steps += 1
         keep_output_dir()  # a trained step: a later error no longer removes the run's directory
 
         lr = optimizer.param_groups[0]["lr"]

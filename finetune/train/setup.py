@@ -13,7 +13,7 @@ from accelerate.utils import set_seed
 from finetune.config import save_config
 from finetune.errors import UserError, discard, on_user_error
 from finetune.io import atomic_write_json
-from finetune.train.checkpoint import check_output_dir, list_checkpoints
+from finetune.train.checkpoint import STATE_FILE, check_output_dir, list_checkpoints
 
 
 def build_accelerator(seed: int) -> Accelerator:
@@ -87,6 +87,22 @@ def start_run(accelerator, cfg, train_cfg) -> Path:
             _provisional.append(on_user_error(lambda: shutil.rmtree(out, ignore_errors=True)))
     accelerator.wait_for_everyone()
     return out
+
+
+def finished_run(train_cfg) -> dict | None:
+    """The summary of the run in output_dir when `resume` would continue a run that already reached max_steps and
+    wrote its summary (a finished job re-run with resume=latest): nothing is left to do, and redoing the export would
+    replace the run's measured figures with those of a process that trained no step. A run killed during its final
+    export has no summary yet: it resumes, evaluates and exports."""
+    out = Path(train_cfg.output_dir)
+    if train_cfg.resume != "latest" or not (out / "summary.json").is_file() or not (ckpts := list_checkpoints(out)):
+        return None
+    try:
+        step = json.loads((ckpts[-1] / STATE_FILE).read_text())["global_step"]
+        summary = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # the resume path reports a damaged checkpoint in its own words
+    return summary if step >= train_cfg.max_steps else None
 
 
 def keep_output_dir() -> None:

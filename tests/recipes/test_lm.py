@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -205,3 +206,22 @@ def test_a_diverging_run_stops_in_one_line_and_saves_nothing_from_the_diverged_w
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]
     for artifact in ("model", "adapter", "best", "summary.json", "README.md"):
         assert not (out / artifact).exists(), artifact
+
+
+def test_resuming_a_run_at_max_steps_finishes_its_export_or_says_it_is_complete(tiny, tmp_path):
+    out = tmp_path / "done"
+    args = args_for(tiny, out, "method=lora", "optim.lr=5e-2", "train.max_steps=4", "train.save_every=4")
+    run(args)
+    finished = (out / "summary.json").read_bytes()
+    # a finished job re-run with resume=latest: nothing to do, and its measured figures stay as they were
+    proc = run([*args, "train.resume=latest"])
+    assert "nothing to do" in proc.stdout and (out / "summary.json").read_bytes() == finished
+    # a kill during the final export (the checkpoint at max_steps exists, the exports do not): resume finishes them
+    for p in ("summary.json", "README.md"):
+        (out / p).unlink()
+    shutil.rmtree(out / "adapter")
+    run([*args, "train.resume=latest"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["train_seconds"] is None  # no step was trained (or timed) by this process
+    assert summary["perplexity_after"] == json.loads(finished)["perplexity_after"]  # the same weights, evaluated again
+    assert (out / "adapter" / "adapter_model.safetensors").is_file() and (out / "README.md").is_file()

@@ -272,3 +272,15 @@ def test_shipped_configs_are_valid(name, root):
     cfg = load_config(SDRecipeConfig, str(root / "recipes" / "configs" / f"{name}.yaml"))
     check_combination(cfg)
     assert cfg.model.resolution % 8 == 0 and cfg.train.max_steps > 0
+
+
+def test_resuming_a_finished_run_says_so_and_a_kill_during_export_is_finished(tmp_path):
+    inst, out = write_images(tmp_path / "inst", 2), tmp_path / "run"
+    args = [f"data.instance_dir={inst}", f"data.instance_prompt={PROMPT}", "train.max_steps=3", "train.save_every=3",
+            "train.batch_size=1", "validation.grids=false"]
+    first = run(out, *args)
+    assert main([*BASE, f"train.output_dir={out}", *args, "train.resume=latest"]) == first  # nothing to do
+    (out / "summary.json").unlink(), (out / "pytorch_lora_weights.safetensors").unlink()  # killed during the export
+    again = run(out, *args, "train.resume=latest")
+    assert again["val_loss_after"] == pytest.approx(first["val_loss_after"], abs=1e-6) and again["steps_per_second"] is None
+    assert (out / "pytorch_lora_weights.safetensors").is_file()
