@@ -6,9 +6,9 @@ and a per-module `.alpha` scalar, plus `ss_*` safetensors metadata. Written by h
 kohya -> diffusers converter and a PEFT -> kohya one that always writes alpha = rank, which silently changes the
 LoRA's strength whenever lora_alpha != r.
 
-Alpha can differ per module (PEFT's alpha_pattern / rank_pattern, or different UNet and text-encoder configs): kohya
-stores one `.alpha` per module, so `read_diffusers_lora` + `module_alphas` read each module's value from the
-`lora_adapter_metadata` that `save_lora_weights` writes, resolved the way PEFT resolves it.
+Alpha can differ per module (PEFT's alpha_pattern / rank_pattern, rsLoRA, different UNet and text-encoder configs):
+`read_diffusers_lora` + `module_alphas` read each module's value from the `lora_adapter_metadata` that
+`save_lora_weights` writes, resolved the way PEFT resolves it, and `to_kohya` keeps every module's scale.
 
 CLIP text-encoder modules are written with kohya's "lora_te_text_model_..." spelling (transformers 4's layout, which
 A1111 expects) and read back in the installed transformers' layout (version 5 dropped the `text_model.` level).
@@ -59,19 +59,26 @@ Alpha = Union[float, Mapping[str, float]]
 
 
 def to_kohya(state_dict: Mapping[str, torch.Tensor], alpha: Alpha, rank: Optional[int] = None) -> dict[str, torch.Tensor]:
-    """diffusers/PEFT LoRA keys -> kohya keys, with one `.alpha` scalar per module (the LoraConfig's lora_alpha)."""
+    """diffusers/PEFT LoRA keys -> kohya keys, with one `.alpha` scalar per module (the LoraConfig's lora_alpha).
+
+    Per-module alphas are written as one alpha (the most common) with each other module's ratio folded into its up
+    weights: the same scales everywhere, and diffusers' kohya loader (0.42) mis-keys differing UNet alphas.
+    """
     _check_rank(state_dict, rank)
+    written = Counter(sorted(alpha.values())).most_common(1)[0][0] if isinstance(alpha, Mapping) else alpha
     out: dict[str, torch.Tensor] = {}
     has_te2 = any(k.startswith("text_encoder_2.") for k in state_dict)
     for key, tensor in state_dict.items():
         component, module, kind = _parse_peft_key(key)
-        module_alpha = alpha[f"{component}.{module}"] if isinstance(alpha, Mapping) else alpha
+        fold = (alpha[f"{component}.{module}"] if isinstance(alpha, Mapping) else alpha) / written
+        if kind in ("lora_B", "lora.up") and fold != 1:
+            tensor = (tensor.float() * fold).to(tensor.dtype)
         prefix = "lora_te1_" if component == "text_encoder" and has_te2 else KOHYA_PREFIX[component]
         if component != "unet" and module.startswith(_FLAT_CLIP_HEADS):
             module = "text_model." + module  # A1111/kohya name CLIP's modules as transformers 4 did
         name = prefix + module.replace(".", "_")
         out[f"{name}.{'lora_down' if kind in ('lora_A', 'lora.down') else 'lora_up'}.weight"] = tensor
-        out[f"{name}.alpha"] = torch.tensor(float(module_alpha))
+        out[f"{name}.alpha"] = torch.tensor(float(written))
     return out
 
 
@@ -151,7 +158,7 @@ def _clip_is_flat() -> bool:
     return not hasattr(model, "text_model")
 
 
-def kohya_metadata(alpha: float | str, rank: int | str, base_model_version: Optional[str] = None) -> dict[str, str]:
+def kohya_metadata(alpha: float, rank: int | str, base_model_version: Optional[str] = None) -> dict[str, str]:
     """The `ss_*` safetensors metadata kohya's tools write and A1111 / civitai read ("Dynamic": differs per module)."""
     meta = {"ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_network_alpha": str(alpha)}
     if base_model_version:
@@ -169,10 +176,9 @@ def save_kohya(
         raise UserError(f"kohya LoRA output {path} must end in .safetensors")
     tensors = {k: v.detach().contiguous() for k, v in to_kohya(state_dict, alpha, rank).items()}
     ranks = set(_ranks(state_dict).values())
-    alphas = set(alpha.values()) if isinstance(alpha, Mapping) else {alpha}
-    # kohya's own tools (resize_lora.py) write "Dynamic" when the value differs per module
-    meta = kohya_metadata(float(alphas.pop()) if len(alphas) == 1 else "Dynamic",
-                          ranks.pop() if len(ranks) == 1 else "Dynamic", base_model_version)
+    written_alpha = next(v.item() for k, v in tensors.items() if k.endswith(".alpha"))  # one for all modules
+    # kohya's own tools (resize_lora.py) write "Dynamic" when the rank differs per module
+    meta = kohya_metadata(written_alpha, ranks.pop() if len(ranks) == 1 else "Dynamic", base_model_version)
     atomic_write_bytes(path, safetensors_save(tensors, metadata=meta))
     return path
 

@@ -158,3 +158,98 @@ def test_lora_check_accepts_both_clip_spellings(trained):
     assert check_lora_state_dict(to_kohya(state, alpha=ALPHA), parts) == n_modules
     old_spelling = {k.replace("text_encoder.", "text_encoder.text_model.", 1): v for k, v in state.items()}
     assert check_lora_state_dict(old_spelling, parts) == n_modules
+
+
+def lora_modules(*models) -> int:
+    """How many modules of `models` carry a LoRA layer (what the loader injected)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return sum(isinstance(m, BaseTunerLayer) for model in models for m in model.modules())
+
+
+def export_cli(capsys, *args: str) -> tuple[int, str]:
+    from finetune.cli import main
+
+    try:
+        main(["export", "kohya", *args])
+        return 0, capsys.readouterr().err
+    except SystemExit as e:
+        return e.code, capsys.readouterr().err
+
+
+def test_cli_exports_a_recipe_lora_with_the_alpha_it_records_and_diffusers_loads_all_of_it(tmp_path, capsys):
+    from accelerate.state import AcceleratorState, GradientState
+
+    from recipes.train_sd import main as train_sd
+    from tests.recipes.test_sd_recipe import BASE, PROMPT, write_images
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # an in-process recipe run builds its own Accelerator
+    GradientState._reset_state()
+    out, kohya = tmp_path / "run", tmp_path / "lora_kohya.safetensors"
+    train_sd([*BASE, f"train.output_dir={out}", f"data.instance_dir={write_images(tmp_path / 'inst', 2)}",
+              f"data.instance_prompt={PROMPT}", "train.max_steps=2", "train.batch_size=1", "lora.rank=4", "lora.alpha=8",
+              "text_encoder.train=true", "optim.lr=5e-3", "validation.grids=false"])
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    code, err = export_cli(capsys, "--lora", str(out / "pytorch_lora_weights.safetensors"), "--out", str(kohya))
+    assert code == 0, err  # no --rank/--alpha: both come from the file's lora_adapter_metadata
+    with safe_open(str(kohya), framework="pt") as f:
+        alphas = {f.get_tensor(k).item() for k in f.keys() if k.endswith(".alpha")}
+        n_modules = sum(k.endswith(".lora_down.weight") for k in f.keys())
+        assert f.metadata()["ss_network_alpha"] == "8.0" and f.metadata()["ss_network_dim"] == "4"
+    assert alphas == {8.0}  # the recipe's lora.alpha, not the rank
+
+    reference, loaded = build_pipeline(build_tiny_sd(sample_size=16)), build_pipeline(build_tiny_sd(sample_size=16))
+    base = outputs(loaded.unet, loaded.text_encoder, loaded.tokenizer)
+    reference.load_lora_weights(str(out))  # the diffusers file, as trained
+    loaded.load_lora_weights(str(kohya))  # diffusers' own kohya loader
+    assert lora_modules(loaded.unet, loaded.text_encoder) == n_modules == lora_modules(reference.unet, reference.text_encoder)
+    got, expected = outputs(loaded.unet, loaded.text_encoder, loaded.tokenizer), outputs(reference.unet, reference.text_encoder, reference.tokenizer)
+    assert not torch.allclose(base[0], expected[0]) and not torch.allclose(base[1], expected[1])  # both LoRAs trained
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("unet_extra", [{"rank_pattern": {"to_k": 2}, "alpha_pattern": {"to_q": 2.0}}, {"use_rslora": True}],
+                         ids=["patterns", "rslora"])
+def test_per_module_rank_and_alpha_from_the_metadata_reproduce_the_model_in_kohya(tmp_path, unet_extra):
+    from finetune.export.kohya import module_alphas, read_diffusers_lora
+
+    parts = build_tiny_sd(seed=0)
+    parts.unet.add_adapter(LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=UNET_TARGETS, **unet_extra))
+    parts.text_encoder.add_adapter(LoraConfig(r=RANK, lora_alpha=1.0, target_modules=TE_TARGETS))  # a second alpha
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in [*parts.unet.named_parameters(), *parts.text_encoder.named_parameters()]:
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+    StableDiffusionPipeline.save_lora_weights(
+        tmp_path, unet_lora_layers=get_peft_model_state_dict(parts.unet),
+        text_encoder_lora_layers=get_peft_model_state_dict(parts.text_encoder),
+        unet_lora_adapter_metadata=parts.unet.peft_config["default"].to_dict(),
+        text_encoder_lora_adapter_metadata=parts.text_encoder.peft_config["default"].to_dict(),
+    )
+    state, metadata = read_diffusers_lora(tmp_path / "pytorch_lora_weights.safetensors")
+    path = save_kohya(tmp_path / "kohya.safetensors", state, module_alphas(state, metadata))
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata()["ss_network_dim"] == ("Dynamic" if "rank_pattern" in unet_extra else str(RANK))
+    pipe = build_pipeline(build_tiny_sd(seed=0))
+    pipe.load_lora_weights(str(path))
+    for g, e in zip(outputs(pipe.unet, pipe.text_encoder, pipe.tokenizer), outputs(parts.unet, parts.text_encoder, parts.tokenizer)):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+
+
+def test_cli_asks_for_rank_and_alpha_only_when_the_file_does_not_record_them(trained, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    _, state = trained
+    bare = tmp_path / "bare.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(bare))  # another tool's file: no metadata
+    out = tmp_path / "k.safetensors"
+    code, err = export_cli(capsys, "--lora", str(bare), "--out", str(out))
+    assert code == 2 and err.count("\n") == 1 and "pass --rank and --alpha" in err and not out.exists()
+    code, err = export_cli(capsys, "--lora", str(bare), "--out", str(out), "--rank", str(RANK), "--alpha", str(ALPHA))
+    assert code == 0, err
+    assert load_kohya(out)[1] == ALPHA
+    code, err = export_cli(capsys, "--lora", str(bare), "--out", str(out), "--rank", "8", "--alpha", str(ALPHA))
+    assert code == 2 and "rank=8 does not match" in err
