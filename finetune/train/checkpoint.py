@@ -49,6 +49,10 @@ class RefusedCheckpoint(UserError):
 class CorruptCheckpoint(UserError):
     """A checkpoint file is missing, truncated or does not fit the model; resume=latest tries an older one."""
 
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(f"{reason}; resume from another checkpoint (train.resume=latest picks the newest usable one)")
+
 
 @dataclass
 class Checkpointed:
@@ -184,8 +188,7 @@ def _looks_pickled(f: Path) -> bool:
 
 def _corrupt(f: Path, problem: str) -> CorruptCheckpoint:
     problem = " ".join(str(problem).split())  # one line, whatever the library said
-    return CorruptCheckpoint(f"checkpoint file {f} {problem}; resume from another checkpoint "
-                             "(train.resume=latest picks the newest usable one)")
+    return CorruptCheckpoint(f"checkpoint file {f} {problem}")
 
 
 def _read(f: Path, reader) -> Any:
@@ -285,11 +288,12 @@ def load_checkpoint(accelerator, path: Path, what: Checkpointed) -> dict:
     except UserError as e:
         loaded, error = None, e
     if not _agree(accelerator, error is None):
-        raise error or CorruptCheckpoint(f"checkpoint {path} is unusable on another process (see its error line)")
-    for name, obj in what.objects.items():  # first: an object that refuses its state (config changed) fails early
-        obj.load_state_dict(loaded["objects"][name])
+        raise error or CorruptCheckpoint(f"checkpoint {path} is unusable on another process (see its line)")
+    # objects first: one that refuses its state (a changed config) fails before the model is touched
+    for name, obj in what.objects.items():
+        _load_object(obj, loaded["objects"][name], path / f"{name}.safetensors")
     for name, obj in what.rank_objects.items():
-        obj.load_state_dict(loaded["rank_objects"][name])
+        _load_object(obj, loaded["rank_objects"][name], path / f"{name}_{accelerator.process_index}.safetensors")
     for model, weights in zip(what.models, loaded["models"]):
         accelerator.unwrap_model(model).load_state_dict(weights, strict=False)  # checked: exactly the saved names
     for opt, state in zip(what.optimizers, loaded["optimizers"]):
@@ -298,6 +302,15 @@ def load_checkpoint(accelerator, path: Path, what: Checkpointed) -> dict:
         _scaler(accelerator).load_state_dict(loaded["scaler"])
     _set_rng_state(loaded["rng"])
     return loaded["state"]
+
+
+def _load_object(obj, state: Any, f: Path) -> None:
+    try:
+        obj.load_state_dict(state)
+    except UserError:
+        raise
+    except Exception as e:  # e.g. diffusers' EMA: ValueError("shadow_params must be a list")
+        raise _corrupt(f, f"does not fit {type(obj).__name__} ({type(e).__name__}: {e})") from None
 
 
 def _warn(accelerator, message: str) -> None:
@@ -325,7 +338,7 @@ def resume_checkpoint(accelerator, output_dir: str | Path, resume: str | None,
         try:
             return path, load_checkpoint(accelerator, path, what)
         except CorruptCheckpoint as e:
-            _warn(accelerator, f"skipping {path.name}: {e}")
+            _warn(accelerator, f"skipping {path.name}: {e.reason}; trying the checkpoint before it")
     if ckpts:
         raise UserError(f"no usable checkpoint in {output_dir} ({len(ckpts)} tried, see the warnings); "
                         "pass a checkpoint path as train.resume, or train.overwrite_output_dir=true to start again")
