@@ -27,6 +27,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+from accelerate.utils import DistributedType
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -129,6 +130,14 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _check_supported(accelerator) -> None:
+    """Sharded runs hold partial weights and optimizer states per process: this format stores whole ones."""
+    kind = accelerator.distributed_type
+    if kind in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
+        raise UserError(f"checkpoints support single-process and DDP runs, not {kind.value}; set train.save_every=0 "
+                        "and train.resume=null, or launch without sharding")
+
+
 def _scaler(accelerator):
     return getattr(accelerator, "scaler", None)  # accelerate's fp16 GradScaler, when it has one
 
@@ -136,6 +145,7 @@ def _scaler(accelerator):
 def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict, keep_last: int,
                     what: Checkpointed) -> Path:
     """Write `what` + trainer `state` as checkpoint-<step> (atomically); rotate old checkpoints."""
+    _check_supported(accelerator)
     out = Path(output_dir)
     tmp = out / f".tmp-checkpoint-{step}"
     final = out / f"checkpoint-{step}"
@@ -143,11 +153,11 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict,
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    weights = [_model_weights(accelerator, m, what.only) for m in what.models]
     rank = accelerator.process_index
     if accelerator.is_main_process:  # shared state: equal on every process under DDP
-        for i, sd in enumerate(weights):
-            save_file(sd, str(tmp / _indexed("model", i)), metadata={"format": "pt"})
+        for i, model in enumerate(what.models):
+            save_file(_model_weights(accelerator, model, what.only), str(tmp / _indexed("model", i)),
+                      metadata={"format": "pt"})
         for i, opt in enumerate(what.optimizers):
             save_state_file(tmp / _indexed("optimizer", i), opt.state_dict())
         for name, obj in what.objects.items():
@@ -180,10 +190,12 @@ def _refuse_pickles(path: Path) -> None:
 
 
 def _looks_pickled(f: Path) -> bool:
-    """A pickle (protocol 2+) or torch.save's zip, whatever the file is called."""
+    """A pickle (protocol 2+) or torch.save's zip, whatever the file is called (only to name it: nothing unpickles)."""
     with open(f, "rb") as fh:
-        head = fh.read(4)
-    return (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5) or head == b"PK\x03\x04"
+        head = fh.read(8)
+    if f.suffix == ".safetensors" and len(head) == 8 and int.from_bytes(head, "little") <= f.stat().st_size - 8:
+        return False  # a plausible safetensors header length, whose first byte may well be 0x80
+    return (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5) or head[:4] == b"PK\x03\x04"
 
 
 def _corrupt(f: Path, problem: str) -> CorruptCheckpoint:
@@ -283,6 +295,7 @@ def _agree(accelerator, ok: bool) -> bool:
 
 def load_checkpoint(accelerator, path: Path, what: Checkpointed) -> dict:
     """Check every file of checkpoint `path`, then restore `what` and the RNG; return the trainer state."""
+    _check_supported(accelerator)
     try:
         loaded, error = _read_all(accelerator, path, what), None
     except UserError as e:

@@ -244,3 +244,20 @@ def test_the_fp16_loss_scale_comes_back(tmp_path):
     load_checkpoint(resumed.accelerator, tmp_path / "checkpoint-1", resumed.what)
     assert resumed.accelerator.scaler.state_dict() == run.accelerator.scaler.state_dict()
     assert resumed.accelerator.scaler.get_scale() == 512.0
+
+
+def test_a_safetensors_header_that_starts_like_a_pickle_is_not_taken_for_one(tmp_path):
+    from safetensors.torch import save_file
+
+    from finetune.train.checkpoint import _looks_pickled
+
+    for n in range(1, 1500):  # find a header whose length is 0x0?80 with ? in 2..5: bytes 80 02..05, like a pickle's
+        save_file({"w" * n: torch.zeros(1)}, str(tmp_path / "m.safetensors"))
+        head = (tmp_path / "m.safetensors").read_bytes()[:2]
+        if head[0] == 0x80 and 2 <= head[1] <= 5:
+            break
+    else:
+        pytest.skip("no such header length found")
+    assert not _looks_pickled(tmp_path / "m.safetensors")
+    (tmp_path / "m.safetensors").write_bytes(payload_bytes(tmp_path / "marker"))
+    assert _looks_pickled(tmp_path / "m.safetensors")
