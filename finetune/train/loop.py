@@ -223,6 +223,7 @@ def train(
         result.best_metric, result.best_step = state.get("best_metric"), state.get("best_step")
         result.nonfinite_steps = state.get("nonfinite_steps", 0)
         evals_since_best = state.get("evals_since_best", 0)
+        divergence.early = [float(v) for v in state.get("early_losses", [])]
         # a run resumed at max_steps trains no step but evaluates again (below), so that evaluation is logged once
         logger.truncate_after(result.global_step, redo_eval=result.global_step >= cfg.max_steps)
         accelerator.print(f"resumed from {resume_from} at step {result.global_step}")
@@ -248,6 +249,7 @@ def train(
             "best_step": result.best_step,
             "nonfinite_steps": result.nonfinite_steps,
             "evals_since_best": evals_since_best,
+            "early_losses": divergence.early,  # the divergence guard's reference: a resumed run judges as before
             "world_size": world,
         }
 

@@ -90,7 +90,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
         (["loss=wgan", "clip_value=0"], "needs a Lipschitz critic"),
         (["loss=nonsaturating", "clip_value=0.01"], "WGAN weight clipping"),
         (["label_smoothing=1.5"], "must be in (0, 1]"),
-        (["optim_d.lr=0"], "optim_d: optim.lr=0.0 must be > 0"),
+        (["optim_d.lr=0"], "optim_d: optim.lr=0.0 is out of range: it must be > 0"),
         (["loss=wasserstein"], "must be one of"),
         (["spectral_nrom=true"], "did you mean 'spectral_norm'"),
         (["arch=conv", "image_size=12"], "power of two"),
