@@ -2,7 +2,6 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-ACCELERATE := $(VENV)/bin/accelerate
 
 .PHONY: setup demo test test-slow bench clean
 
@@ -20,7 +19,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: setup
-	$(ACCELERATE) launch --config_file accelerate_config.yaml recipes/train_lm.py --config recipes/configs/legal_lora.yaml
+	$(VENV)/bin/finetune train lm --config recipes/configs/legal_lora.yaml
 
 test: setup
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m "not slow" tests
