@@ -126,7 +126,7 @@ def run_reference(a) -> dict:
     from peft import LoraConfig
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from finetune.methods.sd import peak_memory
+    from finetune.train.timing import peak_memory
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     set_seed(0)

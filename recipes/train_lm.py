@@ -31,7 +31,7 @@ from finetune.losses.lm import causal_lm_loss, count_trained_tokens, fused_linea
 from finetune.methods.full import FullMethodConfig, GradualUnfreezer, apply_static_freeze, build_param_groups
 from finetune.methods.lora import LoraMethodConfig, apply_lora, restore_frozen_weights, store_frozen_weights
 from finetune.methods.prompt_tuning import PromptMethodConfig, apply_prompt_method
-from finetune.methods.sd import StepTimer  # per-step timing and peak memory, shared with the SD recipe
+from finetune.train.timing import StepTimer  # per-step timing and peak memory, shared with the SD recipe
 from finetune.models.causal_lm import (
     LMModelConfig,
     compile_decoder_layers,

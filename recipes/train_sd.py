@@ -26,15 +26,24 @@ from finetune.data.images import check_resolution
 from finetune.errors import UserError, exit_on_user_error
 from finetune.export.sd import EMBEDDING_FILE, PIPELINE_DIR, save_image_grid, save_sd_lora, save_sd_pipeline, save_textual_inversion
 from finetune.io import atomic_write_json
-from finetune.losses.diffusion import diffusion_loss, diffusion_target, offset_noise, prior_preservation_loss, snr_weights, split_prior_batch
-from finetune.methods import sd as S
+from finetune.data.sd import (
+    PromptEmbeddings, SDDataConfig, TrainItems, build_image_dataset, cache_all_latents, dataset_items, epoch_batches,
+    fixed_validation_batches, image_sizes, make_collate, split_validation, validate_data,
+)
+from finetune.losses.diffusion import (
+    DiffusionLossConfig, diffusion_loss, diffusion_target, offset_noise, prior_preservation_loss, snr_weights, split_prior_batch,
+)
 from finetune.methods.dreambooth import PriorConfig, class_image_prompts, ensure_class_images, validate_prior
 from finetune.methods.sd_lora import SDLoraConfig, add_lora, lora_layers, validate_sd_lora
 from finetune.methods.textual_inversion import (
     RowRestorer, TextualInversionConfig, add_placeholder_tokens, learned_embeddings, templates_of,
     placeholder_text, template_prompt, train_only_embeddings,
 )
-from finetune.models.sd import SDModelConfig, build_pipeline, load_sd_components
+from finetune.models.sd import SDModelConfig, build_pipeline, load_sd_components, tokenize_prompts
+from finetune.models.sd_denoiser import (
+    EfficiencyConfig, SDDenoiser, TextEncoderConfig, ValidationConfig, fixed_noise_loss, on_device, sample_images,
+    sample_latents, step_probe,
+)
 from finetune.optim.optimizers import OptimConfig, build_optimizer, param_groups, validate_optim_config
 from finetune.optim.schedulers import SchedulerConfig, build_scheduler
 from finetune.quiet import quiet_libraries
@@ -43,21 +52,23 @@ from finetune.train.loop import validate_train_config
 from finetune.train.setup import conv_backend, cpu_conv_backend, finished_run
 from finetune.train.checkpoint import check_output_dir
 from finetune.train.ema import EMAConfig, build_ema, ema_weights
+from finetune.train.precision import cast_frozen
+from finetune.train.timing import StepTimer
 
 
 @dataclass
 class SDRecipeConfig:
     method: Literal["lora", "full", "textual_inversion"] = "lora"  # what trains: UNet LoRA, all UNet weights, or new token embeddings
     model: SDModelConfig = field(default_factory=SDModelConfig)  # which Stable Diffusion, its resolution and objective
-    data: S.SDDataConfig = field(default_factory=S.SDDataConfig)  # instance images + prompt, or a captioned folder
+    data: SDDataConfig = field(default_factory=SDDataConfig)  # instance images + prompt, or a captioned folder
     prior: PriorConfig = field(default_factory=PriorConfig)  # DreamBooth prior preservation (class images)
     lora: SDLoraConfig = field(default_factory=SDLoraConfig)  # method=lora: rank, alpha, target modules
     textual_inversion: TextualInversionConfig = field(default_factory=TextualInversionConfig)  # method=textual_inversion
-    text_encoder: S.TextEncoderConfig = field(default_factory=S.TextEncoderConfig)  # optional text-encoder training
-    loss: S.LossConfig = field(default_factory=S.LossConfig)  # loss weighting and noise options
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)  # optional text-encoder training
+    loss: DiffusionLossConfig = field(default_factory=DiffusionLossConfig)  # loss weighting and noise options
     ema: EMAConfig = field(default_factory=EMAConfig)  # EMA of the trained weights
-    efficiency: S.EfficiencyConfig = field(default_factory=S.EfficiencyConfig)  # caching, memory and attention
-    validation: S.ValidationConfig = field(default_factory=S.ValidationConfig)  # sample grids and fixed-noise loss
+    efficiency: EfficiencyConfig = field(default_factory=EfficiencyConfig)  # caching, memory and attention
+    validation: ValidationConfig = field(default_factory=ValidationConfig)  # sample grids and fixed-noise loss
     kohya: bool = False  # method=lora: also write lora_kohya.safetensors (A1111 / ComfyUI / kohya)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(save_best=False))  # loop settings; no best/ copies of big artifacts by default
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, weight_decay=1e-2, fused=True))  # AdamW, one fused kernel
@@ -69,7 +80,7 @@ def check_combination(cfg: SDRecipeConfig) -> None:
     validate_train_config(cfg.train)
     validate_optim_config(cfg.optim)
     check_resolution(cfg.model.resolution)
-    S.validate_data(cfg.data, cfg.method)
+    validate_data(cfg.data, cfg.method)
     validate_prior(cfg.prior)
     if cfg.method == "lora":
         validate_sd_lora(cfg.lora)
@@ -105,17 +116,17 @@ def main(argv=None):
     ti_ids = add_placeholder_tokens(tokenizer, text_encoder, ti) if method == "textual_inversion" else []
     ti_prompt = templates_of(ti)[0].format(placeholder_text(ti))
     bucket = 8 * parts.vae_scale_factor  # aspect buckets: latent sides stay multiples of 8 (SD: 64 px)
-    images = S.build_image_dataset(cfg.data, res, seed, instance_prompt=ti_prompt if ti_ids else "", bucket_multiple=bucket)
+    images = build_image_dataset(cfg.data, res, seed, instance_prompt=ti_prompt if ti_ids else "", bucket_multiple=bucket)
     out = start_run(accelerator, cfg, cfg.train)
 
     # DreamBooth prior preservation: class images come from the BASE model, so before any weight changes.
     generated = 0
     if cfg.prior.enabled:
         if accelerator.is_main_process:
-            with S.on_device([vae, text_encoder, unet], device):
+            with on_device([vae, text_encoder, unet], device):
                 generated = ensure_class_images(build_pipeline(parts), cfg.prior, res, seed, accelerator.autocast)
         accelerator.wait_for_everyone()
-        images = S.build_image_dataset(cfg.data, res, seed, class_items=class_image_prompts(cfg.prior))
+        images = build_image_dataset(cfg.data, res, seed, class_items=class_image_prompts(cfg.prior))
 
     # Trainable parameters: everything starts frozen and the method unfreezes its part.
     for module in (vae, text_encoder, unet):
@@ -134,7 +145,7 @@ def main(argv=None):
     # it fail on the CPU (autocast there does not cast layer_norm), so its text encoder stays fp32 as in diffusers'
     # textual_inversion.py; autocast still runs its matmuls in the mixed precision.
     for module in (unet, text_encoder):
-        S.cast_frozen(module.to(device), torch.float32 if module is text_encoder and ti_ids else dtype)
+        cast_frozen(module.to(device), torch.float32 if module is text_encoder and ti_ids else dtype)
     cast_training_params([unet, text_encoder], torch.float32)  # diffusers' guard; they never left fp32 here
     vae.to(device, torch.float32 if cfg.efficiency.vae_fp32 else dtype)
     restorer = RowRestorer(te_params[0], ti_ids) if ti_ids else None  # after the cast: same device and dtype
@@ -148,24 +159,24 @@ def main(argv=None):
     # Caching: the VAE is frozen, so each image's latent distribution is computed once; so are the prompts'
     # embeddings when the text encoder is frozen. Training steps then never run either encoder.
     started = time.perf_counter()
-    items = S.dataset_items(images)
-    train_idx, val_idx = S.split_validation(len(items), cfg.validation, cfg.train.batch_size)
-    val_items = S.cache_all_latents(vae, images, items, val_idx, device, cfg.efficiency.cache_latents, cfg.train.batch_size)
+    items = dataset_items(images)
+    train_idx, val_idx = split_validation(len(items), cfg.validation.holdout, cfg.validation.loss_images, cfg.train.batch_size)
+    val_items = cache_all_latents(vae, images, items, val_idx, device, cfg.efficiency.cache_latents, cfg.train.batch_size)
     prompts = sorted({p for it in items for p in (it["prompt"], it.get("class_prompt", it["prompt"]))} | {""})
-    embeds = S.PromptEmbeddings(text_encoder, tokenizer, prompts, device, dtype) if cfg.efficiency.cache_text and not te_trains else None
+    embeds = PromptEmbeddings(text_encoder, tokenizer, prompts, device, dtype) if cfg.efficiency.cache_text and not te_trains else None
     if cfg.efficiency.offload_frozen and device.type != "cpu" and cfg.efficiency.cache_latents:
         vae.to("cpu")  # GPU memory: the VAE only comes back to decode validation samples
         if embeds is not None:
             text_encoder.to("cpu")
     cache_seconds = time.perf_counter() - started
-    collate = S.make_collate(tokenizer, embeds, (lambda p: template_prompt(ti)) if ti_ids else None, cfg.data.caption_dropout)
-    dataset = S.TrainItems(images, items, train_idx)
+    collate = make_collate(tokenizer, embeds, (lambda p: template_prompt(ti)) if ti_ids else None, cfg.data.caption_dropout)
+    dataset = TrainItems(images, items, train_idx)
 
-    core = S.SDDenoiser(unet, text_encoder if embeds is None else None)
-    cond_fn = embeds if embeds is not None else (lambda prompts: S.tokenize(tokenizer, prompts))
+    core = SDDenoiser(unet, text_encoder if embeds is None else None)
+    cond_fn = embeds if embeds is not None else (lambda prompts: tokenize_prompts(tokenizer, prompts))
     # CPU: oneDNN or native convolution kernels, whichever runs this model's step faster (no-op on GPUs).
     side, n = res // parts.vae_scale_factor, cfg.train.batch_size * (2 if cfg.prior.enabled else 1)
-    probe = S.step_probe(core, unet_params + te_params, cond_fn, items[0]["prompt"], (n, unet.config.in_channels, side, side),
+    probe = step_probe(core, unet_params + te_params, cond_fn, items[0]["prompt"], (n, unet.config.in_channels, side, side),
                          device, accelerator.autocast)
     conv = cpu_conv_backend(cfg.efficiency.conv_backend, probe, accelerator, out / "conv_backend.json", reuse=bool(cfg.train.resume))
     groups = param_groups(unet.named_parameters(), cfg.optim.weight_decay)
@@ -182,7 +193,7 @@ def main(argv=None):
     prediction_type, num_timesteps = parts.prediction_type, noise_scheduler.config.num_train_timesteps
 
     def step_fn(batch):
-        latents = S.sample_latents(vae, batch)  # cached mean + std * eps, or the VAE now
+        latents = sample_latents(vae, batch)  # cached mean + std * eps, or the VAE now
         cond = batch["embeds"] if "embeds" in batch else batch["input_ids"]
         noise = offset_noise(latents, cfg.loss.noise_offset)
         timesteps = torch.randint(0, num_timesteps, (latents.shape[0],), device=latents.device)
@@ -199,22 +210,22 @@ def main(argv=None):
         loss = prior_preservation_loss(instance, prior, cfg.prior.loss_weight)
         return loss, {"instance_loss": instance.detach(), "prior_loss": prior.detach()}
 
-    val = S.fixed_validation_batches(val_items, noise_scheduler, cfg.validation.seed)
+    val = fixed_validation_batches(val_items, noise_scheduler, cfg.validation.seed)
     # Pipelines expand a textual-inversion token into all its vectors themselves: sample with the bare token.
     default_prompts = [ti_prompt.replace(placeholder_text(ti), ti.placeholder_token)] if ti_ids else sorted({it["prompt"] for it in items})[:2]
     sample_prompts = cfg.validation.prompts or default_prompts
-    timer = S.StepTimer()  # steps/s and peak memory of the optimizer steps alone
+    timer = StepTimer()  # steps/s and peak memory of the optimizer steps alone
 
     def validation_loss() -> float:
         with torch.no_grad(), accelerator.autocast():
-            return S.fixed_noise_loss(core, vae, noise_scheduler, val, cond_fn, prediction_type, device)
+            return fixed_noise_loss(core, vae, noise_scheduler, val, cond_fn, prediction_type, device)
 
     def samples() -> list:
         if not (cfg.validation.grids and accelerator.is_main_process):
             return []
-        with S.on_device([vae, text_encoder], device):
+        with on_device([vae, text_encoder], device):
             pipe = build_pipeline(parts, unet=unet, text_encoder=text_encoder)
-            return S.sample_images(pipe, sample_prompts, cfg.validation, res, accelerator.autocast)
+            return sample_images(pipe, sample_prompts, cfg.validation, res, accelerator.autocast)
 
     def eval_fn(step: int) -> dict:
         t0 = time.perf_counter()
@@ -255,7 +266,7 @@ def main(argv=None):
 
     before_loss, before_images = validation_loss(), samples()
     hooks = Hooks(before_step=before_step, before_optimizer_step=before_optimizer_step, after_optimizer_step=after_optimizer_step)
-    batches_fn = S.epoch_batches([items[i]["bucket"] for i in train_idx], cfg.train.batch_size, seed) if cfg.data.aspect_buckets else None
+    batches_fn = epoch_batches([items[i]["bucket"] for i in train_idx], cfg.train.batch_size, seed) if cfg.data.aspect_buckets else None
     with conv_backend(conv):
         result = train(
             accelerator=accelerator, model=denoiser, optimizer=optimizer, scheduler=scheduler, dataset=dataset,
@@ -274,7 +285,7 @@ def main(argv=None):
     summary = {
         "method": method, "prior_preservation": cfg.prior.enabled, "steps": result.global_step,
         **timer.summary(result.global_step), "cache_seconds": round(cache_seconds, 3), "class_images_generated": generated,
-        "trained_parameters": n_trained, "conv_backend": conv, "image_sizes": S.image_sizes(images, items), "val_loss_before": before_loss,
+        "trained_parameters": n_trained, "conv_backend": conv, "image_sizes": image_sizes(images, items), "val_loss_before": before_loss,
         "val_loss_after": result.last_eval.get("val_loss"), "nonfinite_steps": result.nonfinite_steps,
         "artifacts": [str(Path(p).relative_to(out)) for p in artifacts], "sample_prompts": sample_prompts,
         # after training and the last validation: trained weights must still be fp32, frozen ones in the weight dtype

@@ -2,7 +2,7 @@
 
 No torchvision (it breaks transformers/diffusers here): images go PIL -> numpy -> torch by hand.
 
-Every random choice an item makes (crop offset, flip, caption dropout) comes from a torch.Generator seeded by
+Every random choice an item makes (crop offset, flip) comes from a torch.Generator seeded by
 (seed, epoch, index), never from the global RNG, so an item is the same whichever worker builds it and a resumed
 run sees exactly the data the interrupted one would have seen. Call `set_epoch` on the dataset (and on a
 `BucketBatchSampler`) at the start of every epoch; with DataLoader workers use persistent_workers=False so the
@@ -291,21 +291,18 @@ class BucketBatchSampler(torch.utils.data.Sampler):
 class CaptionedImageFolder(torch.utils.data.Dataset):
     """Image-caption pairs from a folder, as [-1, 1] tensors at `resolution` (or at each image's bucket size).
 
-    Items: {"pixel_values": (3, h, w) float tensor, "caption": str}. With caption_dropout p, a caption is replaced
-    by "" with probability p (classifier-free guidance training). bucket_multiple (64 for SD, 8 for tiny models)
-    turns on aspect-ratio buckets: pair the dataset with BucketBatchSampler(dataset.bucket_ids, ...).
+    Items: {"pixel_values": (3, h, w) float tensor, "caption": str}. bucket_multiple (64 for SD, 8 for tiny models)
+    turns on aspect-ratio buckets: pair the dataset with BucketBatchSampler(dataset.bucket_ids, ...). Caption dropout
+    happens per batch (finetune.data.sd.make_collate), not here.
     """
 
     def __init__(
         self, root: str | Path, resolution: int, center_crop: bool = True, random_flip: bool = False,
-        caption_dropout: float = 0.0, seed: int = 0, bucket_multiple: Optional[int] = None,
-        caption_column: str = "text", cache_dir: Optional[str] = None,
+        seed: int = 0, bucket_multiple: Optional[int] = None, caption_column: str = "text", cache_dir: Optional[str] = None,
     ):
         check_resolution(resolution)
-        if not 0.0 <= caption_dropout <= 1.0:
-            raise UserError(f"caption_dropout={caption_dropout} must be a probability in [0, 1]")
         self.records = scan_caption_folder(root, caption_column, cache_dir)
-        self.center_crop, self.random_flip, self.caption_dropout = center_crop, random_flip, caption_dropout
+        self.center_crop, self.random_flip = center_crop, random_flip
         self.seed, self.epoch = seed, 0
         if bucket_multiple:
             self.buckets = make_buckets(resolution, bucket_multiple)
@@ -324,16 +321,7 @@ class CaptionedImageFolder(torch.utils.data.Dataset):
         generator = item_generator(self.seed, self.epoch, index)
         size = self.buckets[self.bucket_ids[index]]
         pixels = transform_image(open_image(record.path), size, self.center_crop, self.random_flip, generator)
-        drop = self.caption_dropout > 0 and float(torch.rand((1,), generator=generator)) < self.caption_dropout
-        return {"pixel_values": pixels, "caption": "" if drop else record.caption}
-
-
-def collate_captioned(examples: list[dict]) -> dict:
-    """Stack a batch of CaptionedImageFolder items (all one size: square, or one bucket)."""
-    return {
-        "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
-        "captions": [e["caption"] for e in examples],
-    }
+        return {"pixel_values": pixels, "caption": record.caption}
 
 
 class DreamBoothDataset(torch.utils.data.Dataset):
@@ -396,13 +384,3 @@ class DreamBoothDataset(torch.utils.data.Dataset):
         """The class prompt paired with item `index`."""
         return self.class_prompts[index % len(self.class_prompts)]
 
-
-def collate_dreambooth(examples: list[dict]) -> dict:
-    """Instance examples first, then class examples, in one batch: the loss splits it in halves
-    (`model_pred.chunk(2)`) into the instance loss and the prior-preservation loss."""
-    pixels = [e["pixel_values"] for e in examples]
-    prompts = [e["prompt"] for e in examples]
-    if "class_pixel_values" in examples[0]:
-        pixels += [e["class_pixel_values"] for e in examples]
-        prompts += [e["class_prompt"] for e in examples]
-    return {"pixel_values": torch.stack(pixels), "prompts": prompts, "num_instance": len(examples)}

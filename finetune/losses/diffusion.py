@@ -8,6 +8,7 @@ diffusers keeps them inline in its example scripts rather than in the library.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -16,6 +17,12 @@ from torch import Tensor
 from finetune.errors import UserError
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+@dataclass
+class DiffusionLossConfig:
+    snr_gamma: float = 0.0  # min-SNR-gamma loss weights (5.0 is the paper's choice); 0 disables
+    noise_offset: float = 0.0  # offset-noise strength (0.05-0.1 lets the model learn very dark/bright images); 0 disables
 
 
 def _check_prediction_type(prediction_type: str) -> None:

@@ -296,6 +296,11 @@ def tokenize_prompts(tokenizer: CLIPTokenizer, prompts: list[str]) -> torch.Tens
     ).input_ids
 
 
+def encode_tokens(text_encoder, tokenizer, prompts: list[str], device) -> torch.Tensor:
+    """CLIP last hidden states for `prompts`, as SD conditions on them."""
+    return text_encoder(tokenize_prompts(tokenizer, prompts).to(device))[0]
+
+
 # ---------------------------------------------------------------------------------------------
 # Offline CLIP tokenizer
 # ---------------------------------------------------------------------------------------------

@@ -15,8 +15,6 @@ from finetune.data.images import (
     DreamBoothDataset,
     assign_bucket,
     check_resolution,
-    collate_captioned,
-    collate_dreambooth,
     fit_and_crop,
     image_size,
     image_to_tensor,
@@ -175,8 +173,7 @@ def test_txt_captions_and_skips_are_logged(tmp_path, caplog):
     assert len(ds) == 3 and [ds[i]["caption"] for i in range(3)] == ["caption 0", "caption 1", "caption 2"]
     assert "skipped 1 non-image file(s), e.g. notes.md" in caplog.text
     assert "skipped 1 caption file(s) with no image of the same name, e.g. orphan.txt" in caplog.text
-    batch = collate_captioned([ds[0], ds[2]])
-    assert batch["pixel_values"].shape == (2, 3, 16, 16) and batch["captions"] == ["caption 0", "caption 2"]
+    assert ds[2]["pixel_values"].shape == (3, 16, 16)
 
 
 def test_metadata_jsonl_folder_matches_datasets_imagefolder(tmp_path, caplog):
@@ -219,43 +216,25 @@ def test_corrupt_image_in_folder_fails_at_construction(tmp_path):
         CaptionedImageFolder(root, resolution=16)
 
 
-def test_caption_dropout_rate_and_extremes(tmp_path):
-    root = make_folder(tmp_path / "f", n=1, size=(8, 8))
-    always = CaptionedImageFolder(root, resolution=8, caption_dropout=1.0)
-    never = CaptionedImageFolder(root, resolution=8, caption_dropout=0.0)
-    half = CaptionedImageFolder(root, resolution=8, caption_dropout=0.5)
-    dropped = 0
-    for epoch in range(60):
-        for ds in (always, never, half):
-            ds.set_epoch(epoch)
-        assert always[0]["caption"] == "" and never[0]["caption"] == "caption 0"
-        dropped += half[0]["caption"] == ""
-    assert 15 <= dropped <= 45
-    with pytest.raises(UserError, match="caption_dropout"):
-        CaptionedImageFolder(root, resolution=8, caption_dropout=1.5)
-
-
 # ---- DreamBooth ------------------------------------------------------------------------------
 
 
-def test_dreambooth_pairs_instance_and_class_and_collates_instance_first(tmp_path):
+def test_dreambooth_pairs_instance_and_class_images(tmp_path):
     inst = make_folder(tmp_path / "inst", n=2, captions=None)
     cls = make_folder(tmp_path / "cls", n=5, size=(16, 24), captions=None)
     ds = DreamBoothDataset(inst, "a photo of sks dog", resolution=16, class_dir=cls, class_prompt="a photo of a dog")
     assert len(ds) == 5
     item = ds[3]
     assert item["prompt"] == "a photo of sks dog" and item["class_prompt"] == "a photo of a dog"
-    batch = collate_dreambooth([ds[0], ds[1], ds[2]])
-    assert batch["pixel_values"].shape == (6, 3, 16, 16) and batch["num_instance"] == 3
-    assert batch["prompts"] == ["a photo of sks dog"] * 3 + ["a photo of a dog"] * 3
-    assert torch.equal(batch["pixel_values"][2], ds[0]["pixel_values"])  # index 2 cycles to instance image 0
-    assert torch.equal(batch["pixel_values"][5], ds[2]["class_pixel_values"])
+    assert ds[2]["pixel_values"].shape == ds[2]["class_pixel_values"].shape == (3, 16, 16)
+    assert torch.equal(ds[2]["pixel_values"], ds[0]["pixel_values"])  # index 2 cycles to instance image 0
+    assert not torch.equal(ds[2]["class_pixel_values"], ds[0]["class_pixel_values"])  # but class image 2 is its own
 
 
 def test_dreambooth_without_prior_preservation(tmp_path):
     ds = DreamBoothDataset(make_folder(tmp_path / "inst", n=2, captions=None), "a photo of sks dog", resolution=8)
     assert len(ds) == 2 and "class_pixel_values" not in ds[0]
-    assert collate_dreambooth([ds[0], ds[1]])["pixel_values"].shape == (2, 3, 8, 8)
+    assert ds[1]["pixel_values"].shape == (3, 8, 8)
 
 
 def test_dreambooth_user_errors(tmp_path):
@@ -309,8 +288,8 @@ def test_bucketed_folder_yields_bucket_sized_batches(tmp_path):
     gradient(16, 16, seed=9).save(root / "square.png")
     ds = CaptionedImageFolder(root, resolution=32, bucket_multiple=8)
     loader = torch.utils.data.DataLoader(ds, batch_sampler=BucketBatchSampler(ds.bucket_ids, 2, seed=0),
-                                         collate_fn=collate_captioned)
-    shapes = sorted(tuple(b["pixel_values"].shape) for b in loader)
+                                         collate_fn=lambda items: torch.stack([e["pixel_values"] for e in items]))
+    shapes = sorted(tuple(b.shape) for b in loader)
     wide = ds.buckets[ds.bucket_ids[0]]
     assert wide[0] > wide[1] and wide[0] % 8 == 0 and wide[1] % 8 == 0
     assert shapes == sorted([(2, 3, wide[1], wide[0]), (1, 3, 32, 32)])

@@ -11,17 +11,17 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from finetune.data.sd import PromptEmbeddings, SDDataConfig, build_image_dataset, cache_latents, dataset_items, make_collate
 from finetune.errors import UserError
 from finetune.export.kohya import load_kohya
 from finetune.export.sd import KOHYA_FILE, LORA_FILE, image_grid, save_sd_lora, save_textual_inversion
-from finetune.methods import sd as S
 from finetune.methods.dreambooth import PriorConfig, class_image_prompts, count_class_images, ensure_class_images, validate_prior
 from finetune.methods.sd_lora import SDLoraConfig, add_lora, lora_layers
 from finetune.methods.textual_inversion import (
     RowRestorer, TextualInversionConfig, add_placeholder_tokens, learned_embeddings, placeholder_tokens, template_prompt,
     train_only_embeddings,
 )
-from finetune.models.sd import build_pipeline, build_tiny_sd
+from finetune.models.sd import build_pipeline, build_tiny_sd, encode_tokens, tokenize_prompts
 from finetune.train.ema import EMAConfig, build_ema, ema_weights
 
 PROMPT = "a photo of sks dog"
@@ -236,13 +236,13 @@ def test_several_class_prompts_get_their_own_cached_images_and_train_with_their_
     assert "4 image(s)" in caplog.text  # the dog and cat images are left out, and said so
     # the dataset pairs item i with class image i % n and ITS prompt; batches carry it
     cfg.class_prompts = prompts
-    data = S.SDDataConfig(instance_dir=str(write_images(tmp_path / "inst", 1)), instance_prompt=PROMPT)
-    images = S.build_image_dataset(data, 32, 0, class_items=class_image_prompts(cfg))
-    items = S.dataset_items(images)
+    data = SDDataConfig(instance_dir=str(write_images(tmp_path / "inst", 1)), instance_prompt=PROMPT)
+    images = build_image_dataset(data, 32, 0, class_items=class_image_prompts(cfg))
+    items = dataset_items(images)
     assert len(items) == 4 and [it["class_prompt"] for it in items] == [prompts[0]] * 2 + [prompts[1]] * 2
     assert images[3]["class_prompt"] == prompts[1]
-    batch = S.make_collate(parts.tokenizer, embeddings=None)([images[1], images[2]])
-    assert torch.equal(batch["input_ids"], S.tokenize(parts.tokenizer, [PROMPT, PROMPT, *prompts]))
+    batch = make_collate(parts.tokenizer, embeddings=None)([images[1], images[2]])
+    assert torch.equal(batch["input_ids"], tokenize_prompts(parts.tokenizer, [PROMPT, PROMPT, *prompts]))
 
 
 @pytest.mark.parametrize("change, message", [
@@ -257,31 +257,49 @@ def test_bad_class_prompts_are_user_errors(change, message):
 
 
 def test_cached_latents_and_embeddings_equal_the_encoders(parts, tmp_path):
-    data = S.SDDataConfig(instance_dir=str(write_images(tmp_path / "inst", 3)), instance_prompt=PROMPT)
-    images = S.build_image_dataset(data, 32, seed=0)
-    items = S.dataset_items(images)
-    S.cache_latents(parts.vae, images, items, "cpu", batch_size=2)
+    data = SDDataConfig(instance_dir=str(write_images(tmp_path / "inst", 3)), instance_prompt=PROMPT)
+    images = build_image_dataset(data, 32, seed=0)
+    items = dataset_items(images)
+    cache_latents(parts.vae, images, items, "cpu", batch_size=2)
     with torch.no_grad():
         dist = parts.vae.encode(torch.stack([images[i]["pixel_values"] for i in range(3)])).latent_dist
     torch.testing.assert_close(torch.stack([it["latent_mean"] for it in items]), dist.mean, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(torch.stack([it["latent_std"] for it in items]), dist.std, rtol=1e-4, atol=1e-5)
-    embeds = S.PromptEmbeddings(parts.text_encoder, parts.tokenizer, [PROMPT, ""], "cpu")
+    embeds = PromptEmbeddings(parts.text_encoder, parts.tokenizer, [PROMPT, ""], "cpu")
     with torch.no_grad():
-        direct = S.encode_tokens(parts.text_encoder, parts.tokenizer, [PROMPT], "cpu")
+        direct = encode_tokens(parts.text_encoder, parts.tokenizer, [PROMPT], "cpu")
     torch.testing.assert_close(embeds([PROMPT]), direct)
 
 
 def test_dreambooth_batches_put_instance_examples_before_class_examples(parts, tmp_path):
-    data = S.SDDataConfig(instance_dir=str(write_images(tmp_path / "inst", 2)), instance_prompt=PROMPT)
-    images = S.build_image_dataset(data, 32, 0, str(write_images(tmp_path / "cls", 3, seed=1)), "a photo of a dog")
-    items = S.dataset_items(images)
-    S.cache_latents(parts.vae, images, items, "cpu")
-    collate = S.make_collate(parts.tokenizer, embeddings=None)
+    data = SDDataConfig(instance_dir=str(write_images(tmp_path / "inst", 2)), instance_prompt=PROMPT)
+    images = build_image_dataset(data, 32, 0, str(write_images(tmp_path / "cls", 3, seed=1)), "a photo of a dog")
+    items = dataset_items(images)
+    cache_latents(parts.vae, images, items, "cpu")
+    collate = make_collate(parts.tokenizer, embeddings=None)
     batch = collate([items[0], items[1]])
     assert batch["num_instance"] == 2 and batch["latent_mean"].shape == (4, 4, 16, 16)
-    expected = S.tokenize(parts.tokenizer, [PROMPT, PROMPT, "a photo of a dog", "a photo of a dog"])
+    expected = tokenize_prompts(parts.tokenizer, [PROMPT, PROMPT, "a photo of a dog", "a photo of a dog"])
     assert torch.equal(batch["input_ids"], expected)
     torch.testing.assert_close(batch["latent_mean"][2], items[0]["class_latent_mean"])
+
+
+def test_caption_dropout_empties_prompts_at_its_rate_and_replays_from_pythons_random():
+    seen = []
+    embeddings = lambda prompts: seen.extend(prompts) or torch.zeros(len(prompts), 1)  # noqa: E731
+    items = [{"prompt": PROMPT, "latent_mean": torch.zeros(1), "latent_std": torch.ones(1)}] * 4
+
+    def dropped(rate: float, seed: int = 0) -> list[bool]:
+        seen.clear()
+        random.seed(seed)  # the RNG accelerate's checkpoints restore: a resumed run drops the same prompts
+        collate = make_collate(None, embeddings, caption_dropout=rate)
+        for _ in range(50):
+            collate(items)
+        return [p == "" for p in seen]
+
+    assert not any(dropped(0.0)) and 20 <= sum(dropped(0.2)) <= 60  # 200 prompts at rate 0.2: ~40 empty
+    assert dropped(0.2) == dropped(0.2) != dropped(0.2, seed=1)
+    assert set(seen) == {PROMPT, ""}
 
 
 def test_orphan_caption_and_non_image_files_are_skipped_with_a_count(tmp_path, caplog):
@@ -290,8 +308,8 @@ def test_orphan_caption_and_non_image_files_are_skipped_with_a_count(tmp_path, c
     (folder / "lonely.txt").write_text("caption without image")
     (folder / "notes.json").write_text("{}")
     with caplog.at_level(logging.WARNING):
-        images = S.build_image_dataset(S.SDDataConfig(caption_dir=str(folder)), 32, seed=0)
-    assert len(images) == 2 and S.dataset_items(images)[0]["prompt"] == "a red square"
+        images = build_image_dataset(SDDataConfig(caption_dir=str(folder)), 32, seed=0)
+    assert len(images) == 2 and dataset_items(images)[0]["prompt"] == "a red square"
     assert "1 caption file" in caplog.text and "1 non-image file" in caplog.text
 
 
