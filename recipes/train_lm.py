@@ -17,7 +17,6 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 
@@ -28,9 +27,10 @@ from finetune.data.text import read_jsonl
 from finetune.errors import UserError, exit_on_user_error
 from finetune.export.lm import save_lm_artifacts, write_model_card
 from finetune.losses.lm import causal_lm_loss, count_trained_tokens, fused_linear_cross_entropy
-from finetune.methods.full import FullMethodConfig, GradualUnfreezer, apply_static_freeze, build_param_groups
-from finetune.methods.lora import LoraMethodConfig, apply_lora, restore_frozen_weights, store_frozen_weights
-from finetune.methods.prompt_tuning import PromptMethodConfig, apply_prompt_method
+from finetune.methods.full import FullMethodConfig
+from finetune.methods.lora import LoraMethodConfig, restore_frozen_weights
+from finetune.methods.prompt_tuning import PromptMethodConfig
+from finetune.methods.registry import LM_METHODS, LMMethodName
 from finetune.train.timing import StepTimer  # per-step timing and peak memory, shared with the SD recipe
 from finetune.models.causal_lm import (
     LMModelConfig,
@@ -40,11 +40,11 @@ from finetune.models.causal_lm import (
     load_causal_lm,
     resolve_model_source,
 )
-from finetune.optim.optimizers import OptimConfig, build_optimizer, param_groups, validate_optim_config
+from finetune.optim.optimizers import OptimConfig, build_optimizer, validate_optim_config
 from finetune.optim.schedulers import SchedulerConfig, build_scheduler, validate_scheduler_config
 from finetune.io import atomic_write_json
 from finetune.quiet import quiet_libraries
-from finetune.train import Hooks, TrainConfig, build_accelerator, start_run, train, weight_dtype
+from finetune.train import Hooks, TrainConfig, build_accelerator, start_run, train
 from finetune.train.setup import finished_run
 from finetune.train.loop import validate_train_config
 
@@ -69,7 +69,7 @@ class ExportConfig:
 @dataclass
 class LMRecipeConfig:
     data: TextDataConfig  # training / validation text (data.train_file is required)
-    method: Literal["lora", "prompt", "full"] = "lora"  # what trains: a LoRA adapter, a soft prompt/prefix, or the weights
+    method: LMMethodName = "lora"  # what trains: a LoRA adapter, a soft prompt/prefix, or the weights
     model: LMModelConfig = field(default_factory=LMModelConfig)  # which causal LM to start from
     lora: LoraMethodConfig = field(default_factory=LoraMethodConfig)  # used when method=lora
     prompt: PromptMethodConfig = field(default_factory=PromptMethodConfig)  # used when method=prompt
@@ -94,12 +94,10 @@ def check_combination(cfg: LMRecipeConfig) -> None:
                       (d.general_validation_file, "text")):
         if path:
             read_jsonl(path, fmt, d.text_field)  # every line checked now: errors name file:line
-    if cfg.method == "prompt" and cfg.data.format == "text" and cfg.data.pack and cfg.data.packed_attention != "none":
-        raise UserError(
-            "prompt methods only accept a 2D attention mask; set data.packed_attention=none or data.pack=false"
-        )
-    if cfg.export.merged and cfg.method != "lora":
-        raise UserError("export.merged only applies to method=lora; unset it or switch method")
+    LM_METHODS[cfg.method].check(cfg)
+    if cfg.export.merged and not LM_METHODS[cfg.method].mergeable:
+        mergeable = " or ".join(f"method={name}" for name, m in LM_METHODS.items() if m.mergeable)
+        raise UserError(f"export.merged only applies to {mergeable}; unset it or switch method")
     if cfg.method != "full" and cfg.full.unfreeze != "none":
         raise UserError(f"full.unfreeze={cfg.full.unfreeze} needs method=full")
 
@@ -148,7 +146,8 @@ def main(argv=None):
 
     # Model and data first: their errors must leave no output directory behind.
     model, tokenizer = load_causal_lm(cfg.model)
-    fit_context(cfg.data.max_length, model, "data.max_length", cfg.prompt.num_virtual_tokens if cfg.method == "prompt" else 0)
+    method = LM_METHODS[cfg.method]
+    fit_context(cfg.data.max_length, model, "data.max_length", method.virtual_tokens(getattr(cfg, method.section)))
     splits = build_text_datasets(cfg.data, tokenizer)
     collate = make_collate(cfg.data, tokenizer)
     out = start_run(accelerator, cfg, cfg.train)
@@ -162,26 +161,10 @@ def main(argv=None):
         before = {k: evaluate_ppl(model, ds, collate, cfg, accelerator.device) for k, ds in eval_splits.items()}
     accelerator.print(f"perplexity before: {before}")
 
-    # Trainable parameters: the method decides, the optimizer sees exactly those (all groups up front).
-    unfreezer, cast_frozen = None, False
-    if cfg.method == "lora":
-        model = apply_lora(model, cfg.lora)
-        if not cfg.lora.use_dora:
-            # Autocast would cast these frozen weights to bf16/fp16 on every forward: do it once (same numbers,
-            # less time and memory); fp32 weights come back from the base model before export.
-            cast_frozen = store_frozen_weights(model, weight_dtype(accelerator)) > 0
-        groups = param_groups(model.named_parameters(), cfg.optim.weight_decay)
-    elif cfg.method == "prompt":
-        model = apply_prompt_method(model, tokenizer, cfg.prompt)
-        groups = param_groups(model.named_parameters(), cfg.optim.weight_decay)
-    else:
-        apply_static_freeze(model, cfg.full)
-        groups = build_param_groups(model, cfg.full, cfg.optim.lr, cfg.optim.weight_decay)
-    # Counted before the unfreezer toggles requires_grad: groups it holds back still train later.
-    n_train = sum(p.numel() for g in groups for p in g["params"] if p.requires_grad)
-    if cfg.method == "full":
-        if cfg.full.unfreeze != "none":
-            unfreezer = GradualUnfreezer(model, cfg.full, set_requires_grad=accelerator.num_processes == 1)
+    # Trainable parameters: the method decides (finetune/methods/registry.py), the optimizer sees exactly those
+    # (all groups up front; a gradual unfreezer holds some back now and they train later).
+    trained = method.apply(model, tokenizer, cfg, accelerator)
+    model, groups, n_train, unfreezer = trained.model, trained.groups, trained.trainable, trained.unfreezer
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.model.compile_layers and compile_decoder_layers(model):
@@ -242,7 +225,7 @@ def main(argv=None):
     # Exports are plain fp32 models: drop accelerate's autocast wrapper around forward (otherwise the reload
     # check compares bf16 logits with fp32 ones) and give LoRA's frozen weights their fp32 values back.
     model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
-    if cast_frozen:
+    if trained.cast_frozen:
         restore_frozen_weights(model, load_causal_lm(cfg.model)[0])
     verify = save_lm_artifacts(
         model, tokenizer, out, method=cfg.method,

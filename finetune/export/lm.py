@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from finetune.io import atomic_dir, atomic_write_text
+from finetune.methods.registry import LM_METHODS
 from finetune.models.causal_lm import (
     BaseModelReference,
     LMModelConfig,
@@ -61,7 +62,7 @@ def save_lm_artifacts(model, tokenizer, out: Path, *, method: str, merged: bool 
     ids = torch.tensor([tokenizer(PROBE_TEXT)["input_ids"]])
     reference = _logits(model, ids) if verify else None
     checks: dict[str, float] = {}
-    if method in ("lora", "prompt"):
+    if LM_METHODS[method].export == "adapter":
         with atomic_dir(out / "adapter") as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
@@ -122,7 +123,7 @@ def write_model_card(out: Path, config: dict, summary: dict) -> None:
     method = summary["method"]
     base = describe_base(LMModelConfig(**config["model"]))
     title = base.hub_id or Path(base.name_or_path).name
-    front = "library_name: transformers" if method == "full" else "library_name: peft"
+    front = "library_name: transformers" if LM_METHODS[method].export == "model" else "library_name: peft"
     if base.hub_id:
         front += f"\nbase_model: {base.hub_id}"
     text = f"""---
@@ -176,18 +177,8 @@ def _base_section(base: BaseModelReference) -> str:
 
 
 def _method_section(config: dict, summary: dict) -> str:
-    method = config["method"]
-    if method == "lora":
-        lora = config["lora"]
-        what = (f"LoRA{' (DoRA)' if lora['use_dora'] else ''}: r={lora['r']}, alpha={lora['alpha']}, "
-                f"dropout={lora['dropout']}, target modules {', '.join(lora['target_modules'])}, bias {lora['bias']}")
-    elif method == "prompt":
-        prompt = config["prompt"]
-        what = f"{prompt['kind']}: {prompt['num_virtual_tokens']} virtual tokens"
-    else:
-        full = config["full"]
-        what = (f"full fine-tuning: unfreeze={full['unfreeze']}, first {full['freeze_first_n_layers']} layers frozen, "
-                f"discriminative lr factor {full['discriminative_factor']}")
+    method = LM_METHODS[config["method"]]
+    what = method.describe(config[method.section])
     t, o, s = config["train"], config["optim"], config["scheduler"]
     return (f"- {what}; {summary['trainable_parameters']:,} trainable parameters\n"
             f"- {o['name']}, lr {o['lr']:g}, weight decay {o['weight_decay']:g}; {s['name']} schedule, "
@@ -232,7 +223,7 @@ def _load_section(method: str, base: BaseModelReference, merged: bool) -> str:
 
 
 def _load_snippets(method: str, base: BaseModelReference, merged: bool) -> str:
-    if method == "full":
+    if LM_METHODS[method].export == "model":
         return ("The full model is self-contained (no base model needed):\n\n```python\n"
                 "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
                 "model = AutoModelForCausalLM.from_pretrained(\"model\")\n"
