@@ -147,14 +147,34 @@ def cmd_train(args) -> int:
     return launch(args.recipe, recipe_args, args.accelerate_config)
 
 
+class _TrainHelp(argparse.Action):
+    """`finetune train RECIPE --help`: this command's options, then the recipe's own help with every config key."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from finetune.launch import print_recipe_help
+
+        parser.print_help()
+        if getattr(namespace, "recipe", None):  # set when the recipe comes before --help
+            print()
+            print_recipe_help(namespace.recipe)
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
+    import finetune
     from finetune.launch import RECIPES
 
-    p = argparse.ArgumentParser(prog="finetune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="finetune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Every config key of a recipe, with its type, default and meaning: "
+                                       "finetune train RECIPE --help")
+    p.add_argument("--version", action="version", version=f"finetune {finetune.__version__}")
     p.add_argument("--verbose", action="store_true", help="show every library warning and progress bar (FINETUNE_VERBOSE=1)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("train", help="run a recipe under accelerate (as `accelerate launch recipes/...`), errors in one line")
+    s = sub.add_parser("train", help="run a recipe under accelerate (as `accelerate launch recipes/...`), errors in one line",
+                       add_help=False)
+    s.add_argument("-h", "--help", action=_TrainHelp, nargs=0, help="show this help (after RECIPE: with every config key "
+                   "of that recipe, its type, default and meaning) and exit")
     s.add_argument("recipe", choices=list(RECIPES), help="lm: train_lm.py, sd: train_sd.py, gan, vae, autoencoder")
     s.add_argument("--config", help="the recipe's YAML config, e.g. recipes/configs/legal_lora.yaml")
     s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-4 train.max_steps=20")

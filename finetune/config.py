@@ -11,6 +11,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
+import inspect
+import io
+import json
+import textwrap
+import tokenize
 import types
 import typing
 from pathlib import Path
@@ -250,9 +256,85 @@ def save_config(cfg, path: str | Path) -> None:
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
+@functools.cache
+def field_comments(cls) -> dict[str, str]:
+    """{field name: the `# ...` comment written after it} for a dataclass, inherited fields included.
+
+    Read from the source with tokenize, so the meaning is written once, beside the default: a field is a line of
+    the class body that starts with `name:`, its meaning the first comment before that logical line ends.
+    """
+    comments: dict[str, str] = {}
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):  # a subclass's comment wins
+        try:
+            source = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):  # built at run time: no source to read
+            continue
+        own: dict[str, str] = {}
+        depth, line = 0, []  # line: the significant tokens of the current logical line so far
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.INDENT:
+                depth += 1
+            elif tok.type == tokenize.DEDENT:
+                depth -= 1
+            elif tok.type == tokenize.NEWLINE:
+                line = []
+            elif tok.type == tokenize.COMMENT:
+                if depth == 1 and len(line) > 1 and line[0].type == tokenize.NAME and line[1].string == ":":
+                    own.setdefault(line[0].string, tok.string.lstrip("#").strip())
+            elif tok.type != tokenize.NL:
+                line.append(tok)
+        comments.update(own)
+    return comments
+
+
+def _show_default(value) -> str:
+    """A default as it is written in YAML or key=value (JSON is YAML's flow style)."""
+    if dataclasses.is_dataclass(value):
+        value = dataclasses.asdict(value)
+    try:
+        return json.dumps(value)
+    except TypeError:
+        return str(value)
+
+
+def config_keys(cls, defaults=None, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, "default X" / "required" / "" for a section, meaning) for every key of a config tree.
+
+    `defaults` is the section's default object: a recipe may give a section other defaults than its class has
+    (e.g. `optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-4))`), and --help shows those.
+    """
+    rows: list[tuple[str, str, str, str]] = []
+    hints, comments = typing.get_type_hints(cls), field_comments(cls)
+    for f in dataclasses.fields(cls):
+        key, tp = prefix + f.name, hints[f.name]
+        if defaults is not None:
+            value, required = getattr(defaults, f.name), False
+        else:
+            required = f.default is _MISSING and f.default_factory is _MISSING
+            value = None if required else _field_default(f)
+        section = _strip_optional(tp)
+        if dataclasses.is_dataclass(section):
+            shown = "required" if required else ("" if section is tp else f"default {_show_default(value)}")
+            rows.append((key, "section" if section is tp else "section or null", shown, comments.get(f.name, "")))
+            rows.extend(config_keys(section, value if isinstance(value, section) else None, key + "."))
+        else:
+            shown = "required" if required else f"default {_show_default(value)}"
+            rows.append((key, _type_name(tp), shown, comments.get(f.name, "")))
+    return rows
+
+
+def config_help(cls) -> str:
+    """The key list --help prints: one line per key with its type, default and the meaning beside it in the source."""
+    lines = ["config keys (set them in the --config YAML, or as key=value; a section's keys are section.key):"]
+    for key, type_name, shown, meaning in config_keys(cls):
+        lines.append(f"  {key} ({type_name}{'; ' + shown if shown else ''}): {meaning}")
+    return "\n".join(lines)
+
+
 def parse_recipe_args(cls, argv: list[str] | None = None, description: str = ""):
-    """`--config FILE key=value ...` -> a validated config of type `cls`."""
-    parser = argparse.ArgumentParser(description=description)
+    """`--config FILE key=value ...` -> a validated config of type `cls`; --help lists every key (config_help)."""
+    parser = argparse.ArgumentParser(description=description, epilog=config_help(cls),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config file")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-4")
     args = parser.parse_args(argv)

@@ -41,6 +41,28 @@ def recipe_path(name: str) -> Path:
     return recipes_dir() / RECIPES[name]
 
 
+def print_recipe_help(name: str) -> None:
+    """Recipe `name`'s own --help (its docstring and every config key with type, default and meaning) in this process.
+
+    The recipe's parser builds the key list from its config dataclass, so `finetune train NAME --help` shows exactly
+    what `python recipes/<file> --help` shows; argparse names the usage line after argv[0].
+    """
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"finetune_recipe_{name}", recipe_path(name))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # typing.get_type_hints and inspect.getsource find the recipe's classes here
+    spec.loader.exec_module(module)
+    argv0, sys.argv[0] = sys.argv[0], f"finetune train {name}"
+    try:
+        module.main(["--help"])
+    except SystemExit as e:  # argparse exits 0 after printing help
+        if e.code:
+            raise
+    finally:
+        sys.argv[0] = argv0
+
+
 def accelerate_config(path: str | None) -> Path:
     """--accelerate-config, or the project's accelerate_config.yaml; checked here so a bad file is one line."""
     from accelerate.commands.config.config_args import load_config_from_file

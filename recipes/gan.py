@@ -69,7 +69,7 @@ class GANTrainConfig:
 
 @dataclass
 class GANConfig:
-    train: GANTrainConfig = field(default_factory=GANTrainConfig)
+    train: GANTrainConfig = field(default_factory=GANTrainConfig)  # loop settings (steps, batch, evaluation, checkpoints)
     optim_g: GANOptimConfig = field(default_factory=GANOptimConfig)  # generator optimizer
     optim_d: GANOptimConfig = field(default_factory=GANOptimConfig)  # discriminator optimizer; a higher lr = TTUR
     loss: Literal["minimax", "nonsaturating", "lsgan", "wgan", "wgan_gp", "hinge"] = "nonsaturating"  # GAN objective
