@@ -1,9 +1,19 @@
-"""The one training loop, its checkpoints, logging and data order."""
+"""The one training loop, its checkpoints, logging, data order, step timing and mixed-precision storage."""
 
-from finetune.train.loop import Hooks, NonFiniteTraining, TrainConfig, TrainResult, train, weight_dtype
-from finetune.train.setup import build_accelerator, start_run
+from finetune.train.loop import (
+    Hooks,
+    NonFiniteTraining,
+    TrainConfig,
+    TrainResult,
+    train,
+    validate_train_config,
+    weight_dtype,
+)
+from finetune.train.precision import cast_frozen
+from finetune.train.setup import build_accelerator, finished_run, start_run
+from finetune.train.timing import StepTimer, peak_memory
 
 __all__ = [
-    "Hooks", "NonFiniteTraining", "TrainConfig", "TrainResult", "train", "weight_dtype",
-    "build_accelerator", "start_run",
+    "Hooks", "NonFiniteTraining", "StepTimer", "TrainConfig", "TrainResult", "build_accelerator", "cast_frozen",
+    "finished_run", "peak_memory", "start_run", "train", "validate_train_config", "weight_dtype",
 ]
