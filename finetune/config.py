@@ -257,20 +257,20 @@ def save_config(cfg, path: str | Path) -> None:
 
 
 @functools.cache
-def field_comments(cls) -> dict[str, str]:
+def field_comments(cls: type) -> dict[str, str]:
     """{field name: the `# ...` comment written after it} for a dataclass, inherited fields included.
 
     Read from the source with tokenize, so the meaning is written once, beside the default: a field is a line of
     the class body that starts with `name:`, its meaning the first comment before that logical line ends.
     """
     comments: dict[str, str] = {}
-    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):  # a subclass's comment wins
+    for klass in reversed([k for k in cls.__mro__ if "__dataclass_fields__" in vars(k)]):  # a subclass's comment wins
         try:
             source = textwrap.dedent(inspect.getsource(klass))
         except (OSError, TypeError):  # built at run time: no source to read
             continue
         own: dict[str, str] = {}
-        depth, line = 0, []  # line: the significant tokens of the current logical line so far
+        depth, line = 0, list[tokenize.TokenInfo]()  # line: the significant tokens of the current logical line
         for tok in tokenize.generate_tokens(io.StringIO(source).readline):
             if tok.type == tokenize.INDENT:
                 depth += 1
@@ -289,7 +289,7 @@ def field_comments(cls) -> dict[str, str]:
 
 def _show_default(value) -> str:
     """A default as it is written in YAML or key=value (JSON is YAML's flow style)."""
-    if dataclasses.is_dataclass(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = dataclasses.asdict(value)
     try:
         return json.dumps(value)
@@ -316,7 +316,7 @@ def config_keys(cls, defaults=None, prefix: str = "") -> list[tuple[str, str, st
         if dataclasses.is_dataclass(section):
             shown = "required" if required else ("" if section is tp else f"default {_show_default(value)}")
             rows.append((key, "section" if section is tp else "section or null", shown, comments.get(f.name, "")))
-            rows.extend(config_keys(section, value if isinstance(value, section) else None, key + "."))
+            rows.extend(config_keys(section, value if isinstance(value, typing.cast(type, section)) else None, key + "."))
         else:
             shown = "required" if required else f"default {_show_default(value)}"
             rows.append((key, _type_name(tp), shown, comments.get(f.name, "")))

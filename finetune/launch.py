@@ -50,6 +50,7 @@ def print_recipe_help(name: str) -> None:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(f"finetune_recipe_{name}", recipe_path(name))
+    assert spec is not None and spec.loader is not None  # a .py file always has a spec and a loader
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # typing.get_type_hints and inspect.getsource find the recipe's classes here
     spec.loader.exec_module(module)

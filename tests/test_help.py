@@ -7,7 +7,7 @@ import importlib
 import subprocess
 import sys
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import pytest
 
@@ -95,7 +95,7 @@ class Base:
 class Child(Base):
     kind: Literal["x", "y"] = "y"  # which kind (the child's default)
     inner: Inner = dataclasses.field(default_factory=lambda: Inner(size=5))  # a section with its own default
-    maybe: Optional[Inner] = None  # an optional section
+    maybe: Inner | None = None  # an optional section
     bare: int = 0
 
 

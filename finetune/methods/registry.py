@@ -9,11 +9,17 @@ tests/methods/test_registry.py fails until all of them agree. The training step 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal
 
 from finetune.errors import UserError
-from finetune.methods.full import FullMethodConfig, GradualUnfreezer, apply_static_freeze, build_param_groups
+from finetune.methods.full import (
+    FullMethodConfig,
+    GradualUnfreezer,
+    apply_static_freeze,
+    build_param_groups,
+)
 from finetune.methods.lora import LoraMethodConfig, apply_lora, store_frozen_weights
 from finetune.methods.prompt_tuning import PromptMethodConfig, apply_prompt_method
 from finetune.optim.optimizers import param_groups
@@ -29,7 +35,7 @@ class Trainable:
     model: Any  # the model to train (a PeftModel for adapter methods)
     groups: list[dict]  # optimizer param groups, all built up front (a group frozen now is already in them)
     trainable: int  # parameters that train, counted before an unfreezer holds groups back (those train later)
-    unfreezer: Optional[GradualUnfreezer] = None  # gradual unfreezing: the recipe's hooks drive it
+    unfreezer: GradualUnfreezer | None = None  # gradual unfreezing: the recipe's hooks drive it
     cast_frozen: bool = False  # frozen weights stored in the autocast dtype: restore their fp32 values before export
 
 
