@@ -14,7 +14,7 @@ from finetune.config import parse_recipe_args, to_dict
 from tests.conftest import ROOT
 
 CONFIGS = sorted((ROOT / "recipes" / "configs").glob("*.yaml"))
-# The command each config's header comment gives its user, e.g. "#   python recipes/gan.py --config recipes/configs/x.yaml"
+# The command each config's header comment gives its user: "#   python recipes/gan.py --config recipes/configs/x.yaml"
 COMMAND = re.compile(r"^#.*\brecipes/(\w+)\.py --config recipes/configs/([\w.-]+\.yaml)", re.MULTILINE)
 
 # recipe module -> (its config class, the check its main() runs on the loaded config before building anything)
@@ -55,7 +55,8 @@ def test_the_check_table_is_every_recipe_and_what_its_main_runs():
     assert set(CHECKS) == {Path(f).stem for f in RECIPES.values()}, "a recipe of `finetune train` is missing here"
     for recipe, (config_class, check) in CHECKS.items():
         main = inspect.getsource(importlib.import_module(f"recipes.{recipe}").main)
-        assert config_class in main and f"{check}(" in main, f"recipes/{recipe}.py main() no longer runs {check} on a {config_class}"
+        why = f"recipes/{recipe}.py main() no longer runs {check} on a {config_class}: update CHECKS"
+        assert config_class in main and f"{check}(" in main, why
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)

@@ -137,4 +137,5 @@ if __name__ == "__main__":
         sys.exit(f"usage: {REGENERATE_COMMAND}")
     os.environ["PINNED_LOSSES_REGENERATE"] = "1"
     os.chdir(ROOT)
-    sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", str(Path(__file__).relative_to(ROOT)), "-k", "first_train_losses"]))
+    this_file = str(Path(__file__).relative_to(ROOT))
+    sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", this_file, "-k", "first_train_losses"]))
