@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -46,26 +45,17 @@ def cmd_inspect_data(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    import torch
-
     from finetune.data.text import TextDataConfig, build_text_datasets, make_collate
-    from finetune.metrics.perplexity import nll_sum
+    from finetune.metrics.perplexity import dataset_batches, nll_and_tokens, perplexity_of
     from finetune.models.causal_lm import fit_context
 
     model, tokenizer = _load_lm(args.model, args.adapter, args.trust_remote_code)
     max_length = fit_context(args.max_length, model, "--max-length")  # default: 1024, or the model's context if shorter
     cfg = TextDataConfig(train_file=args.data, text_field=args.field, max_length=max_length, pack=False)
     ds = build_text_datasets(cfg, tokenizer)["train"]
-    collate = make_collate(cfg, tokenizer)
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(ds), args.batch_size):
-            batch = collate([ds[i] for i in range(start, min(start + args.batch_size, len(ds)))])
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            nll, n = nll_sum(logits[:, -batch["input_ids"].shape[1] :], batch["labels"])
-            total, count = total + nll, count + n
+    total, count = nll_and_tokens(model, dataset_batches(ds, make_collate(cfg, tokenizer), args.batch_size))
     print(json.dumps({"data": args.data, "documents": len(ds), "tokens": count,
-                      "loss": total / count, "perplexity": math.exp(total / count),
+                      "loss": total / count, "perplexity": perplexity_of(total, count),
                       "truncated": ds.stats.truncated}))
 
 

@@ -10,7 +10,6 @@ writes the adapter (PEFT dir) or the full model, an optional merged model, and a
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import statistics
@@ -26,17 +25,17 @@ from finetune.data.text import check_config as check_data_config
 from finetune.data.text import read_jsonl
 from finetune.errors import UserError, exit_on_user_error
 from finetune.export.lm import save_lm_artifacts, write_model_card
-from finetune.losses.lm import causal_lm_loss, count_trained_tokens, fused_linear_cross_entropy
+from finetune.losses.lm import count_trained_tokens
 from finetune.methods.full import FullMethodConfig
 from finetune.methods.lora import LoraMethodConfig, restore_frozen_weights
 from finetune.methods.prompt_tuning import PromptMethodConfig
 from finetune.methods.registry import LM_METHODS, LMMethodName
 from finetune.train.timing import StepTimer  # per-step timing and peak memory, shared with the SD recipe
+from finetune.metrics.perplexity import dataset_batches, perplexity, summed_nll
 from finetune.models.causal_lm import (
     LMModelConfig,
     compile_decoder_layers,
     fit_context,
-    lm_head_bypassed,
     load_causal_lm,
     resolve_model_source,
 )
@@ -102,35 +101,10 @@ def check_combination(cfg: LMRecipeConfig) -> None:
         raise UserError(f"full.unfreeze={cfg.full.unfreeze} needs method=full")
 
 
-def logits_for(model, batch) -> torch.Tensor:
-    """Logits aligned with `batch["input_ids"]` (prompt/p-tuning prepend virtual tokens: cut them off)."""
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-    logits = model(**inputs, use_cache=False).logits
-    return logits[:, -batch["input_ids"].shape[1] :]
-
-
-def summed_nll(model, batch, fused: bool) -> torch.Tensor:
-    """Summed next-token NLL over the batch's trained tokens. fused: the model hands back its final hidden states
-    and `fused_linear_cross_entropy` applies the output projection chunk by chunk (less memory, same numbers)."""
-    with lm_head_bypassed(model) if fused else contextlib.nullcontext() as head_weight:
-        out = logits_for(model, batch)
-    if head_weight is None:  # not fused, or a head that cannot be bypassed (e.g. a LoRA-wrapped lm_head)
-        return causal_lm_loss(out, batch["labels"], reduction="sum")
-    return fused_linear_cross_entropy(out, head_weight, batch["labels"], reduction="sum")
-
-
 def evaluate_ppl(model, dataset, collate, cfg: LMRecipeConfig, device) -> float:
-    """Token-weighted perplexity of `model` on `dataset`: exp(sum of NLL / scored tokens)."""
-    total, count = 0.0, 0
-    for b, start in enumerate(range(0, len(dataset), cfg.eval.batch_size)):
-        if cfg.eval.max_batches and b >= cfg.eval.max_batches:
-            break
-        batch = collate([dataset[i] for i in range(start, min(start + cfg.eval.batch_size, len(dataset)))])
-        batch = {k: v.to(device) for k, v in batch.items()}
-        total += float(summed_nll(model, batch, cfg.loss.fused))
-        count += count_trained_tokens(batch["labels"])
-    mean = total / max(count, 1)
-    return math.exp(mean) if mean < 700 else math.inf  # a diverged model: inf (math.exp raises past ~709), not a crash
+    """Token-weighted perplexity of `model` on `dataset` (eval.batch_size, at most eval.max_batches batches)."""
+    batches = dataset_batches(dataset, collate, cfg.eval.batch_size, cfg.eval.max_batches)
+    return perplexity(model, batches, cfg.loss.fused, device)
 
 
 @exit_on_user_error

@@ -4,6 +4,7 @@ never deletes a user's folder, and `--verbose` brings the library messages back.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -160,3 +161,20 @@ def test_verbose_flag_sets_the_switch_for_launched_recipes(monkeypatch):
     with pytest.raises(SystemExit):
         main(["--verbose", "train", "lm", "--accelerate-config", "/nonexistent.yaml"])
     assert os.environ["FINETUNE_VERBOSE"] == "1"
+
+
+def test_eval_reports_the_library_perplexity_of_the_file(tiny, capsys):  # noqa: F811
+    # One perplexity (finetune.metrics.perplexity, which the LM recipe evaluates with): fused, any batch size
+    from finetune.data.text import TextDataConfig, build_text_datasets, make_collate
+    from finetune.metrics.perplexity import dataset_batches, perplexity
+    from finetune.models.causal_lm import LMModelConfig, load_causal_lm
+
+    main(["eval", "--model", str(tiny / "model"), "--data", str(tiny / "val.jsonl"), "--max-length", "128", "--batch-size", "3"])
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    model, tokenizer = load_causal_lm(LMModelConfig(name_or_path=str(tiny / "model")))
+    data = TextDataConfig(train_file=str(tiny / "val.jsonl"), max_length=128, pack=False)
+    ds, collate = build_text_datasets(data, tokenizer)["train"], make_collate(data, tokenizer)
+    assert report["documents"] == len(ds) == 8 and report["tokens"] > 0
+    unfused_one_by_one = perplexity(model, dataset_batches(ds, collate, 1), fused=False)
+    assert report["perplexity"] == pytest.approx(unfused_one_by_one, rel=1e-5)
+    assert report["loss"] == pytest.approx(math.log(report["perplexity"]), rel=1e-9)

@@ -1,4 +1,4 @@
-"""Perplexity of a causal language model over an iterable of batches.
+"""Perplexity of a causal language model, and the summed token NLL it is made of (also the LM recipe's train loss).
 
 Token-weighted: exp(sum of token NLLs / number of scored tokens) over the whole iterable, not the
 mean of per-batch losses (which over-weights short or heavily padded batches). Written by hand
@@ -7,15 +7,18 @@ because transformers' models return the batch-mean loss only, and the Trainer av
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from finetune.errors import UserError
+from finetune.losses.lm import causal_lm_loss, count_trained_tokens, fused_linear_cross_entropy
+from finetune.models.causal_lm import lm_head_bypassed
 
 IGNORE_INDEX = -100  # label value that is not scored (padding, prompt tokens), as in transformers
+OVERFLOW_NLL = 700.0  # math.exp raises past ~709: a mean NLL this large (a diverged model) is perplexity inf
 
 
 def batch_labels(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -28,47 +31,73 @@ def batch_labels(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     return labels
 
 
-def nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
-    """Summed next-token NLL and scored-token count: logits at t predict labels at t + 1."""
-    shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
-    shift_labels = labels[:, 1:].reshape(-1).to(shift_logits.device)
-    total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    return float(total), int((shift_labels != IGNORE_INDEX).sum())
+def logits_for(model, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Logits aligned with `batch["input_ids"]` (prompt/p-tuning prepend virtual tokens: cut them off)."""
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    logits = model(**inputs, use_cache=False).logits
+    return logits[:, -batch["input_ids"].shape[1] :]
 
 
-@torch.no_grad()
-def perplexity(model: torch.nn.Module, batches: Iterable[Mapping[str, torch.Tensor]]) -> float:
-    """exp(total token NLL / total scored tokens) of `model` over `batches`.
+def summed_nll(model, batch: Mapping[str, torch.Tensor], fused: bool = True) -> torch.Tensor:
+    """Summed next-token NLL over the batch's scored tokens. fused: the model hands back its final hidden states
+    and `fused_linear_cross_entropy` applies the output projection chunk by chunk (less memory, same numbers)."""
+    labels = batch_labels(batch)
+    with lm_head_bypassed(model) if fused else contextlib.nullcontext() as head_weight:
+        out = logits_for(model, batch)
+    if head_weight is None:  # not fused, or a head that cannot be bypassed (e.g. a LoRA-wrapped lm_head)
+        return causal_lm_loss(out, labels, reduction="sum")
+    return fused_linear_cross_entropy(out, head_weight, labels, reduction="sum")
 
-    Each batch is a mapping with `input_ids` (B x T) and optionally `attention_mask` and `labels`
-    (IGNORE_INDEX marks unscored tokens; without labels, every non-padding token is scored). The
-    model is put in eval mode for the pass and given back in the mode it came in.
-    """
-    device = next(model.parameters()).device
+
+def dataset_batches(dataset: Sequence, collate: Callable[[list], dict], batch_size: int,
+                    max_batches: int = 0) -> Iterator[dict]:
+    """`dataset` in order, `batch_size` items a batch, at most `max_batches` batches (0: the whole dataset)."""
+    for b, start in enumerate(range(0, len(dataset), batch_size)):
+        if max_batches and b >= max_batches:
+            return
+        yield collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+
+
+def _checked(batch) -> Mapping[str, torch.Tensor]:
+    if not isinstance(batch, Mapping) or "input_ids" not in batch:
+        raise UserError("perplexity batches must be mappings with 'input_ids' (and optional 'attention_mask', 'labels')")
+    labels = batch_labels(batch)
+    if labels.shape != batch["input_ids"].shape:
+        raise UserError(f"labels shape {tuple(labels.shape)} differs from input_ids shape "
+                        f"{tuple(batch['input_ids'].shape)}; give one label per token")
+    return batch
+
+
+def nll_and_tokens(model, batches: Iterable[Mapping[str, torch.Tensor]], fused: bool = True, device=None) -> tuple[float, int]:
+    """(summed token NLL, scored tokens) of `model` over `batches`, each moved to `device` (default: the model's)."""
+    device = device if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
-    total_nll, total_tokens = 0.0, 0
+    total, count = 0.0, 0
     try:
-        for batch in batches:
-            if not isinstance(batch, Mapping) or "input_ids" not in batch:
-                raise UserError(
-                    "perplexity batches must be mappings with 'input_ids' "
-                    "(and optional 'attention_mask', 'labels')"
-                )
-            labels = batch_labels(batch)
-            if labels.shape != batch["input_ids"].shape:
-                raise UserError(
-                    f"labels shape {tuple(labels.shape)} differs from input_ids shape "
-                    f"{tuple(batch['input_ids'].shape)}; give one label per token"
-                )
-            mask = batch.get("attention_mask")
-            mask = None if mask is None else mask.to(device)
-            out = model(input_ids=batch["input_ids"].to(device), attention_mask=mask)
-            nll, count = nll_sum(out.logits, labels)
-            total_nll += nll
-            total_tokens += count
+        with torch.no_grad():
+            for batch in batches:
+                batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in _checked(batch).items()}
+                total += float(summed_nll(model, batch, fused))
+                count += count_trained_tokens(batch_labels(batch))
     finally:
         model.train(was_training)
-    if total_tokens == 0:
+    if count == 0:
         raise UserError("perplexity found no tokens to score: every label is -100 or the batches are empty")
-    return math.exp(total_nll / total_tokens)
+    return total, count
+
+
+def perplexity_of(total_nll: float, tokens: int) -> float:
+    """exp(mean token NLL); inf for a diverged model rather than math.exp's OverflowError."""
+    mean = total_nll / tokens
+    return math.exp(mean) if mean < OVERFLOW_NLL else math.inf
+
+
+def perplexity(model, batches: Iterable[Mapping[str, torch.Tensor]], fused: bool = True, device=None) -> float:
+    """exp(total token NLL / total scored tokens) of `model` over `batches`.
+
+    Each batch is a mapping with `input_ids` (B x T) and optionally `attention_mask`, `position_ids` and `labels`
+    (IGNORE_INDEX marks unscored tokens; without labels, every non-padding token is scored). The model is put in
+    eval mode for the pass and given back in the mode it came in; autocast, if wanted, is the caller's.
+    """
+    return perplexity_of(*nll_and_tokens(model, batches, fused, device))
