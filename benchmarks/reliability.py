@@ -413,7 +413,7 @@ def after_exit(sc: Scenario, proc: subprocess.Popen, log: Path, ref: Reference) 
     sc.finished = True
     text = log.read_text()
     if proc.returncode != 0:
-        sc.problems.append(f"a resumed run exited {proc.returncode}: {tail(text, 3)}")
+        sc.problems.append(f"a resumed run exited {proc.returncode}: {tail(text, 1)}")
     elif "skipping checkpoint" in text:
         sc.problems.append("a resumed run found an unusable checkpoint: " + text.split("skipping checkpoint", 1)[1].splitlines()[0])
     sc.problems += final_problems(sc, ref)
@@ -441,6 +441,8 @@ def kill_suite(ws: Workspace, recipe: str, n_kills: int, steps: int, rng: random
         sc.started = True
         if at is None:
             after_exit(sc, proc, log, refs[sc.launcher])
+            if proc.returncode != 0:
+                break  # a run that fails by itself (a broken checkout?): more kills would tell nothing
         else:
             temps = [n for n in listing(sc.out) if TEMP.match(n)]
             kills.append(Kill(recipe, sc.launcher, mode, at, temps, checkpoint_problems(sc.out), sc.index))
@@ -948,6 +950,9 @@ def report(kills: list[Kill], scenarios: list[Scenario], outcomes: list[Outcome]
     def short(text: str) -> str:  # paths inside the temporary directory, which is gone by now
         return text.replace(str(root), "$TMP")
 
+    def cell(text: str, limit: int = 400) -> str:  # one markdown table cell
+        return " ".join(short(text).split())[:limit].replace("|", "\\|")
+
     lines = ["# Reliability suite", "",
              (f"`{command_line}` ({seconds / 60:.1f} min on this machine; tiny LLaMA and tiny SD built by the project, "
               "every run a subprocess as a user runs it)."), "",
@@ -958,18 +963,18 @@ def report(kills: list[Kill], scenarios: list[Scenario], outcomes: list[Outcome]
                    "with the same seed, and summary.json holds the uninterrupted run's keys and figures."), "",
               "## Kills", "", "| recipe | launcher | moment | the output dir held | survived |", "|---|---|---|---|---|"]
     lines += [f"| {k.recipe} | {k.launcher} | {k.mode} | {k.at} | "
-              f"{'yes' if k.survived else 'NO: ' + short(k.why)} |" for k in kills]
+              f"{'yes' if k.survived else 'NO: ' + cell(k.why)} |" for k in kills]
     if bad_runs := [sc for sc in scenarios if sc.problems or sc.left]:
         lines += ["", "Runs whose resumption went wrong:", ""]
-        lines += [f"- {sc.recipe} run {sc.index} ({sc.launcher}): {short('; '.join(sc.problems + [f'left {x}' for x in sc.left]))}"
+        lines += [f"- {sc.recipe} run {sc.index} ({sc.launcher}): {cell('; '.join(sc.problems + [f'left {x}' for x in sc.left]), 800)}"
                   for sc in bad_runs]
     lines += ["", "## Bad inputs", "", "| group | case | expected | got | s | as expected |", "|---|---|---|---|---:|---|"]
     for o in outcomes:
         err = error_lines(o.result.stderr)
-        got = f"exit {o.result.rc}" + (": " + short(err[-1])[:150].replace("|", "\\|") if err else "")
+        got = f"exit {o.result.rc}" + (": " + cell(err[-1], 150) if err else "")
         expected = "refused in one line" if o.case.expect == "error" else "works"
         lines.append(f"| {o.case.group} | {o.case.name} | {expected} | {got} | {o.result.seconds:.0f} | "
-                     f"{'yes' if o.ok else 'NO: ' + o.problem} |")
+                     f"{'yes' if o.ok else 'NO: ' + cell(o.problem)} |")
     if failing := [o for o in outcomes if not o.ok]:
         lines += ["", "## Failing cases", ""]
         for o in failing:
