@@ -5,6 +5,7 @@
     finetune eval --model DIR_OR_ID [--adapter ADAPTER_DIR] --data FILE.jsonl
     finetune generate --model DIR_OR_ID [--adapter ADAPTER_DIR] --prompt "..."
     finetune export merge --model DIR_OR_ID --adapter ADAPTER_DIR --out DIR
+    finetune export quantized --bits 8|4 --model DIR_OR_ID [--adapter ADAPTER_DIR] --out DIR
     finetune export kohya --lora pytorch_lora_weights.safetensors --out lora_kohya.safetensors
 """
 
@@ -26,8 +27,11 @@ def _load_lm(model: str, adapter: str | None, trust_remote_code: bool = False):
     if adapter:
         from peft import PeftModel
 
+        from finetune.export.lm import check_adapter_fits
+
         if not (Path(adapter) / "adapter_config.json").is_file():
             raise UserError(f"adapter '{adapter}' has no adapter_config.json; pass a PEFT adapter directory")
+        check_adapter_fits(lm, Path(adapter), model)  # another base's adapter: one line, not a shape traceback
         lm = PeftModel.from_pretrained(lm, adapter)
     return lm.eval(), tokenizer
 
@@ -103,7 +107,10 @@ def cmd_export_merge(args) -> None:
 
     out = Path(args.out)
     check_merge_out(out)  # before the minutes of loading and merging
+    from finetune.export.lm import refuse_quantized_source
+
     model, tokenizer = _load_lm(args.model, args.adapter)
+    refuse_quantized_source(model, "export merge")
     merged = model.merge_and_unload()
     with atomic_dir(out) as tmp:  # a previous merge is replaced only once the new one is complete
         merged.save_pretrained(tmp, safe_serialization=True)
@@ -111,6 +118,19 @@ def cmd_export_merge(args) -> None:
         files = sorted(p.name for p in tmp.iterdir()) + [MERGE_MARKER]
         (tmp / MERGE_MARKER).write_text(json.dumps({"model": args.model, "adapter": args.adapter, "files": files}, indent=2) + "\n")
     print(f"merged model written to {out}")
+
+
+def cmd_export_quantized(args) -> None:
+    from finetune.export.quantized import DESCRIBE, check_bits, export_quantized
+
+    out = Path(args.out)
+    check_merge_out(out)  # the same rules as a merge: never into a folder of the user's
+    check_bits(args.bits)  # a missing library is refused before minutes of loading
+    model, tokenizer = _load_lm(args.model, args.adapter, args.trust_remote_code)
+    report = export_quantized(model, tokenizer, out, bits=args.bits, dtype=args.dtype, marker=MERGE_MARKER,
+                              record={"model": args.model, "adapter": args.adapter, "dtype": args.dtype})
+    print(f"{DESCRIBE[args.bits]} model written to {out}: {report['bytes'] / 2**20:.1f} MiB of weights; it reloads "
+          f"with AutoModelForCausalLM.from_pretrained({str(out)!r}) (reload check: {report['check']:.1e})")
 
 
 def cmd_export_kohya(args) -> None:
@@ -204,6 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(s)
     s.add_argument("--out", required=True)
     s.set_defaults(fn=cmd_export_merge)
+    s = e.add_parser("quantized", help="merge an adapter (if any) and save the model weight-only quantized: "
+                     "--bits 8 (torchao int8) or 4 (bitsandbytes NF4); from_pretrained(DIR) reloads it")
+    model_args(s)
+    s.add_argument("--bits", type=int, choices=(8, 4), required=True, help="8: int8 weight-only, 4: NF4")
+    s.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
+                   help="dtype of the weights left unquantized (embeddings, norms, head) and of NF4's compute")
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=cmd_export_quantized)
     s = e.add_parser("kohya", help="diffusers LoRA -> kohya/A1111 key format")
     s.add_argument("--lora", required=True)
     s.add_argument("--out", required=True)

@@ -30,6 +30,11 @@ NOISY_LOGS = [
     ("accelerate.commands.launch", r"were not passed to `accelerate launch` and had defaults used"),
     # torchrun's note that a process exited with 2, the recipes' user-error code: the recipe has printed why
     ("torch.distributed.elastic.multiprocessing.api", r"failed \(exitcode: 2\) local_rank"),
+    # the quant extra: torchao's CUDA-only kernels (MXFP8, Hopper CUTLASS) do not load into a CPU build of torch, and
+    # it registers enums torch now handles itself; bitsandbytes' optional hub kernel (offline here) has a built-in twin
+    ("torchao", r"Failed to load .*_C_(mxfp8|cutlass_\w+)\.\S+: Could not load this library"),
+    ("torch.utils._pytree", r"is an Enum subclass and is now natively supported by torch.compile"),
+    ("bitsandbytes.backends.cpu.ops", r"Failed to load CPU gemm_4bit_forward from kernels-community"),
 ]
 
 # (category, message pattern): warnings.warn calls that are noise

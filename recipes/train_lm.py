@@ -39,13 +39,14 @@ from finetune.models.causal_lm import (
     load_causal_lm,
     resolve_model_source,
 )
+from finetune.models.quantize import check_quantized_training
 from finetune.optim.optimizers import OptimConfig, build_optimizer, validate_optim_config
 from finetune.optim.schedulers import SchedulerConfig, build_scheduler, validate_scheduler_config
 from finetune.io import atomic_write_json
 from finetune.quiet import quiet_libraries
 from finetune.train import Hooks, TrainConfig, build_accelerator, start_run, train
 from finetune.train.setup import finished_run
-from finetune.train.loop import validate_train_config
+from finetune.train.loop import validate_train_config, weight_dtype
 
 
 @dataclass
@@ -94,6 +95,7 @@ def check_combination(cfg: LMRecipeConfig) -> None:
         if path:
             read_jsonl(path, fmt, d.text_field)  # every line checked now: errors name file:line
     LM_METHODS[cfg.method].check(cfg)
+    check_quantized_training(cfg.model.quantization, cfg.method, cfg.model.compile_layers)
     if cfg.export.merged and not LM_METHODS[cfg.method].mergeable:
         mergeable = " or ".join(f"method={name}" for name, m in LM_METHODS.items() if m.mergeable)
         raise UserError(f"export.merged only applies to {mergeable}; unset it or switch method")
@@ -119,7 +121,7 @@ def main(argv=None):
     accelerator = build_accelerator(cfg.train.seed)
 
     # Model and data first: their errors must leave no output directory behind.
-    model, tokenizer = load_causal_lm(cfg.model)
+    model, tokenizer = load_causal_lm(cfg.model, compute_dtype=weight_dtype(accelerator))  # NF4 computes in it
     method = LM_METHODS[cfg.method]
     fit_context(cfg.data.max_length, model, "data.max_length", method.virtual_tokens(getattr(cfg, method.section)))
     splits = build_text_datasets(cfg.data, tokenizer)

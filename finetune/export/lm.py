@@ -13,11 +13,13 @@ the adapter's README.md (PEFT writes an empty template there) points to it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
 import torch
 
+from finetune.errors import UserError
 from finetune.io import atomic_dir, atomic_write_text
 from finetune.methods.registry import LM_METHODS
 from finetune.models.causal_lm import (
@@ -27,6 +29,7 @@ from finetune.models.causal_lm import (
     describe_base,
     load_causal_lm,
 )
+from finetune.models.quantize import compute_dtype_of, quantization_of
 
 # fp32 reload of the same weights is exact up to kernel order; merging folds B@A*scale into W.
 TOLERANCE = {"adapter": 1e-4, "model": 1e-4, "merged": 2e-3}
@@ -56,7 +59,8 @@ def save_lm_artifacts(model, tokenizer, out: Path, *, method: str, merged: bool 
                       verify: bool = False, base_cfg=None) -> dict:
     """Write `adapter/` (lora, prompt) or `model/` (full), plus `merged/` if asked.
 
-    Returns {artifact: max |logit difference| after reloading} when `verify` is set.
+    Returns {artifact: max |logit difference| after reloading} when `verify` is set. `base_cfg` loads the base
+    (the adapter's check; the merge of an adapter trained on a quantized base, which reloads it in full precision).
     """
     out = Path(out)
     ids = torch.tensor([tokenizer(PROBE_TEXT)["input_ids"]])
@@ -70,10 +74,11 @@ def save_lm_artifacts(model, tokenizer, out: Path, *, method: str, merged: bool 
         if verify:
             from peft import PeftModel
 
-            base, _ = load_causal_lm(base_cfg)
+            base = _load_base_like(model, base_cfg)  # a quantized base reloads quantized alike: same logits
             checks["adapter"] = _check("adapter", reference, _logits(PeftModel.from_pretrained(base, out / "adapter"), ids))
         if merged:
-            full = copy.deepcopy(model).merge_and_unload()
+            unmerged, merge_reference = _full_precision_adapted(model, out / "adapter", base_cfg, ids, reference, verify)
+            full = unmerged.merge_and_unload()
             with atomic_dir(out / "merged") as tmp:
                 full.save_pretrained(tmp, safe_serialization=True)
                 tokenizer.save_pretrained(tmp)
@@ -81,7 +86,7 @@ def save_lm_artifacts(model, tokenizer, out: Path, *, method: str, merged: bool 
                 from transformers import AutoModelForCausalLM
 
                 reloaded = AutoModelForCausalLM.from_pretrained(out / "merged", use_safetensors=True)
-                checks["merged"] = _check("merged", reference, _logits(reloaded, ids))
+                checks["merged"] = _check("merged", merge_reference, _logits(reloaded, ids))
     else:
         with atomic_dir(out / "model") as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
@@ -92,6 +97,29 @@ def save_lm_artifacts(model, tokenizer, out: Path, *, method: str, merged: bool 
             reloaded = AutoModelForCausalLM.from_pretrained(out / "model", use_safetensors=True)
             checks["model"] = _check("model", reference, _logits(reloaded, ids))
     return checks
+
+
+def _load_base_like(model, base_cfg: LMModelConfig):
+    """The base of `model` loaded afresh from `base_cfg`, quantized and computing as `model`'s base does."""
+    dtype = compute_dtype_of(model) if quantization_of(model) != "none" else torch.float32
+    return load_causal_lm(base_cfg, compute_dtype=dtype)[0]
+
+
+def _full_precision_adapted(model, adapter_dir: Path, base_cfg, ids, reference, verify: bool):
+    """What to merge, and the logits the merged model must reproduce: the adapter on a full-precision base.
+
+    PEFT can merge into quantized weights, but 4-bit weights round the update away (and int8 ones round it too), so
+    an adapter trained on a quantized base goes onto the base reloaded in full precision from its source and is
+    merged there (PEFT's guidance for QLoRA). Its reference is then that full-precision base + adapter, not the
+    quantized model that trained.
+    """
+    if quantization_of(model) == "none":
+        return copy.deepcopy(model), reference
+    from peft import PeftModel
+
+    base = load_causal_lm(dataclasses.replace(base_cfg, quantization="none"))[0]
+    adapted = PeftModel.from_pretrained(base, adapter_dir)
+    return adapted, _logits(adapted, ids) if verify else None
 
 
 def make_adapter_portable(adapter_dir: Path) -> BaseModelReference:
@@ -243,3 +271,60 @@ def _load_snippets(method: str, base: BaseModelReference, merged: bool) -> str:
         text += ("\n\nThe merged model (base + adapter in one, self-contained): "
                  "`AutoModelForCausalLM.from_pretrained(\"merged\")`.")
     return text
+
+
+# ----------------------------------------------------------------------------------------------------------
+# An adapter on the command line: does it belong to the model it is applied to?
+
+
+def check_adapter_fits(model, adapter_dir: Path, model_name: str) -> None:
+    """Refuse an adapter trained on another base before PEFT applies it (it fails with a shape traceback, or
+    silently skips layers the model does not have).
+
+    Compared from the adapter's files alone: every LoRA layer must exist in `model` with the in/out sizes its
+    A/B matrices have, and a soft prompt must have the model's hidden size.
+    """
+    from safetensors import safe_open
+
+    adapter_dir = Path(adapter_dir)
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise UserError(f"adapter '{adapter_dir}' has no adapter_model.safetensors; pass a PEFT adapter directory "
+                        "saved with safetensors")
+    with safe_open(str(weights), framework="pt") as f:
+        shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}  # header only, nothing loaded
+    problem = _first_misfit(model, shapes)
+    if problem:
+        recorded = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        trained_on = f"{recorded!r} (its adapter_config.json)" if recorded else "another model"
+        raise UserError(f"adapter '{adapter_dir}' does not fit --model {model_name} ({problem}); it was trained on "
+                        f"{trained_on}: pass that model as --model")
+
+
+def _first_misfit(model, shapes: dict[str, tuple]) -> str:
+    modules = dict(model.named_modules())
+    hidden = getattr(model.config, "hidden_size", None)
+    for key, shape in sorted(shapes.items()):
+        if key.endswith("prompt_embeddings") and hidden and shape[-1] != hidden:
+            return f"its soft prompt is {shape[-1]} wide, the model's hidden size is {hidden}"
+        for part, axis in ((".lora_A.", 1), (".lora_B.", 0)):
+            if part not in key:
+                continue
+            name = key.split(part)[0].removeprefix("base_model.model.")
+            layer = modules.get(name)
+            if layer is None:
+                return f"the model has no layer {name}"
+            want = getattr(layer, "in_features" if axis == 1 else "out_features", None)
+            if want is not None and shape[axis] != want:
+                side = "input" if axis == 1 else "output"
+                return f"{name} has {side} size {want} in the model, {shape[axis]} in the adapter"
+    return ""
+
+
+def refuse_quantized_source(model, what: str) -> None:
+    """A merge or a quantized export needs full-precision base weights: a quantized --model has lost them."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kind = quantization_of(inner)
+    if kind != "none":
+        raise UserError(f"{what}: --model is already quantized ({kind}), so merging into it rounds the adapter away; "
+                        "pass the full-precision model it was made from")

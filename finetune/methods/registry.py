@@ -22,6 +22,7 @@ from finetune.methods.full import (
 )
 from finetune.methods.lora import LoraMethodConfig, apply_lora, store_frozen_weights
 from finetune.methods.prompt_tuning import PromptMethodConfig, apply_prompt_method
+from finetune.models.quantize import prepare_for_training
 from finetune.optim.optimizers import param_groups
 from finetune.train.loop import weight_dtype
 
@@ -56,9 +57,12 @@ def _count_trainable(groups: list[dict]) -> int:
 
 
 def _apply_lora(model, tokenizer, cfg, accelerator) -> Trainable:
+    quantized = cfg.model.quantization != "none"
+    if quantized:  # QLoRA: PEFT's k-bit preparation before the adapter goes on (finetune/models/quantize.py)
+        model = prepare_for_training(model)
     model = apply_lora(model, cfg.lora)
     cast = False
-    if not cfg.lora.use_dora:
+    if not cfg.lora.use_dora and not quantized:  # quantized frozen weights stay as they were loaded
         # Autocast would cast these frozen weights to bf16/fp16 on every forward: do it once (same numbers,
         # less time and memory); fp32 weights come back from the base model before export.
         cast = store_frozen_weights(model, weight_dtype(accelerator)) > 0

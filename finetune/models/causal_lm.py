@@ -31,6 +31,7 @@ import torch
 
 from finetune.errors import UserError
 from finetune.io import atomic_dir, atomic_write_json
+from finetune.models.quantize import Quantization, check_quantization, keep_nf4_trainable, quantization_config
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -74,20 +75,30 @@ class LMModelConfig:
     gradient_checkpointing: bool = False  # recompute activations in backward to save memory (non-reentrant; disables the KV cache)
     compile_layers: bool = False  # torch.compile each decoder layer in place for training (regional: one compile serves all layers)
     cache_dir: Optional[str] = None  # where GGUF->safetensors conversions are cached; None: $FINETUNE_CACHE or ~/.cache/finetune
+    quantization: Quantization = "none"  # frozen base for LoRA: none (full precision), nf4 (4-bit, bitsandbytes: QLoRA) or int8 (weight-only, torchao)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Public entry point
 
 
-def load_causal_lm(cfg: LMModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load `(model, tokenizer)` from a local dir, hub id or GGUF as `cfg` says; user mistakes raise UserError."""
+def load_causal_lm(
+    cfg: LMModelConfig, compute_dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load `(model, tokenizer)` from a local dir, hub id or GGUF as `cfg` says; user mistakes raise UserError.
+
+    With `cfg.quantization` the linear layers are quantized while loading (a GGUF from its safetensors conversion);
+    `compute_dtype` is what NF4 layers compute in: the accelerator's mixed precision (`weight_dtype`).
+    """
     _validate(cfg)
     kind, where = resolve_model_source(cfg)
     if kind == "gguf":
         where = str(convert_gguf(Path(where), cache_root(cfg)))
         kind = "dir"
-    model, tokenizer = _from_pretrained(where, cfg, hub=(kind == "hub"))
+    model, tokenizer = _from_pretrained(where, cfg, hub=(kind == "hub"),
+                                        quantization=quantization_config(cfg.quantization, compute_dtype))
+    if cfg.quantization == "nf4":
+        keep_nf4_trainable(model)
     configure_pad_token(tokenizer, model)
     if cfg.gradient_checkpointing:
         # Non-reentrant checkpointing works with frozen inputs (PEFT, frozen embeddings) without hooks.
@@ -218,17 +229,20 @@ def _download_hub_gguf(repo_id: str, filename: str, revision: Optional[str]) -> 
 # from_pretrained with safetensors only
 
 
-def _from_pretrained(where: str, cfg: LMModelConfig, hub: bool) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _from_pretrained(
+    where: str, cfg: LMModelConfig, hub: bool, quantization=None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     common = {"trust_remote_code": cfg.trust_remote_code}
+    loading = {"quantization_config": quantization} if quantization is not None else {}
     if hub and cfg.revision:
         common["revision"] = cfg.revision
     dtype = cfg.torch_dtype if cfg.torch_dtype == "auto" else getattr(torch, cfg.torch_dtype)
     origin = "the Hugging Face Hub (offline? set HF_HUB_OFFLINE=1 to fail fast)" if hub else "this directory"
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            where, use_safetensors=True, dtype=dtype, attn_implementation=cfg.attn_implementation, **common
+            where, use_safetensors=True, dtype=dtype, attn_implementation=cfg.attn_implementation, **loading, **common
         )
     except OSError as e:
         raise UserError(f"could not load {where!r} from {origin}: {_first_line(e)}") from e
@@ -550,6 +564,7 @@ def _validate(cfg: LMModelConfig) -> None:
         raise UserError(f"torch_dtype {cfg.torch_dtype!r} is not one of auto, float32, bfloat16, float16")
     if cfg.attn_implementation not in KNOWN_ATTENTION and "/" not in cfg.attn_implementation:
         raise UserError(f"attn_implementation {cfg.attn_implementation!r} is unknown; use one of {', '.join(KNOWN_ATTENTION)}")
+    check_quantization(cfg.quantization)
     path = Path(cfg.name_or_path).expanduser()
     config_json = path / "config.json"
     if path.is_dir() and config_json.is_file():
