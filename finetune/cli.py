@@ -7,6 +7,7 @@
     finetune export merge --model DIR_OR_ID --adapter ADAPTER_DIR --out DIR
     finetune export quantized --bits 8|4 --model DIR_OR_ID [--adapter ADAPTER_DIR] --out DIR
     finetune export kohya --lora pytorch_lora_weights.safetensors --out lora_kohya.safetensors
+    finetune export gguf --model DIR_OR_ID [--adapter ADAPTER_DIR] --out model.gguf --type f16|bf16|q8_0|q4_0
 """
 
 from __future__ import annotations
@@ -150,6 +151,17 @@ def cmd_export_kohya(args) -> None:
     print(f"kohya/A1111 LoRA written to {path} ({len(state) // 2} modules)")
 
 
+def cmd_export_gguf(args) -> None:
+    from finetune.export.gguf import check_gguf_request, export_gguf, load_merged
+
+    check_gguf_request(args.out, args.type)  # before loading: a wrong --type or --out fails in a second
+    model, tokenizer, base = load_merged(args.model, args.adapter, args.trust_remote_code)
+    done = export_gguf(model, tokenizer, args.out, args.type, base=base)
+    fallback = f"; F16 for {len(done.fallbacks)} tensors whose rows do not fit its blocks" if done.fallbacks else ""
+    size = done.size_bytes / 2**20
+    print(f"GGUF ({args.type}{fallback}) written to {done.path}: {size:.1f} MiB in {done.seconds:.1f} s")
+
+
 def cmd_train(args) -> int:
     from finetune.launch import launch
 
@@ -238,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rank", type=int)
     s.add_argument("--alpha", type=float)
     s.set_defaults(fn=cmd_export_kohya)
+    s = e.add_parser("gguf", help="a model (+ LoRA adapter, merged) as one GGUF file for llama.cpp / Ollama")
+    model_args(s)
+    s.add_argument("--out", required=True, help="the .gguf file to write")
+    s.add_argument("--type", default="q8_0", help="f16, bf16, q8_0 (default) or q4_0; norms stay F32")
+    s.set_defaults(fn=cmd_export_gguf)
     return p
 
 

@@ -24,6 +24,7 @@ from finetune.data.text import TextDataConfig, build_text_datasets, make_collate
 from finetune.data.text import check_config as check_data_config
 from finetune.data.text import read_jsonl
 from finetune.errors import UserError, exit_on_user_error
+from finetune.export.gguf import GGUFChoice, check_exportable, check_recipe_gguf, export_run_gguf
 from finetune.export.lm import save_lm_artifacts, write_model_card
 from finetune.losses.lm import count_trained_tokens
 from finetune.methods.full import FullMethodConfig
@@ -64,6 +65,7 @@ class LossConfig:
 class ExportConfig:
     merged: bool = False  # LoRA only: also write base+adapter merged into one model (merged/)
     verify: bool = True  # reload each exported artifact with the stock library and compare logits
+    gguf: GGUFChoice = "none"  # also write model.<type>.gguf for llama.cpp/Ollama (LoRA merged, or full): f16 ... q4_0
 
 
 @dataclass
@@ -95,6 +97,7 @@ def check_combination(cfg: LMRecipeConfig) -> None:
         if path:
             read_jsonl(path, fmt, d.text_field)  # every line checked now: errors name file:line
     LM_METHODS[cfg.method].check(cfg)
+    check_recipe_gguf(cfg.export.gguf, LM_METHODS[cfg.method].export, LM_METHODS[cfg.method].mergeable)
     check_quantized_training(cfg.model.quantization, cfg.method, cfg.model.compile_layers)
     if cfg.export.merged and not LM_METHODS[cfg.method].mergeable:
         mergeable = " or ".join(f"method={name}" for name, m in LM_METHODS.items() if m.mergeable)
@@ -123,6 +126,8 @@ def main(argv=None):
     # Model and data first: their errors must leave no output directory behind.
     model, tokenizer = load_causal_lm(cfg.model, compute_dtype=weight_dtype(accelerator))  # NF4 computes in it
     method = LM_METHODS[cfg.method]
+    if cfg.export.gguf != "none":
+        check_exportable(model, tokenizer)  # before training: what the GGUF writer cannot map fails now
     fit_context(cfg.data.max_length, model, "data.max_length", method.virtual_tokens(getattr(cfg, method.section)))
     splits = build_text_datasets(cfg.data, tokenizer)
     collate = make_collate(cfg.data, tokenizer)
@@ -207,6 +212,7 @@ def main(argv=None):
         model, tokenizer, out, method=cfg.method,
         merged=cfg.export.merged, verify=cfg.export.verify, base_cfg=cfg.model,
     )
+    gguf_file = None if cfg.export.gguf == "none" else export_run_gguf(model, tokenizer, out, cfg.export.gguf, cfg.model)
     tokens = seen["tokens"] * accelerator.num_processes
     summary = {
         "method": cfg.method,
@@ -225,6 +231,7 @@ def main(argv=None):
         "stopped_early": result.stopped_early,
         "nonfinite_steps": result.nonfinite_steps,
         "export_check": verify,
+        "gguf": {"file": gguf_file.path.name, "seconds": round(gguf_file.seconds, 1)} if gguf_file else None,
     }
     atomic_write_json(out / "summary.json", summary)
     write_model_card(out, to_dict(cfg), summary)
