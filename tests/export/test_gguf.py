@@ -25,6 +25,7 @@ import pytest
 import torch
 
 from finetune.cli import main
+from finetune.errors import UserError
 from finetune.export import gguf as G
 from finetune.models.causal_lm import CHATML_TEMPLATE, build_tiny_llama
 from tests.conftest import ROOT
@@ -485,3 +486,28 @@ def test_a_failure_while_writing_leaves_the_previous_file_and_no_temporary(model
     with pytest.raises(OSError, match="disk full"):
         G.export_gguf(model, tokenizer, path, "q8_0")
     assert path.read_bytes() == b"previous" and os.listdir(tmp_path) == ["m.gguf"]
+
+
+def test_rope_scaling_is_written_as_llama_cpp_reads_it(tokenizer, tmp_path):
+    llama3 = {
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+    }
+    G.export_gguf(build_tiny_llama(vocab_size=VOCAB, rope_parameters=llama3), tokenizer, tmp_path / "l3.gguf", "q8_0")
+    reader = gguf.GGUFReader(tmp_path / "l3.gguf")
+    freqs = next(t for t in reader.tensors if t.name == "rope_freqs.weight")
+    # one factor per rotary pair: 1 for the high frequencies (wavelength < 64/4), 8 for the low (> 64), between else
+    assert freqs.tensor_type.name == "F32" and freqs.data.shape == (4,)
+    assert freqs.data[0] == pytest.approx(1.0) and freqs.data[-1] == pytest.approx(8.0)
+    linear = {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}
+    G.export_gguf(build_tiny_llama(vocab_size=VOCAB, rope_parameters=linear), tokenizer, tmp_path / "lin.gguf", "f16")
+    meta, _ = _fields(tmp_path / "lin.gguf")
+    assert meta["llama.rope.scaling.type"] == "linear" and meta["llama.rope.scaling.factor"] == 2.0
+    yarn = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 2.0, "original_max_position_embeddings": 64}
+    with pytest.raises(UserError, match="rope_type 'yarn' is not written; supported: default, linear, llama3"):
+        G.export_gguf(build_tiny_llama(vocab_size=VOCAB, rope_parameters=yarn), tokenizer, tmp_path / "y.gguf", "f16")
+    assert sorted(os.listdir(tmp_path)) == ["l3.gguf", "lin.gguf"]
