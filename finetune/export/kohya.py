@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Mapping, Optional, Union
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_save
 
 from finetune.errors import UserError
@@ -87,9 +87,12 @@ def read_diffusers_lora(path: str | Path) -> tuple[dict[str, torch.Tensor], Opti
     path = Path(path)
     if not path.is_file() or path.suffix != ".safetensors":
         raise UserError(f"'{path}' is not a .safetensors LoRA file; pass pytorch_lora_weights.safetensors")
-    with safe_open(str(path), framework="pt") as f:
-        raw = (f.metadata() or {}).get(ADAPTER_METADATA_KEY)
-        state = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(ADAPTER_METADATA_KEY)
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as e:  # e.g. a pickle renamed .safetensors: never unpickled, refused
+        raise UserError(f"'{path}' is not a readable safetensors file ({e}); pass the LoRA file the recipe wrote") from None
     try:
         return state, (json.loads(raw) if raw else None)
     except json.JSONDecodeError:

@@ -47,7 +47,8 @@ def save_sd_lora(out_dir: str | Path, unet_layers: dict[str, torch.Tensor], unet
     if components is not None:
         check_lora_state_dict(prefixed, components)
     out_dir = Path(out_dir)
-    with tempfile.TemporaryDirectory(dir=_existing_parent(out_dir), prefix=".tmp-lora-") as tmp:
+    # named as finetune/io.py names its temporaries, so a run that starts after a kill here removes the leftover
+    with tempfile.TemporaryDirectory(dir=_existing_parent(out_dir), prefix=f".{LORA_FILE}.", suffix=".tmp") as tmp:
         StableDiffusionPipeline.save_lora_weights(
             tmp, unet_lora_layers=unet_layers, text_encoder_lora_layers=text_encoder_layers or None,
             unet_lora_adapter_metadata=unet_config, text_encoder_lora_adapter_metadata=text_encoder_config,

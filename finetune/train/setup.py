@@ -12,7 +12,7 @@ from accelerate.utils import set_seed
 
 from finetune.config import save_config
 from finetune.errors import UserError, discard, on_user_error
-from finetune.io import atomic_write_json
+from finetune.io import atomic_write_bytes, atomic_write_json
 from finetune.train.checkpoint import STATE_FILE, check_output_dir, list_checkpoints
 
 
@@ -73,6 +73,9 @@ def start_run(accelerator, cfg, train_cfg) -> Path:
         accelerator.print(f"warning: {out} holds a run killed before its first checkpoint; starting it again")
         stale = previous
     created = not out.exists()
+    config = out / "config.yaml"
+    # a resume refused later (a damaged or foreign checkpoint, a changed LoRA rank) must leave the run's config as it was
+    previous_config = config.read_bytes() if config.is_file() and not train_cfg.overwrite_output_dir else None
     accelerator.wait_for_everyone()  # every process has checked the directory before the main one changes it
     if accelerator.is_main_process:
         try:
@@ -80,11 +83,13 @@ def start_run(accelerator, cfg, train_cfg) -> Path:
                 path = out / name
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
             out.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, out / "config.yaml")
+            save_config(cfg, config)
         except OSError as e:
             raise UserError(f"cannot write to train.output_dir '{out}' ({e.strerror}); choose a writable directory") from None
         if created:
             _provisional.append(on_user_error(lambda: shutil.rmtree(out, ignore_errors=True)))
+        elif previous_config is not None:
+            _provisional.append(on_user_error(lambda: atomic_write_bytes(config, previous_config)))
     accelerator.wait_for_everyone()
     return out
 

@@ -1,5 +1,7 @@
 """kohya/A1111 LoRA format: exact round trips, and the stock diffusers loader reproduces the trained model."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
@@ -253,3 +255,33 @@ def test_cli_asks_for_rank_and_alpha_only_when_the_file_does_not_record_them(tra
     assert load_kohya(out)[1] == ALPHA
     code, err = export_cli(capsys, "--lora", str(bare), "--out", str(out), "--rank", "8", "--alpha", str(ALPHA))
     assert code == 2 and "rank=8 does not match" in err
+
+
+def test_a_pickle_named_safetensors_is_refused_in_one_line_and_never_unpickled(tmp_path):
+    import pickle
+
+    from finetune.export.kohya import read_diffusers_lora
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    fake = tmp_path / "pytorch_lora_weights.safetensors"
+    fake.write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(UserError, match="is not a readable safetensors file"):
+        read_diffusers_lora(fake)
+    assert not marker.exists()
+
+
+def test_the_sd_export_temporary_is_one_the_next_run_cleans(tmp_path):
+    """A kill inside save_sd_lora leaves its temporary directory: its name is one remove_io_leftovers removes."""
+    import tempfile
+
+    from finetune.export.sd import LORA_FILE
+    from finetune.train.checkpoint import remove_io_leftovers
+
+    left = Path(tempfile.mkdtemp(dir=tmp_path, prefix=f".{LORA_FILE}.", suffix=".tmp"))  # as save_sd_lora names it
+    remove_io_leftovers(tmp_path)
+    assert not left.exists()

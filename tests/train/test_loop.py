@@ -183,3 +183,14 @@ def test_unusable_output_paths_and_late_user_errors_end_in_one_line_and_leave_no
     late = tmp_path / "late"
     proc = run_toy(late, "train.max_steps=1", "optim.lr=0", check=False)
     assert proc.returncode == 2 and "optim.lr=0.0 is out of range" in proc.stderr and not late.exists()
+
+
+def test_a_refused_resume_leaves_the_runs_config_as_it_was(tmp_path):
+    out = tmp_path / "run"
+    run_toy(out, "train.max_steps=2", "train.save_every=1")
+    config = (out / "config.yaml").read_bytes()
+    for c in out.glob("checkpoint-*"):
+        (c / "trainer_state.json").write_text("{not json")
+    proc = run_toy(out, "train.max_steps=4", "train.resume=latest", "optim.lr=0.05", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert (out / "config.yaml").read_bytes() == config
