@@ -35,6 +35,7 @@ if str(ROOT) not in sys.path:
 
 from finetune.io import atomic_write_text  # noqa: E402
 from finetune.losses.diffusion import diffusion_loss, diffusion_target  # noqa: E402
+from finetune.models.sd import encode_tokens  # noqa: E402
 from benchmarks.personalization import TI_PROMPT, Run, train  # noqa: E402
 from scripts.build_digits_sd import GUIDANCE, RESOLUTION, SAMPLE_STEPS, generate, load_digits_sd  # noqa: E402
 from scripts.make_subject import CLASS_PROMPT, load_subject_detector, load_subject_images  # noqa: E402
@@ -44,10 +45,8 @@ RESULTS = ROOT / "benchmarks" / "results" / "ti_ceiling.md"
 
 def encode(pipe, prompt: str) -> torch.Tensor:
     """The frozen text encoder's conditioning for `prompt` (1 x 77 x width)."""
-    ids = pipe.tokenizer([prompt], padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                         truncation=True, return_tensors="pt").input_ids
     with torch.no_grad():
-        return pipe.text_encoder(ids)[0]
+        return encode_tokens(pipe.text_encoder, pipe.tokenizer, [prompt], pipe.text_encoder.device)
 
 
 def fit_free_conditioning(pipe, images: torch.Tensor, steps: int, lr: float, seed: int = 0) -> torch.Tensor:

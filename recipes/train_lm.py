@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +30,6 @@ from finetune.methods.full import FullMethodConfig
 from finetune.methods.lora import LoraMethodConfig, restore_frozen_weights
 from finetune.methods.prompt_tuning import PromptMethodConfig
 from finetune.methods.registry import LM_METHODS, LMMethodName
-from finetune.train.timing import StepTimer  # per-step timing and peak memory, shared with the SD recipe
 from finetune.metrics.perplexity import dataset_batches, perplexity, summed_nll
 from finetune.models.causal_lm import (
     LMModelConfig,
@@ -164,31 +162,22 @@ def main(argv=None):
         # Summed token NLL; the loop divides by the trained-token count of the whole accumulation window.
         return summed_nll(model, batch, cfg.loss.fused)
 
-    timer = StepTimer()  # optimizer steps only: evaluations in between are subtracted
-
     def eval_fn(step):
-        t0 = time.perf_counter()
         with accelerator.autocast():  # the same precision as the perplexity before training
             ppl = {k: evaluate_ppl(model, ds, collate, cfg, accelerator.device) for k, ds in eval_splits.items()}
         metrics = {f"{k}_ppl": v for k, v in ppl.items()}
         if "validation" in ppl:
             metrics["val_loss"] = math.log(ppl["validation"])
-        timer.eval_seconds += (time.perf_counter() - t0) if step < cfg.train.max_steps else 0.0
         return metrics
 
     def save_fn(path: Path):
         save_lm_artifacts(accelerator.unwrap_model(model), tokenizer, path, method=cfg.method, merged=False)
 
-    def before_step(step, epoch):
-        timer.before_step(step)
-        if unfreezer is not None:
-            unfreezer.update(step, epoch)
-
-    hooks = Hooks(before_step=before_step, after_optimizer_step=lambda step: timer.after_step())
+    hooks = Hooks()
     if unfreezer is not None:
+        hooks.before_step = unfreezer.update
         hooks.before_optimizer_step = lambda step: unfreezer.mask_grads()
         hooks.on_eval = lambda step, metrics, improved: unfreezer.on_eval(improved)
-    started = time.perf_counter()
     result = train(
         accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
         dataset=splits["train"], collate_fn=collate, step_fn=step_fn, cfg=cfg.train,
@@ -196,7 +185,6 @@ def main(argv=None):
         count_items=lambda b: count_trained_tokens(b["labels"]),
         checkpoint_objects=(unfreezer,) if unfreezer is not None else (),
     )
-    seconds = time.perf_counter() - started
 
     # Outputs: artifacts, their reload check, the summary and the model card (main process only).
     accelerator.wait_for_everyone()
@@ -218,11 +206,12 @@ def main(argv=None):
         "method": cfg.method,
         "steps": result.global_step,
         # None: this process resumed a run whose training had ended (killed during its export), so it timed no step
-        "train_seconds": round(seconds, 1) if result.trained_steps else None,
-        "tokens_per_second": round(tokens / seconds, 1) if result.trained_steps else None,
-        "median_step_seconds": round(statistics.median(timer.steps), 4) if timer.steps else None,
-        "step_seconds": [round(t, 4) for t in timer.steps],  # every optimizer step (data, forward, backward, update)
-        "train_peak_memory": timer.memory,  # peak RSS (CPU) / max_memory_allocated (GPU) at the last optimizer step
+        # the loop's timing (finetune/train/loop.py): optimizer steps only, evaluations and checkpoints left out
+        "train_seconds": round(result.train_seconds, 1) if result.trained_steps else None,
+        "tokens_per_second": round(tokens / result.train_seconds, 1) if result.trained_steps else None,
+        "median_step_seconds": round(statistics.median(result.step_seconds), 4) if result.step_seconds else None,
+        "step_seconds": [round(t, 4) for t in result.step_seconds],  # every optimizer step (data, forward, backward, update)
+        "train_peak_memory": result.peak_memory,  # peak RSS (CPU) / max_memory_allocated (GPU) at the last optimizer step
         "trainable_parameters": n_train,
         "perplexity_before": before,
         "perplexity_after": after,

@@ -11,6 +11,7 @@ or pipeline/), sample grids (samples/step-N.png, before_after.png), metrics.json
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,37 +24,72 @@ from diffusers.training_utils import cast_training_params
 
 from finetune.config import parse_recipe_args
 from finetune.data.images import check_resolution
-from finetune.errors import UserError, exit_on_user_error
-from finetune.export.sd import EMBEDDING_FILE, PIPELINE_DIR, save_image_grid, save_sd_lora, save_sd_pipeline, save_textual_inversion
-from finetune.io import atomic_write_json
 from finetune.data.sd import (
-    PromptEmbeddings, SDDataConfig, TrainItems, build_image_dataset, cache_all_latents, dataset_items, epoch_batches,
-    fixed_validation_batches, image_sizes, make_collate, split_validation, validate_data,
+    PromptEmbeddings,
+    SDDataConfig,
+    TrainItems,
+    build_image_dataset,
+    cache_all_latents,
+    dataset_items,
+    epoch_batches,
+    fixed_validation_batches,
+    image_sizes,
+    make_collate,
+    split_validation,
+    validate_data,
 )
+from finetune.errors import UserError, exit_on_user_error
+from finetune.export.sd import (
+    EMBEDDING_FILE,
+    PIPELINE_DIR,
+    save_image_grid,
+    save_sd_lora,
+    save_sd_pipeline,
+    save_textual_inversion,
+)
+from finetune.io import atomic_write_json
 from finetune.losses.diffusion import (
-    DiffusionLossConfig, diffusion_loss, diffusion_target, offset_noise, prior_preservation_loss, snr_weights, split_prior_batch,
+    DiffusionLossConfig,
+    diffusion_loss,
+    diffusion_target,
+    offset_noise,
+    prior_preservation_loss,
+    snr_weights,
+    split_prior_batch,
 )
 from finetune.methods.dreambooth import PriorConfig, class_image_prompts, ensure_class_images, validate_prior
 from finetune.methods.sd_lora import SDLoraConfig, add_lora, lora_layers, validate_sd_lora
 from finetune.methods.textual_inversion import (
-    RowRestorer, TextualInversionConfig, add_placeholder_tokens, learned_embeddings, templates_of,
-    placeholder_text, template_prompt, train_only_embeddings,
+    RowRestorer,
+    TextualInversionConfig,
+    add_placeholder_tokens,
+    learned_embeddings,
+    placeholder_text,
+    template_prompt,
+    templates_of,
+    train_only_embeddings,
 )
 from finetune.models.sd import SDModelConfig, build_pipeline, load_sd_components, tokenize_prompts
 from finetune.models.sd_denoiser import (
-    EfficiencyConfig, SDDenoiser, TextEncoderConfig, ValidationConfig, fixed_noise_loss, on_device, sample_images,
-    sample_latents, step_probe,
+    EfficiencyConfig,
+    SDDenoiser,
+    TextEncoderConfig,
+    ValidationConfig,
+    fixed_noise_loss,
+    on_device,
+    sample_images,
+    sample_latents,
+    step_probe,
 )
 from finetune.optim.optimizers import OptimConfig, build_optimizer, param_groups, validate_optim_config
 from finetune.optim.schedulers import SchedulerConfig, build_scheduler
 from finetune.quiet import quiet_libraries
 from finetune.train import Hooks, TrainConfig, build_accelerator, start_run, train, weight_dtype
-from finetune.train.loop import validate_train_config
-from finetune.train.setup import conv_backend, cpu_conv_backend, finished_run
 from finetune.train.checkpoint import check_output_dir
 from finetune.train.ema import EMAConfig, build_ema, ema_weights
+from finetune.train.loop import validate_train_config
 from finetune.train.precision import cast_frozen
-from finetune.train.timing import StepTimer
+from finetune.train.setup import conv_backend, cpu_conv_backend, finished_run
 
 
 @dataclass
@@ -145,7 +181,7 @@ def main(argv=None):
     # it fail on the CPU (autocast there does not cast layer_norm), so its text encoder stays fp32 as in diffusers'
     # textual_inversion.py; autocast still runs its matmuls in the mixed precision.
     for module in (unet, text_encoder):
-        cast_frozen(module.to(device), torch.float32 if module is text_encoder and ti_ids else dtype)
+        cast_frozen(module.to(device).parameters(), torch.float32 if module is text_encoder and ti_ids else dtype)
     cast_training_params([unet, text_encoder], torch.float32)  # diffusers' guard; they never left fp32 here
     vae.to(device, torch.float32 if cfg.efficiency.vae_fp32 else dtype)
     restorer = RowRestorer(te_params[0], ti_ids) if ti_ids else None  # after the cast: same device and dtype
@@ -214,7 +250,6 @@ def main(argv=None):
     # Pipelines expand a textual-inversion token into all its vectors themselves: sample with the bare token.
     default_prompts = [ti_prompt.replace(placeholder_text(ti), ti.placeholder_token)] if ti_ids else sorted({it["prompt"] for it in items})[:2]
     sample_prompts = cfg.validation.prompts or default_prompts
-    timer = StepTimer()  # steps/s and peak memory of the optimizer steps alone
 
     def validation_loss() -> float:
         with torch.no_grad(), accelerator.autocast():
@@ -228,12 +263,10 @@ def main(argv=None):
             return sample_images(pipe, sample_prompts, cfg.validation, res, accelerator.autocast)
 
     def eval_fn(step: int) -> dict:
-        t0 = time.perf_counter()
         with ema_weights(ema, trainable):
             metrics = {"val_loss": validation_loss()}
             if images_now := samples():
                 save_image_grid(images_now, len(sample_prompts), out / "samples" / f"step-{step:06d}.png")
-        timer.eval_seconds += (time.perf_counter() - t0) if step < cfg.train.max_steps else 0.0
         return metrics
 
     def save_fn(path: Path) -> list[Path]:
@@ -255,10 +288,8 @@ def main(argv=None):
 
     def before_step(step: int, epoch: int) -> None:
         images.set_epoch(epoch)  # new crops/flips each epoch when latents are not cached
-        timer.before_step(step)
 
     def after_optimizer_step(step: int) -> None:
-        timer.after_step()
         if restorer is not None:
             restorer(step)  # textual inversion: only the new embedding rows may change
         if ema is not None:
@@ -284,7 +315,11 @@ def main(argv=None):
         save_image_grid(before_images + after_images, 2, out / "before_after.png")
     summary = {
         "method": method, "prior_preservation": cfg.prior.enabled, "steps": result.global_step,
-        **timer.summary(result.global_step), "cache_seconds": round(cache_seconds, 3), "class_images_generated": generated,
+        # the loop's timing (finetune/train/loop.py): optimizer steps only, evaluations and checkpoints left out
+        "train_seconds": round(result.train_seconds, 3),
+        "steps_per_second": round(result.trained_steps / result.train_seconds, 3) if result.train_seconds > 0 else None,
+        "median_step_seconds": statistics.median(result.step_seconds) if result.step_seconds else None,
+        "train_peak_memory": result.peak_memory, "cache_seconds": round(cache_seconds, 3), "class_images_generated": generated,
         "trained_parameters": n_trained, "conv_backend": conv, "image_sizes": image_sizes(images, items), "val_loss_before": before_loss,
         "val_loss_after": result.last_eval.get("val_loss"), "nonfinite_steps": result.nonfinite_steps,
         "artifacts": [str(Path(p).relative_to(out)) for p in artifacts], "sample_prompts": sample_prompts,

@@ -11,8 +11,8 @@ Written by hand: diffusers keeps these steps inline in its example scripts, not 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 
@@ -109,7 +109,7 @@ def split_validation(n: int, holdout: int, loss_images: int, batch_size: int) ->
 
 @torch.no_grad()
 def cache_latents(vae, dataset, items: list[dict], device, batch_size: int = 8,
-                  dataset_indices: Optional[list[int]] = None) -> None:
+                  dataset_indices: list[int] | None = None) -> None:
     """Encode every item's image(s) once and store the latent distribution (mean, std) in `items`, on the CPU.
 
     items[k] belongs to dataset[dataset_indices[k]] (default: dataset[k]). Each step then samples
@@ -184,7 +184,7 @@ class TrainItems(torch.utils.data.Dataset):
         return {**item, **self.dataset[self.indices[i]]}
 
 
-def make_collate(tokenizer, embeddings: Optional[PromptEmbeddings], prompt_fn: Optional[Callable[[str], str]] = None,
+def make_collate(tokenizer, embeddings: PromptEmbeddings | None, prompt_fn: Callable[[str], str] | None = None,
                  caption_dropout: float = 0.0):
     """Collate training items into one batch: instance examples first, then class examples.
 

@@ -35,7 +35,7 @@ def apply_lora(model, cfg: LoraMethodConfig):
     _validate(cfg)
     targets = "all-linear" if cfg.target_modules == ["all-linear"] else list(cfg.target_modules)
     if targets != "all-linear":
-        _check_targets_exist(model, targets)
+        check_target_modules(model, targets, "lora target_modules", "the model", " or use ['all-linear']")
     peft_config = LoraConfig(
         task_type="CAUSAL_LM",
         r=cfg.r,
@@ -57,28 +57,23 @@ def _adapted_layers(model):
 
 
 def store_frozen_weights(model, dtype) -> int:
-    """Store the frozen base weights of the LoRA-wrapped layers in `dtype`; returns how many were cast.
+    """Store the frozen base weights of the LoRA-wrapped layers in `dtype` (why: finetune.train.precision); returns
+    how many were cast.
 
-    Under autocast every linear layer casts its fp32 weight to the autocast dtype on every forward and keeps
-    that copy for backward. Storing the frozen weights in the autocast dtype once gives bit-identical matmuls
-    without the per-step cast, and halves their memory. The trainable adapter matrices stay fp32, and layers
-    that are not adapted (embeddings, norms, a tied lm_head) are left as they are. The model must then run
-    under autocast; call `restore_frozen_weights` before running it without autocast or exporting it.
+    The trainable adapter matrices stay fp32, and layers that are not adapted (embeddings, norms, a tied lm_head)
+    are left as they are. The model must then run under autocast; call `restore_frozen_weights` before running it
+    without autocast or exporting it.
     """
     import torch
 
+    from finetune.train.precision import cast_frozen
+
     if dtype == torch.float32:
         return 0
-    count = 0
-    for _, layer in _adapted_layers(model):
-        if any(getattr(layer, "use_dora", {}).values()):
-            raise UserError("store_frozen_weights does not support DoRA (its magnitude uses the base weight in fp32)")
-        weight = layer.get_base_layer().weight
-        if weight.requires_grad or weight.dtype == dtype:
-            continue
-        weight.data = weight.data.to(dtype)
-        count += 1
-    return count
+    layers = [layer for _, layer in _adapted_layers(model)]
+    if any(any(getattr(layer, "use_dora", {}).values()) for layer in layers):
+        raise UserError("store_frozen_weights does not support DoRA (its magnitude uses the base weight in fp32)")
+    return cast_frozen((layer.get_base_layer().weight for layer in layers), dtype)
 
 
 def restore_frozen_weights(model, base_model) -> int:
@@ -101,15 +96,17 @@ def linear_module_names(model) -> list[str]:
     return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
 
 
-def _check_targets_exist(model, targets: list[str]) -> None:
-    # PEFT matches a target against the end of each module's dotted name ("q_proj", "self_attn.q_proj").
+def check_target_modules(model, targets: list[str], key: str, what: str, alternative: str = "") -> None:
+    """Refuse LoRA targets that match no module of `model`, before PEFT fails deep inside with its own message.
+
+    PEFT matches a target against the end of each module's dotted name ("q_proj", "self_attn.q_proj"). The error
+    names `key` (the config key) and up to 10 of the model's Linear layer names, then `alternative`."""
     names = [name for name, _ in model.named_modules()]
     missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
-    available = linear_module_names(model)
     if missing:
-        raise UserError(
-            f"lora target_modules {missing} not found in the model; choose from {available} or use ['all-linear']"
-        )
+        available = linear_module_names(model)
+        more = f" (and {len(available) - 10} more)" if len(available) > 10 else ""
+        raise UserError(f"{key} {missing} not found in {what}; choose from {available[:10]}{more}{alternative}")
 
 
 def _validate(cfg: LoraMethodConfig) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from finetune.errors import UserError
+from finetune.methods.lora import check_target_modules
 
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the attention projections diffusers' LoRA examples train
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]  # CLIP attention projections
@@ -52,7 +53,7 @@ def lora_config(cfg: SDLoraConfig, targets: list[str]):
 def add_lora(model: torch.nn.Module, cfg: SDLoraConfig, targets: list[str], what: str) -> list[torch.nn.Parameter]:
     """Freeze `model`, attach a LoRA adapter to `targets` and return the adapter parameters (the only trainable ones)."""
     validate_sd_lora(cfg)
-    _check_targets(model, targets, what)
+    check_target_modules(model, targets, f"{what} LoRA target modules", f"the {what}")
     model.requires_grad_(False)
     model.add_adapter(lora_config(cfg, targets))
     params = [p for n, p in model.named_parameters() if "lora_" in n]
@@ -68,10 +69,3 @@ def lora_layers(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
     state = {k: v.detach().float().contiguous() for k, v in get_peft_model_state_dict(model).items()}
     return state, model.peft_config["default"].to_dict()
 
-
-def _check_targets(model: torch.nn.Module, targets: list[str], what: str) -> None:
-    names = [n for n, _ in model.named_modules()]
-    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
-    if missing:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-        raise UserError(f"{what} LoRA target modules {missing} do not exist in the {what}; choose names such as {linear[:8]}")

@@ -12,8 +12,9 @@ Written by hand: diffusers keeps these steps inline in its example scripts, not 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Optional
+from typing import Literal
 
 import torch
 
@@ -21,7 +22,7 @@ import torch
 @dataclass
 class TextEncoderConfig:
     train: bool = False  # also train the text encoder: its LoRA for method=lora, all its weights for method=full
-    lr: Optional[float] = None  # its learning rate (None: optim.lr)
+    lr: float | None = None  # its learning rate (None: optim.lr)
     stop_step: int = 0  # freeze it again after this many optimizer steps (0: trains to the end)
 
 

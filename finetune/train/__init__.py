@@ -11,9 +11,9 @@ from finetune.train.loop import (
 )
 from finetune.train.precision import cast_frozen
 from finetune.train.setup import build_accelerator, finished_run, start_run
-from finetune.train.timing import StepTimer, peak_memory
+from finetune.train.timing import peak_memory, synced_clock
 
 __all__ = [
-    "Hooks", "NonFiniteTraining", "StepTimer", "TrainConfig", "TrainResult", "build_accelerator", "cast_frozen",
-    "finished_run", "peak_memory", "start_run", "train", "validate_train_config", "weight_dtype",
+    "Hooks", "NonFiniteTraining", "TrainConfig", "TrainResult", "build_accelerator", "cast_frozen",
+    "finished_run", "peak_memory", "start_run", "synced_clock", "train", "validate_train_config", "weight_dtype",
 ]

@@ -4,7 +4,7 @@ A recipe builds the accelerator, model, optimizer, scheduler and data, defines `
 (the loss, written inline so the maths is visible) and calls `train`. The loop owns what must be
 done the same way everywhere: deterministic resumable data order, gradient accumulation,
 precision, clipping, the NaN/Inf guard, optimizer/scheduler steps, logging, evaluation, early
-stopping, best-model saves and atomic checkpoints.
+stopping, best-model saves, atomic checkpoints, and each step's time and the peak memory (TrainResult).
 
 Accumulation is explicit (`accelerator.no_sync` on all but the last micro-batch of a window) so
 the loss normalisation is visible: a mean loss is divided by the number of micro-batches; a summed
@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ from finetune.train.checkpoint import (
 )
 from finetune.train.logging import MetricsLogger, plot_loss_curve
 from finetune.train.setup import keep_output_dir
+from finetune.train.timing import peak_memory, synced_clock
 
 
 @dataclass
@@ -83,6 +85,9 @@ class TrainResult:
     nonfinite_steps: int = 0
     last_eval: dict = field(default_factory=dict)
     trained_steps: int = 0  # optimizer steps this call ran: 0 when it resumed a run already at max_steps
+    step_seconds: list[float] = field(default_factory=list)  # each of those steps: data, forward, backward, update, hooks
+    train_seconds: float = 0.0  # the loop's time over those steps (logging included), evaluations and checkpoints not
+    peak_memory: Optional[dict] = None  # after the last of them: GPU max_memory_allocated, or the process's peak RSS
 
 
 # The smallest value each loop counter can work with, and what the key means (for the error line). Below these
@@ -290,7 +295,7 @@ def train(
 
     model.train()
     while result.global_step < cfg.max_steps:
-        step = result.global_step
+        step, started = result.global_step, time.perf_counter()
         if hooks.before_step:
             hooks.before_step(step, epoch)
         window = []
@@ -356,6 +361,8 @@ def train(
         result.global_step = step = step + 1
         result.trained_steps += 1
         keep_output_dir()  # a trained step: a later error no longer removes the run's directory
+        result.step_seconds.append(synced_clock() - started)
+        result.peak_memory = peak_memory()
 
         lr = optimizer.param_groups[0]["lr"]
         if step % cfg.log_every == 0 or step == cfg.max_steps or skipped:
@@ -366,6 +373,7 @@ def train(
             )
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+        result.train_seconds += time.perf_counter() - started  # what follows, evaluation and checkpoint, is not training
 
         stop = False
         is_last = step == cfg.max_steps

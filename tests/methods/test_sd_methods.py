@@ -82,8 +82,10 @@ def test_lora_trains_only_adapter_weights_and_starts_as_a_no_op(parts):
 
 def test_lora_unknown_target_module_is_a_user_error(parts):
     cfg = SDLoraConfig(target_modules=["q_proj"])
-    with pytest.raises(UserError, match="q_proj"):
+    with pytest.raises(UserError, match=r"UNet LoRA target modules \['q_proj'\] not found in the UNet; choose from .*'to_q'"):
         add_lora(parts.unet, cfg, cfg.target_modules, "UNet")
+    with pytest.raises(UserError, match=r"text encoder LoRA target modules \['to_q'\] not found .*'q_proj'"):
+        add_lora(parts.text_encoder, cfg, ["to_q"], "text encoder")
 
 
 def test_saved_lora_loads_in_stock_diffusers_changes_output_and_keeps_alpha(parts, tmp_path):
@@ -173,7 +175,7 @@ def test_only_the_new_embedding_rows_change_and_stock_loader_reads_them(parts, t
     before = weight.detach().clone()
     restorer = RowRestorer(weight, ids)
     opt = torch.optim.AdamW([weight], lr=0.1, weight_decay=0.1)  # decay alone would move every row
-    batch = parts.tokenizer(["a photo of <tok> <tok>_1"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    batch = tokenize_prompts(parts.tokenizer, ["a photo of <tok> <tok>_1"])
     for _ in range(3):
         parts.text_encoder(batch)[0].pow(2).mean().backward()
         opt.step()
@@ -186,12 +188,11 @@ def test_only_the_new_embedding_rows_change_and_stock_loader_reads_them(parts, t
 
     path = save_textual_inversion(tmp_path / "learned_embeds.safetensors", "<tok>", learned_embeddings(parts.text_encoder, ids))
     pipe = build_pipeline(build_tiny_sd(sample_size=16))
-    ids_init = pipe.tokenizer(["a photo of toy toy"], padding="max_length", max_length=77, return_tensors="pt").input_ids
-    without = pipe.text_encoder(ids_init)[0]
+    without = encode_tokens(pipe.text_encoder, pipe.tokenizer, ["a photo of toy toy"], "cpu")
     pipe.load_textual_inversion(str(path))  # stock loader; adds <tok> and <tok>_1
     prompt = pipe.maybe_convert_prompt("a photo of <tok>", pipe.tokenizer)
     assert prompt == "a photo of <tok> <tok>_1"
-    with_token = pipe.text_encoder(pipe.tokenizer([prompt], padding="max_length", max_length=77, return_tensors="pt").input_ids)[0]
+    with_token = encode_tokens(pipe.text_encoder, pipe.tokenizer, [prompt], "cpu")
     assert (with_token - without).abs().max() > 1e-3, "the learned token must change the text embedding"
     loaded = pipe.text_encoder.get_input_embeddings().weight[pipe.tokenizer.convert_tokens_to_ids(["<tok>", "<tok>_1"])]
     torch.testing.assert_close(loaded, weight[ids].detach())

@@ -15,7 +15,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from finetune.models.sd import build_pipeline, build_tiny_sd
+from finetune.models.sd import build_pipeline, build_tiny_sd, tokenize_prompts
 from finetune.train.logging import read_metrics
 from recipes.train_sd import main
 
@@ -112,7 +112,7 @@ def test_textual_inversion_learns_only_a_token_the_stock_loader_reads(tmp_path):
         assert list(f.keys()) == ["<my-toy>"] and f.get_tensor("<my-toy>").shape == (2, 32)
 
     pipe = build_pipeline(build_tiny_sd(sample_size=16))
-    ids = lambda p: pipe.tokenizer([p], padding="max_length", max_length=77, return_tensors="pt").input_ids  # noqa: E731
+    ids = lambda p: tokenize_prompts(pipe.tokenizer, [p])  # noqa: E731
     with torch.no_grad():
         init = pipe.text_encoder(ids("a photo of a toy toy"))[0]
         pipe.load_textual_inversion(str(out / "learned_embeds.safetensors"))
