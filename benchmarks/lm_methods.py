@@ -41,12 +41,23 @@ COMMON = ["train.progress_bar=false", "train.tensorboard=false"]
 
 METHODS = {
     "lora": ("LoRA r=16, all-linear (lr 1e-3; compiled layers)", "legal_lora.yaml", []),
-    "full": ("full fine-tuning (lr 1e-4)", "legal_unfreeze.yaml",
-             ["full.unfreeze=none", "full.discriminative_factor=1.0"]),
+    "full": (
+        "full fine-tuning (lr 1e-4)",
+        "legal_unfreeze.yaml",
+        ["full.unfreeze=none", "full.discriminative_factor=1.0"],
+    ),
     "unfreeze": ("gradual unfreezing (ULMFiT, lr 1e-4 / 2.6 per group)", "legal_unfreeze.yaml", []),
-    "prompt": ("prompt tuning, 20 virtual tokens (lr 3e-2; compiled layers)", "legal_lora.yaml",
-               ["method=prompt", "optim.lr=3e-2", "data.packed_attention=none", "export.merged=false",
-                "prompt.init_text=Legal text. Contract clauses, statutes and court decisions."]),
+    "prompt": (
+        "prompt tuning, 20 virtual tokens (lr 3e-2; compiled layers)",
+        "legal_lora.yaml",
+        [
+            "method=prompt",
+            "optim.lr=3e-2",
+            "data.packed_attention=none",
+            "export.merged=false",
+            "prompt.init_text=Legal text. Contract clauses, statutes and court decisions.",
+        ],
+    ),
 }
 
 
@@ -54,9 +65,19 @@ def run_method(name: str, work: Path, steps: int | None) -> dict:
     label, config, overrides = METHODS[name]
     out = work / name
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", str(ROOT / "accelerate_config.yaml"),
-           str(ROOT / "recipes" / "train_lm.py"), "--config", str(CONFIGS / config), f"train.output_dir={out}",
-           *COMMON, *overrides, *([f"train.max_steps={steps}"] if steps else [])]
+    cmd = [
+        str(Path(sys.executable).parent / "accelerate"),
+        "launch",
+        "--config_file",
+        str(ROOT / "accelerate_config.yaml"),
+        str(ROOT / "recipes" / "train_lm.py"),
+        "--config",
+        str(CONFIGS / config),
+        f"train.output_dir={out}",
+        *COMMON,
+        *overrides,
+        *([f"train.max_steps={steps}"] if steps else []),
+    ]
     started = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
     wall = time.perf_counter() - started
@@ -64,7 +85,13 @@ def run_method(name: str, work: Path, steps: int | None) -> dict:
         raise SystemExit(f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
     summary = json.loads((out / "summary.json").read_text())
     summary.pop("step_seconds", None)
-    return {"label": label, "config": config, "overrides": overrides, "wall_seconds": round(wall, 1), "summary": summary}
+    return {
+        "label": label,
+        "config": config,
+        "overrides": overrides,
+        "wall_seconds": round(wall, 1),
+        "summary": summary,
+    }
 
 
 def pct(before: float, after: float) -> str:
@@ -72,25 +99,33 @@ def pct(before: float, after: float) -> str:
 
 
 def table(rows: dict) -> list[str]:
-    lines = ["| method | trainable params | legal ppl before -> after | general ppl before -> after | train s | job wall s |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| method | trainable params | legal ppl before -> after | general ppl before -> after | train s | job wall s |",
+        "|---|---|---|---|---|---|",
+    ]
     for name in METHODS:
         if name not in rows:
             continue
         r = rows[name]
         s = r["summary"]
         b, a = s["perplexity_before"], s["perplexity_after"]
-        lines.append(f"| {r['label']} | {s['trainable_parameters']:,} | {pct(b['validation'], a['validation'])} | "
-                     f"{pct(b['general_validation'], a['general_validation'])} | {s['train_seconds']:.0f} | {r['wall_seconds']:.0f} |")
+        lines.append(
+            f"| {r['label']} | {s['trainable_parameters']:,} | {pct(b['validation'], a['validation'])} | "
+            f"{pct(b['general_validation'], a['general_validation'])} | {s['train_seconds']:.0f} | {r['wall_seconds']:.0f} |"
+        )
     return lines
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", default="lora,full,unfreeze,prompt", help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument(
+        "--methods", default="lora,full,unfreeze,prompt", help=f"comma-separated subset of {','.join(METHODS)}"
+    )
     p.add_argument("--steps", type=int, default=None, help="override the configs' 60 steps (smoke runs)")
     p.add_argument("--work", default=str(ROOT / "outputs" / "lm_methods"), help="where the runs write their outputs")
-    p.add_argument("--results", default=str(RESULTS), help="markdown results file (a .json with raw summaries beside it)")
+    p.add_argument(
+        "--results", default=str(RESULTS), help="markdown results file (a .json with raw summaries beside it)"
+    )
     a = p.parse_args()
     names = [m.strip() for m in a.methods.split(",") if m.strip()]
     unknown = [m for m in names if m not in METHODS]
@@ -104,19 +139,25 @@ def main() -> None:
     for name in names:
         rows[name] = run_method(name, work, a.steps)
         s = rows[name]["summary"]
-        print(f"{name}: {s['relative_change']} in {s['train_seconds']} s (job {rows[name]['wall_seconds']} s)", flush=True)
+        print(
+            f"{name}: {s['relative_change']} in {s['train_seconds']} s (job {rows[name]['wall_seconds']} s)", flush=True
+        )
         atomic_write_json(raw_path, rows)
     device = f"CPU ({os.cpu_count()} cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})"
     steps = {r["summary"]["steps"] for r in rows.values()}
     lines = [
-        "# Domain gained vs general lost: LoRA, full fine-tuning, gradual unfreezing, prompt tuning", "",
+        "# Domain gained vs general lost: LoRA, full fine-tuning, gradual unfreezing, prompt tuning",
+        "",
         f"SmolLM2-135M-Instruct on the legal corpus; {', '.join(map(str, sorted(steps)))} optimizer steps of batch 4 x "
         f"256-token packed blocks each; bf16 autocast (accelerate_config.yaml); on {device}. Perplexity on the legal "
         "validation split (domain) and on general text (data/general/validation.jsonl, forgetting), before and after "
         "training, from each run's summary.json. Each method in its own `accelerate launch ... recipes/train_lm.py` "
-        "process (see benchmarks/lm_methods.py for the exact configs and overrides).", "",
-        f"Command: `{' '.join(['python'] + sys.argv)}`", "",
-        *table(rows), "",
+        "process (see benchmarks/lm_methods.py for the exact configs and overrides).",
+        "",
+        f"Command: `{' '.join(['python'] + sys.argv)}`",
+        "",
+        *table(rows),
+        "",
     ]
     text = "\n".join(lines)
     atomic_write_text(Path(a.results), text)

@@ -48,8 +48,12 @@ from scripts.make_subject import INSTANCE_PROMPT, load_subject_detector  # noqa:
 
 RESULTS = ROOT / "benchmarks" / "results" / "personalization.md"
 TI_PROMPT = "a drawing of a <triangle>"  # the TI config's template with the placeholder (diffusers expands its vectors)
-OLD_TI = ["textual_inversion.num_vectors=1", "textual_inversion.templates=[]", "textual_inversion.template=object",
-          "optim.lr=0.005"]  # diffusers' example defaults: 1 vector, "a photo of a {}" templates, lr 5e-3
+OLD_TI = [
+    "textual_inversion.num_vectors=1",
+    "textual_inversion.templates=[]",
+    "textual_inversion.template=object",
+    "optim.lr=0.005",
+]  # diffusers' example defaults: 1 vector, "a photo of a {}" templates, lr 5e-3
 
 
 @dataclass
@@ -67,8 +71,12 @@ def runs(steps: int, ti_steps: int, class_dir: Path, sevens_dir: Path) -> list[R
     """The compared runs: equal optimizer steps (4 instance images each) for every UNet method."""
     unet = [f"train.max_steps={steps}"]
     per_digit = [f"prior.class_dir={class_dir / 'per_digit'}"]  # the configs' ten class prompts, 20 images each
-    one_prompt = [f"prior.class_dir={class_dir / 'one_prompt'}", "prior.class_prompts=[]",
-                  "prior.class_prompt=a drawing of the digit", "prior.num_class_images=200"]
+    one_prompt = [
+        f"prior.class_dir={class_dir / 'one_prompt'}",
+        "prior.class_prompts=[]",
+        "prior.class_prompt=a drawing of the digit",
+        "prior.num_class_images=200",
+    ]
     no_prior = ["prior.enabled=false"]
     return [
         Run("DreamBooth", "digits_dreambooth", "pipeline", unet + per_digit, "10 class prompts"),
@@ -77,18 +85,38 @@ def runs(steps: int, ti_steps: int, class_dir: Path, sevens_dir: Path) -> list[R
         Run("DreamBooth-LoRA", "digits_dreambooth_lora", "lora", unet + per_digit, "10 class prompts"),
         Run("DreamBooth-LoRA", "digits_dreambooth_lora", "lora", unet + no_prior, "none"),
         Run("LoRA (captioned folder)", "digits_lora", "lora", unet, "none"),
-        Run("Textual inversion (3 vectors, lr 5e-2)", "digits_textual_inversion", "ti", [f"train.max_steps={ti_steps}"], "none",
-            TI_PROMPT),
-        Run("Textual inversion (1 vector, photo templates, lr 5e-3)", "digits_textual_inversion", "ti",
-            [f"train.max_steps={ti_steps}", *OLD_TI], "none", "a photo of a <triangle>"),
-        Run("Textual inversion, in-repertoire concept (5 real sevens)", "digits_textual_inversion", "ti",
-            [f"train.max_steps={ti_steps}", f"data.instance_dir={sevens_dir}"], "none", TI_PROMPT, subject_digit=7),
+        Run(
+            "Textual inversion (3 vectors, lr 5e-2)",
+            "digits_textual_inversion",
+            "ti",
+            [f"train.max_steps={ti_steps}"],
+            "none",
+            TI_PROMPT,
+        ),
+        Run(
+            "Textual inversion (1 vector, photo templates, lr 5e-3)",
+            "digits_textual_inversion",
+            "ti",
+            [f"train.max_steps={ti_steps}", *OLD_TI],
+            "none",
+            "a photo of a <triangle>",
+        ),
+        Run(
+            "Textual inversion, in-repertoire concept (5 real sevens)",
+            "digits_textual_inversion",
+            "ti",
+            [f"train.max_steps={ti_steps}", f"data.instance_dir={sevens_dir}"],
+            "none",
+            TI_PROMPT,
+            subject_digit=7,
+        ),
     ]
 
 
 def write_sevens(out_dir: Path, n: int = 5) -> Path:
     """The first `n` sevens of the digits' train split as PNGs: a concept the base model CAN draw."""
     from finetune.data.digits import load_digits_images
+
     images, labels = load_digits_images(16, "train")
     with atomic_dir(out_dir) as tmp:
         for i, idx in enumerate((labels == 7).nonzero().flatten()[:n].tolist()):
@@ -101,9 +129,17 @@ def write_sevens(out_dir: Path, n: int = 5) -> Path:
 def train(run: Run, out: Path) -> dict:
     """Run the recipe in its own process; return its summary.json plus the wall time."""
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [sys.executable, "recipes/train_sd.py", "--config", f"recipes/configs/{run.config}.yaml",
-           f"train.output_dir={out}", "train.overwrite_output_dir=true", "train.progress_bar=false",
-           "validation.grids=false", *run.overrides]
+    cmd = [
+        sys.executable,
+        "recipes/train_sd.py",
+        "--config",
+        f"recipes/configs/{run.config}.yaml",
+        f"train.output_dir={out}",
+        "train.overwrite_output_dir=true",
+        "train.progress_bar=false",
+        "validation.grids=false",
+        *run.overrides,
+    ]
     print("+", " ".join(cmd), flush=True)
     started = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -129,16 +165,22 @@ def size_bytes(path: Path) -> int:
     return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*.safetensors"))
 
 
-def measure(pipe, judge, detector, subject_prompt: str, n_subject: int, per_class: int, subject_digit: int = -1) -> dict:
+def measure(
+    pipe, judge, detector, subject_prompt: str, n_subject: int, per_class: int, subject_digit: int = -1
+) -> dict:
     subject_images = generate(pipe, [subject_prompt] * n_subject, seed=50_000)
     if subject_digit >= 0:
         rate = float((judge.predict(subject_images) == subject_digit).float().mean())
     else:
         rate = detector.rate(subject_images)
     scores = evaluate_digits(pipe, n_per_class=per_class, seed=60_000, judge=judge)
-    return {"subject_rate": rate, "digit_accuracy": scores["accuracy"], "fid": scores["fid"],
-            "subject_in_class_prompts": detector.rate(scores["images"]),
-            "per_class_accuracy": scores["per_class_accuracy"]}
+    return {
+        "subject_rate": rate,
+        "digit_accuracy": scores["accuracy"],
+        "fid": scores["fid"],
+        "subject_in_class_prompts": detector.rate(scores["images"]),
+        "per_class_accuracy": scores["per_class_accuracy"],
+    }
 
 
 def _mb(n: int) -> str:
@@ -146,12 +188,16 @@ def _mb(n: int) -> str:
 
 
 def markdown(rows: list[dict], args, base_row: dict) -> str:
-    head = ("| method | prior preservation | subject rate (identifier prompt) | class-prompt digit accuracy | FID (class prompts) "
-            "| subject in class prompts | trained params | train s | artifact |\n|---|---|---|---|---|---|---|---|---|\n")
+    head = (
+        "| method | prior preservation | subject rate (identifier prompt) | class-prompt digit accuracy | FID (class prompts) "
+        "| subject in class prompts | trained params | train s | artifact |\n|---|---|---|---|---|---|---|---|---|\n"
+    )
     line = "| {name} | {prior} | {subject_rate:.2f} | {digit_accuracy:.3f} | {fid:.1f} | {subject_in_class_prompts:.2f} | {params} | {secs} | {size} |\n"
     body = line.format(name="base (data/digits_sd)", prior="-", params="-", secs="-", size="-", **base_row)
     for r in rows:
-        body += line.format(params=f"{r['trained_parameters']:,}", secs=f"{r['train_seconds']:.0f}", size=_mb(r["artifact_bytes"]), **r)
+        body += line.format(
+            params=f"{r['trained_parameters']:,}", secs=f"{r['train_seconds']:.0f}", size=_mb(r["artifact_bytes"]), **r
+        )
     return head + body
 
 
@@ -176,29 +222,56 @@ def main(argv=None) -> None:
     started = time.perf_counter()
     base_row = measure(base, judge, detector, INSTANCE_PROMPT, args.subject_images, args.per_class)
     sevens = write_sevens(work / "sevens")
-    base_sevens = float((judge.predict(generate(base, ["a drawing of a digit"] * args.subject_images, seed=50_000)) == 7)
-                        .float().mean())  # the TI token starts as "digit": how often that alone draws a seven
+    base_sevens = float(
+        (judge.predict(generate(base, ["a drawing of a digit"] * args.subject_images, seed=50_000)) == 7).float().mean()
+    )  # the TI token starts as "digit": how often that alone draws a seven
     rows = []
     for i, run in enumerate(runs(args.steps, args.ti_steps, work / "class_images", sevens)):
         out = work / f"run{i}"
         summary = train(run, out)
         pipe, artifact = load_tuned(run, out)
-        row = {"name": run.name, "prior": run.prior, "subject_prompt": run.subject_prompt, "overrides": run.overrides,
-               "train_seconds": summary["train_seconds"], "wall_seconds": round(summary["wall_seconds"], 1),
-               "trained_parameters": summary["trained_parameters"], "steps": summary["steps"],
-               "class_images_generated": summary.get("class_images_generated", 0), "artifact_bytes": size_bytes(artifact),
-               **measure(pipe, judge, detector, run.subject_prompt, args.subject_images, args.per_class, run.subject_digit)}
+        row = {
+            "name": run.name,
+            "prior": run.prior,
+            "subject_prompt": run.subject_prompt,
+            "overrides": run.overrides,
+            "train_seconds": summary["train_seconds"],
+            "wall_seconds": round(summary["wall_seconds"], 1),
+            "trained_parameters": summary["trained_parameters"],
+            "steps": summary["steps"],
+            "class_images_generated": summary.get("class_images_generated", 0),
+            "artifact_bytes": size_bytes(artifact),
+            **measure(
+                pipe, judge, detector, run.subject_prompt, args.subject_images, args.per_class, run.subject_digit
+            ),
+        }
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "per_class_accuracy"}), flush=True)
     table = markdown(rows, args, base_row)
     print(table)
     out = Path(args.out)
-    atomic_write_json(out.with_suffix(".json"), {"base": base_row, "base_sevens_for_ti_init": base_sevens,
-                                                 "runs": rows, "args": vars(args),
-                                                 "seconds": round(time.perf_counter() - started, 1)})
-    atomic_write_text(out, HEADER.format(steps=args.steps, ti_steps=args.ti_steps, n=args.subject_images,
-                                         m=10 * args.per_class, seconds=time.perf_counter() - started) + table
-                      + FOOTER.format(base_sevens=base_sevens))
+    atomic_write_json(
+        out.with_suffix(".json"),
+        {
+            "base": base_row,
+            "base_sevens_for_ti_init": base_sevens,
+            "runs": rows,
+            "args": vars(args),
+            "seconds": round(time.perf_counter() - started, 1),
+        },
+    )
+    atomic_write_text(
+        out,
+        HEADER.format(
+            steps=args.steps,
+            ti_steps=args.ti_steps,
+            n=args.subject_images,
+            m=10 * args.per_class,
+            seconds=time.perf_counter() - started,
+        )
+        + table
+        + FOOTER.format(base_sevens=base_sevens),
+    )
 
 
 HEADER = """# Personalization on the digits world

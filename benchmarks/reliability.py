@@ -68,16 +68,37 @@ class Workspace:
     def lm_args(self, out: Path, *extra: str) -> list[str]:
         """The tiny LLaMA recipe arguments of tests/recipes/test_lm.py, plus `extra`."""
         d = self.root / "lm_data"
-        return [f"model.name_or_path={self.model}", f"data.train_file={d / 'train.jsonl'}",
-                f"data.validation_file={d / 'val.jsonl'}", f"data.general_validation_file={d / 'general.jsonl'}",
-                "data.max_length=128", f"train.output_dir={out}", "train.batch_size=4", "scheduler.warmup_steps=1",
-                "eval.batch_size=16", "method=lora", "lora.r=4", *QUIET, *extra]
+        return [
+            f"model.name_or_path={self.model}",
+            f"data.train_file={d / 'train.jsonl'}",
+            f"data.validation_file={d / 'val.jsonl'}",
+            f"data.general_validation_file={d / 'general.jsonl'}",
+            "data.max_length=128",
+            f"train.output_dir={out}",
+            "train.batch_size=4",
+            "scheduler.warmup_steps=1",
+            "eval.batch_size=16",
+            "method=lora",
+            "lora.r=4",
+            *QUIET,
+            *extra,
+        ]
 
     def sd_args(self, out: Path, *extra: str, images: Path | None = None) -> list[str]:
         """DreamBooth-LoRA on the tiny SD at 32 px; fixed conv kernels so every run computes the same numbers."""
-        return ["model.tiny=true", "model.resolution=32", *QUIET, "validation.steps=2", "train.batch_size=1",
-                f"data.instance_dir={images or self.root / 'instance'}", f"data.instance_prompt={PROMPT}",
-                "lora.rank=4", "efficiency.conv_backend=onednn", f"train.output_dir={out}", *extra]
+        return [
+            "model.tiny=true",
+            "model.resolution=32",
+            *QUIET,
+            "validation.steps=2",
+            "train.batch_size=1",
+            f"data.instance_dir={images or self.root / 'instance'}",
+            f"data.instance_prompt={PROMPT}",
+            "lora.rank=4",
+            "efficiency.conv_backend=onednn",
+            f"train.output_dir={out}",
+            *extra,
+        ]
 
 
 def build_workspace(root: Path) -> Workspace:
@@ -90,7 +111,11 @@ def build_workspace(root: Path) -> Workspace:
     build_tiny_llama(num_hidden_layers=2).save_pretrained(ws.model, safe_serialization=True)
     build_tiny_tokenizer().save_pretrained(ws.model)
     (root / "lm_data").mkdir()
-    for name, src, n in (("train", "legal/train", 48), ("val", "legal/validation", 8), ("general", "general/validation", 8)):
+    for name, src, n in (
+        ("train", "legal/train", 48),
+        ("val", "legal/validation", 8),
+        ("general", "general/validation", 8),
+    ):
         lines = (ROOT / "data" / f"{src}.jsonl").read_text().splitlines()[:n]
         (root / "lm_data" / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
     write_images(root / "instance", 3)
@@ -133,7 +158,9 @@ class Result:
 def run(cmd: list[str], env: dict | None = None, timeout: float = 600) -> Result:
     t0 = time.monotonic()
     try:
-        p = subprocess.run(cmd, env=child_env(env), capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=False)
+        p = subprocess.run(
+            cmd, env=child_env(env), capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=False
+        )
         return Result(p.returncode, p.stdout, p.stderr, time.monotonic() - t0)
     except subprocess.TimeoutExpired as e:
         return Result(-9, str(e.stdout or ""), f"timed out after {timeout} s\n{e.stderr or ''}", time.monotonic() - t0)
@@ -206,7 +233,11 @@ def snapshot(path: Path) -> dict | None:
 
 def snapshot_diff(before: dict | None, after: dict | None) -> str:
     if before is None:
-        return "" if after is None else f"created {'a file' if after.keys() == {'.'} else 'a directory'} where the run was refused"
+        return (
+            ""
+            if after is None
+            else f"created {'a file' if after.keys() == {'.'} else 'a directory'} where the run was refused"
+        )
     if after is None:
         return "deleted the pre-existing output"
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
@@ -259,10 +290,14 @@ class Scenario:
     left: list = field(default_factory=list)  # (b) temporary names still there after the last run
 
 
-ARTIFACTS = {"lm": ["adapter/adapter_model.safetensors", "best/adapter/adapter_model.safetensors"],
-             "sd": ["pytorch_lora_weights.safetensors", "lora_kohya.safetensors"]}
-FIGURES = {"lm": ["steps", "best_step", "trainable_parameters", "perplexity_before", "perplexity_after"],
-           "sd": ["steps", "artifacts", "trained_parameters", "val_loss_before", "val_loss_after"]}
+ARTIFACTS = {
+    "lm": ["adapter/adapter_model.safetensors", "best/adapter/adapter_model.safetensors"],
+    "sd": ["pytorch_lora_weights.safetensors", "lora_kohya.safetensors"],
+}
+FIGURES = {
+    "lm": ["steps", "best_step", "trainable_parameters", "perplexity_before", "perplexity_after"],
+    "sd": ["steps", "artifacts", "trained_parameters", "val_loss_before", "val_loss_after"],
+}
 
 
 def kill_run_args(ws: Workspace, recipe: str, out: Path, steps: int) -> list[str]:
@@ -275,7 +310,9 @@ def kill_run_args(ws: Workspace, recipe: str, out: Path, steps: int) -> list[str
 def start(cmd: list[str], log: Path) -> subprocess.Popen:
     """A new session, so one killpg takes the launcher and every process it started, as a lost machine would."""
     with open(log, "ab") as fh:
-        return subprocess.Popen(cmd, env=child_env(), cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            cmd, env=child_env(), cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def listing(out: Path) -> list[str]:
@@ -287,10 +324,16 @@ def listing(out: Path) -> list[str]:
 
 def export_temps_in(names: list[str]) -> list[str]:
     """Atomic writes of the final export under way (not a checkpoint, nor the config or kernel choice written at start)."""
-    return [n for n in names if TEMP.match(n) and not n.startswith((".tmp-checkpoint-", ".config.yaml.", ".conv_backend.json."))]
+    return [
+        n
+        for n in names
+        if TEMP.match(n) and not n.startswith((".tmp-checkpoint-", ".config.yaml.", ".conv_backend.json."))
+    ]
 
 
-def moment(mode: str, out: Path, steps: int, timeline: Timeline, rng: random.Random) -> Callable[[list[str], float], bool]:
+def moment(
+    mode: str, out: Path, steps: int, timeline: Timeline, rng: random.Random
+) -> Callable[[list[str], float], bool]:
     """For `mode`, a test of (names in the output dir, seconds since start): is this the moment to kill?"""
     at_start = set(listing(out))  # what an earlier kill left is no moment of this run
     last = f"checkpoint-{steps}"
@@ -305,6 +348,7 @@ def moment(mode: str, out: Path, steps: int, timeline: Timeline, rng: random.Ran
         def in_checkpoint_write(names, now):
             seen.update(n for n in names if n.startswith(".tmp-checkpoint-") and n not in at_start)
             return len(seen) > skip or f".tmp-checkpoint-{steps}" in seen  # at the latest, the final write
+
         return in_checkpoint_write
     # final export: the checkpoint at max_steps exists; hit one of the export's atomic writes (loss curve, artifacts,
     # summary, card), or, if none is caught, a moment of the export (~0.4-1.5 s after the last checkpoint)
@@ -317,6 +361,7 @@ def moment(mode: str, out: Path, steps: int, timeline: Timeline, rng: random.Ran
         since.append(now)
         seen.update(n for n in export_temps_in(names) if n not in at_start)
         return len(seen) > skip or (last not in at_start and now - since[0] >= delay)
+
     return in_export
 
 
@@ -331,7 +376,9 @@ def watch(proc: subprocess.Popen, out: Path, fire: Callable[[list[str], float], 
             held = listing(out)
             ckpts = sorted((n for n in held if n.startswith("checkpoint-")), key=lambda n: int(n.split("-")[1]))
             temps = sorted(n for n in held if TEMP.match(n))
-            return f"{now:.2f} s; {ckpts[-1] if ckpts else 'no checkpoint'}" + (f"; {', '.join(temps)}" if temps else "")
+            return f"{now:.2f} s; {ckpts[-1] if ckpts else 'no checkpoint'}" + (
+                f"; {', '.join(temps)}" if temps else ""
+            )
         time.sleep(0.0005)
     return None
 
@@ -364,7 +411,10 @@ def canonical(meta):
         except ValueError:
             return meta
     if isinstance(meta, dict):
-        return {k: sorted(v) if k.endswith("target_modules") and isinstance(v, list) else canonical(v) for k, v in meta.items()}
+        return {
+            k: sorted(v) if k.endswith("target_modules") and isinstance(v, list) else canonical(v)
+            for k, v in meta.items()
+        }
     return [canonical(v) for v in meta] if isinstance(meta, list) else meta
 
 
@@ -383,23 +433,31 @@ def reference_run(ws: Workspace, recipe: str, launcher: str, steps: int) -> Refe
         time.sleep(0.002)
     end = time.monotonic() - t0
     if proc.returncode != 0:
-        raise SystemExit(f"reference {recipe} run ({launcher}) failed:\n{tail(out.with_suffix('.log').read_text(), 20)}")
+        raise SystemExit(
+            f"reference {recipe} run ({launcher}) failed:\n{tail(out.with_suffix('.log').read_text(), 20)}"
+        )
     summary = json.loads((out / "summary.json").read_text())
     return Reference(out, Timeline(first or end / 2, end), artifact_hashes(out, recipe), summary)
 
 
 def final_problems(sc: Scenario, ref: Reference) -> list[str]:
     """(c) bit-identical artifacts, (d) summary.json complete with the reference's figures."""
-    problems = [f"{a} differs from the uninterrupted run's" if h else f"{a} missing"
-                 for a, h in artifact_hashes(sc.out, sc.recipe).items() if h != ref.artifacts[a]]
+    problems = [
+        f"{a} differs from the uninterrupted run's" if h else f"{a} missing"
+        for a, h in artifact_hashes(sc.out, sc.recipe).items()
+        if h != ref.artifacts[a]
+    ]
     try:
         summary = json.loads((sc.out / "summary.json").read_text())
     except (OSError, ValueError) as e:
         return problems + [f"summary.json unreadable ({type(e).__name__})"]
     if missing := sorted(ref.summary.keys() - summary.keys()):
         problems.append(f"summary.json lacks {', '.join(missing)}")
-    problems += [f"summary.json {k}={summary.get(k)!r}, uninterrupted {ref.summary.get(k)!r}"
-                 for k in FIGURES[sc.recipe] if summary.get(k) != ref.summary.get(k)]
+    problems += [
+        f"summary.json {k}={summary.get(k)!r}, uninterrupted {ref.summary.get(k)!r}"
+        for k in FIGURES[sc.recipe]
+        if summary.get(k) != ref.summary.get(k)
+    ]
     return problems
 
 
@@ -415,12 +473,16 @@ def after_exit(sc: Scenario, proc: subprocess.Popen, log: Path, ref: Reference) 
     if proc.returncode != 0:
         sc.problems.append(f"a resumed run exited {proc.returncode}: {tail(text, 1)}")
     elif "skipping checkpoint" in text:
-        sc.problems.append("a resumed run found an unusable checkpoint: " + text.split("skipping checkpoint", 1)[1].splitlines()[0])
+        sc.problems.append(
+            "a resumed run found an unusable checkpoint: " + text.split("skipping checkpoint", 1)[1].splitlines()[0]
+        )
     sc.problems += final_problems(sc, ref)
     sc.left = leftovers(sc.out)
 
 
-def kill_suite(ws: Workspace, recipe: str, n_kills: int, steps: int, rng: random.Random) -> tuple[list[Kill], list[Scenario]]:
+def kill_suite(
+    ws: Workspace, recipe: str, n_kills: int, steps: int, rng: random.Random
+) -> tuple[list[Kill], list[Scenario]]:
     """`n_kills` SIGKILLs over a series of runs (python recipe and `finetune train`, alternating), each resumed to the end."""
     refs = {lch: reference_run(ws, recipe, lch, steps) for lch in ("python", "finetune")}
     kills: list[Kill] = []
@@ -521,7 +583,9 @@ def judge(case: Case, prep: Prepared, r: Result, before: dict | None) -> tuple[s
         if r.rc != 2:
             problems.append(f"exit {r.rc}, expected 2")
         if len(errors) != 1 or lines[-1] != errors[0]:
-            problems.append(f"{len(errors)} `error:` lines{'' if not errors or lines[-1] == errors[0] else ', not last'}")
+            problems.append(
+                f"{len(errors)} `error:` lines{'' if not errors or lines[-1] == errors[0] else ', not last'}"
+            )
         elif not all(w.lower() in errors[0].lower() for w in case.says):
             problems.append(f"error line does not say {' / '.join(case.says)}")
         if prep.guard is not None and (before is not None or case.fresh_dir_must_vanish):
@@ -558,7 +622,11 @@ def build_fixtures(ws: Workspace) -> dict:
     """Finished LM runs (with and without checkpoints) and a finished SD DreamBooth-LoRA run, built in parallel."""
     fx = ws.root / "fixtures"
     specs = {
-        "lm_done": [PYTHON, LM_RECIPE, *ws.lm_args(fx / "lm_done", "train.max_steps=4", "train.save_every=2", "train.eval_every=2")],
+        "lm_done": [
+            PYTHON,
+            LM_RECIPE,
+            *ws.lm_args(fx / "lm_done", "train.max_steps=4", "train.save_every=2", "train.eval_every=2"),
+        ],
         "lm_nockpt": [PYTHON, LM_RECIPE, *ws.lm_args(fx / "lm_nockpt", "train.max_steps=2")],
         "sd_done": [PYTHON, SD_RECIPE, *ws.sd_args(fx / "sd_done", "train.max_steps=4", "train.save_every=2")],
     }
@@ -580,38 +648,56 @@ def truncate(f: Path) -> None:
 
 def lm(*extra: str, env: dict | None = None, launcher: str = "python") -> Callable:
     """A case running the LM recipe with `extra` into a new output dir."""
+
     def prepare(ws, fixtures, where):
         out = where / "run"
         return Prepared(recipe_cmd("lm", launcher, ws.lm_args(out, "train.max_steps=2", *extra)), out, env or {})
+
     return prepare
 
 
 def sd(*extra: str, env: dict | None = None, launcher: str = "python", images: Callable | None = None) -> Callable:
     """A case running the SD recipe with `extra` (and images from `images(where)`) into a new output dir."""
+
     def prepare(ws, fixtures, where):
         out = where / "run"
         folder = images(where) if images else None
-        return Prepared(recipe_cmd("sd", launcher, ws.sd_args(out, "train.max_steps=2", *extra, images=folder)), out, env or {})
+        return Prepared(
+            recipe_cmd("sd", launcher, ws.sd_args(out, "train.max_steps=2", *extra, images=folder)), out, env or {}
+        )
+
     return prepare
 
 
-def on_finished(recipe: str, fixture: str, *extra: str, damage: Callable | None = None, check: Callable | None = None) -> Callable:
+def on_finished(
+    recipe: str, fixture: str, *extra: str, damage: Callable | None = None, check: Callable | None = None
+) -> Callable:
     """A case re-running (usually resuming) a copy of a finished run after `damage(out, marker)` broke it."""
+
     def prepare(ws, fixtures, where):
         out, marker = copy_run(fixtures, fixture, where), where / "PAYLOAD_RAN"
         if damage:
             damage(out, marker)
-        args = (ws.lm_args(out, "train.max_steps=4", "train.save_every=2", "train.eval_every=2", *extra) if recipe == "lm"
-                else ws.sd_args(out, "train.max_steps=4", "train.save_every=2", *extra))
-        return Prepared(recipe_cmd(recipe, "python", args), out, marker=marker, check=check and (lambda r: check(out, r)))
+        args = (
+            ws.lm_args(out, "train.max_steps=4", "train.save_every=2", "train.eval_every=2", *extra)
+            if recipe == "lm"
+            else ws.sd_args(out, "train.max_steps=4", "train.save_every=2", *extra)
+        )
+        return Prepared(
+            recipe_cmd(recipe, "python", args), out, marker=marker, check=check and (lambda r: check(out, r))
+        )
+
     return prepare
 
 
-def resume(recipe: str, fixture: str, how: str, *extra: str, damage: Callable | None = None,
-           check: Callable | None = None) -> Callable:
+def resume(
+    recipe: str, fixture: str, how: str, *extra: str, damage: Callable | None = None, check: Callable | None = None
+) -> Callable:
     """Resume a copy of a finished run to 6 steps (so checkpoint-4 must really load) from `how`: latest or a path."""
     where = "{out}/checkpoint-4" if how == "path" else how
-    return on_finished(recipe, fixture, f"train.resume={where}", "train.max_steps=6", *extra, damage=damage, check=check)
+    return on_finished(
+        recipe, fixture, f"train.resume={where}", "train.max_steps=6", *extra, damage=damage, check=check
+    )
 
 
 # damage helpers for checkpoints
@@ -642,10 +728,12 @@ def summary_kept(out: Path) -> Callable:
 
 def resumed_finished_unchanged(recipe: str, fixture: str) -> Callable:
     """resume=latest on a finished run: says so (exit 0) and keeps the measured summary.json as it was."""
+
     def prepare(ws, fixtures, where):
         prep = on_finished(recipe, fixture, "train.resume=latest")(ws, fixtures, where)
         prep.check = summary_kept(prep.guard)
         return prep
+
     return prepare
 
 
@@ -665,9 +753,13 @@ def pickled_ckpt_as_model(recipe: str) -> Callable:
     def prepare(ws, fixtures, where):
         ckpt, marker, out = where / "model.ckpt", where / "PAYLOAD_RAN", where / "run"
         ckpt.write_bytes(payload(marker))
-        args = (ws.lm_args(out, f"model.name_or_path={ckpt}") if recipe == "lm"
-                else ws.sd_args(out, "model.tiny=false", f"model.pretrained={ckpt}"))
+        args = (
+            ws.lm_args(out, f"model.name_or_path={ckpt}")
+            if recipe == "lm"
+            else ws.sd_args(out, "model.tiny=false", f"model.pretrained={ckpt}")
+        )
         return Prepared(recipe_cmd(recipe, "python", args), out, marker=marker)
+
     return prepare
 
 
@@ -677,6 +769,7 @@ def output_is_a_file(recipe: str) -> Callable:
         f.write_text("a user's file\n")
         args = ws.lm_args(f) if recipe == "lm" else ws.sd_args(f)
         return Prepared(recipe_cmd(recipe, "python", args), f)
+
     return prepare
 
 
@@ -690,6 +783,7 @@ def yaml_config(text: str) -> Callable:
         cfg, out = where / "config.yaml", where / "run"
         cfg.write_text(text)
         return Prepared([PYTHON, LM_RECIPE, "--config", str(cfg), *ws.lm_args(out)], out)
+
     return prepare
 
 
@@ -703,6 +797,7 @@ def jsonl(text: str) -> Callable:
         f, out = where / "train.jsonl", where / "run"
         f.write_text(text)
         return Prepared([PYTHON, LM_RECIPE, *ws.lm_args(out, f"data.train_file={f}")], out)
+
     return prepare
 
 
@@ -717,6 +812,7 @@ def overwrite_finished(ws, fixtures, where):
         steps = [row["step"] for row in read_metrics(out) if row.get("split") == "train"]
         problems = [f"old checkpoints left ({', '.join(ckpts)})"] if ckpts != ["checkpoint-1", "checkpoint-2"] else []
         return "; ".join(problems + ([f"metrics.jsonl mixes runs (train steps {steps})"] if steps != [1, 2] else []))
+
     args = ws.lm_args(out, "train.max_steps=2", "train.save_every=1", "train.overwrite_output_dir=true")
     return Prepared([PYTHON, LM_RECIPE, *args], out, check=check)
 
@@ -726,7 +822,10 @@ def fallback_to_older(recipe: str, fixture: str) -> Callable:
     artifact = "adapter/adapter_model.safetensors" if recipe == "lm" else "pytorch_lora_weights.safetensors"
 
     def check(out, r):
-        return "" if (out / artifact).is_file() and (out / "summary.json").is_file() else "no artifact after the fallback"
+        return (
+            "" if (out / artifact).is_file() and (out / "summary.json").is_file() else "no artifact after the fallback"
+        )
+
     return resume(recipe, fixture, "latest", damage=truncated("model.safetensors"), check=check)
 
 
@@ -744,16 +843,31 @@ def diverging(ws, fixtures, where):
                 bad.append(f"{ckpt.name} holds weights up to {worst:.3g}")
         bad += [f"wrote {a}" for a in ("adapter", "model", "best", "summary.json") if (out / a).exists()]
         return "; ".join(bad)
-    args = ws.lm_args(out, "method=full", "optim.name=sgd", "optim.lr=9e5", "train.max_grad_norm=0", "train.max_steps=8",
-                      "train.save_every=1", "train.eval_every=4")
+
+    args = ws.lm_args(
+        out,
+        "method=full",
+        "optim.name=sgd",
+        "optim.lr=9e5",
+        "train.max_grad_norm=0",
+        "train.max_steps=8",
+        "train.save_every=1",
+        "train.eval_every=4",
+    )
     return Prepared([PYTHON, LM_RECIPE, *args], out, check=check)
 
 
 def accelerate_launch(ws, fixtures, where):
     """`accelerate launch recipes/train_lm.py` keeps working beside `finetune train`."""
     out = where / "run"
-    cmd = [ACCELERATE, "launch", "--config_file", str(ROOT / "accelerate_config.yaml"), LM_RECIPE,
-           *ws.lm_args(out, "train.max_steps=2")]
+    cmd = [
+        ACCELERATE,
+        "launch",
+        "--config_file",
+        str(ROOT / "accelerate_config.yaml"),
+        LM_RECIPE,
+        *ws.lm_args(out, "train.max_steps=2"),
+    ]
     return Prepared(cmd, out, check=lambda r: "" if (out / "adapter").is_dir() else "no adapter written")
 
 
@@ -764,6 +878,7 @@ def launcher_bad_accelerate_config(ws, fixtures, where):
 
 def merge(out_kind: str) -> Callable:
     """`finetune export merge` into a new dir, a user's non-empty folder, or a file."""
+
     def prepare(ws, fixtures, where):
         adapter, out = fixtures["lm_done"] / "adapter", where / "merged"
         if out_kind == "foreign":
@@ -771,26 +886,46 @@ def merge(out_kind: str) -> Callable:
             (out / "thesis.tex").write_text("years of work\n")
         elif out_kind == "file":
             out.write_text("a user's file\n")
-        check = (lambda r: "" if (out / "model.safetensors").is_file() else "no merged model") if out_kind == "new" else None
-        return Prepared([FINETUNE, "export", "merge", "--model", str(ws.model), "--adapter", str(adapter), "--out", str(out)],
-                        out, check=check)
+        check = (
+            (lambda r: "" if (out / "model.safetensors").is_file() else "no merged model")
+            if out_kind == "new"
+            else None
+        )
+        return Prepared(
+            [FINETUNE, "export", "merge", "--model", str(ws.model), "--adapter", str(adapter), "--out", str(out)],
+            out,
+            check=check,
+        )
+
     return prepare
 
 
 def kohya(kind: str) -> Callable:
     """`finetune export kohya` as the README shows it (no --rank), with matching --rank/--alpha, or on bad input."""
+
     def prepare(ws, fixtures, where):
-        lora, out, marker = fixtures["sd_done"] / "pytorch_lora_weights.safetensors", where / "lora_kohya.safetensors", None
+        lora, out, marker = (
+            fixtures["sd_done"] / "pytorch_lora_weights.safetensors",
+            where / "lora_kohya.safetensors",
+            None,
+        )
         cfg = yaml.safe_load((fixtures["sd_done"] / "config.yaml").read_text())["lora"]
-        extra = ["--rank", str(cfg["rank"]), "--alpha", str(cfg["alpha"] or cfg["rank"])] if kind == "rank+alpha" else []
+        extra = (
+            ["--rank", str(cfg["rank"]), "--alpha", str(cfg["alpha"] or cfg["rank"])] if kind == "rank+alpha" else []
+        )
         if kind == "missing":
             lora = where / "none.safetensors"
         elif kind == "pickle":
             lora, marker = where / "lora.safetensors", where / "PAYLOAD_RAN"
             lora.write_bytes(payload(marker))
         check = (lambda r: "" if out.is_file() else "nothing written") if kind in ("readme", "rank+alpha") else None
-        return Prepared([FINETUNE, "export", "kohya", "--lora", str(lora), "--out", str(out), *extra], out,
-                        marker=marker, check=check)
+        return Prepared(
+            [FINETUNE, "export", "kohya", "--lora", str(lora), "--out", str(out), *extra],
+            out,
+            marker=marker,
+            check=check,
+        )
+
     return prepare
 
 
@@ -805,6 +940,7 @@ def corrupt_image(kind: str) -> Callable:
         f = folder / "img1.png"
         f.write_bytes(os.urandom(300)) if kind == "random bytes" else truncate(f)
         return folder
+
     return images
 
 
@@ -818,7 +954,11 @@ def empty_images(where):
 
 
 BF16 = {"ACCELERATE_MIXED_PRECISION": "bf16"}
-TI = ["method=textual_inversion", "textual_inversion.placeholder_token=<my-toy>", "textual_inversion.initializer_token=toy"]
+TI = [
+    "method=textual_inversion",
+    "textual_inversion.placeholder_token=<my-toy>",
+    "textual_inversion.initializer_token=toy",
+]
 
 CASES = [
     # config: typed and strict
@@ -828,8 +968,13 @@ CASES = [
     Case("train.batch_size=0", "config", lm("train.batch_size=0"), says=("batch_size",)),
     Case("train.grad_accum=0", "config", lm("train.grad_accum=0"), says=("grad_accum",)),
     Case("optim.lr=1e39", "config", lm("optim.lr=1e39"), says=("lr",)),
-    Case("warmup 50 > max_steps 3 (works, warns)", "config", lm("scheduler.warmup_steps=50", "train.max_steps=3"),
-         expect="ok", says=("warmup",)),
+    Case(
+        "warmup 50 > max_steps 3 (works, warns)",
+        "config",
+        lm("scheduler.warmup_steps=50", "train.max_steps=3"),
+        expect="ok",
+        says=("warmup",),
+    ),
     Case("data.max_length beyond the context", "config", lm("data.max_length=100000"), says=("max_length",)),
     Case("--config file missing", "config", missing_config),
     Case("--config YAML syntax error", "config", yaml_config("train: [unclosed\n")),
@@ -854,35 +999,89 @@ CASES = [
     Case("LM output_dir is a file", "output dir", output_is_a_file("lm"), says=("notes.txt",)),
     Case("SD output_dir is a file", "output dir", output_is_a_file("sd"), says=("notes.txt",)),
     Case("output_dir unwritable (/sys)", "output dir", unwritable_output),
-    Case("finished run without checkpoints, run again", "output dir", on_finished("lm", "lm_nockpt", "train.max_steps=2",
-                                                                                  "train.save_every=0")),
+    Case(
+        "finished run without checkpoints, run again",
+        "output dir",
+        on_finished("lm", "lm_nockpt", "train.max_steps=2", "train.save_every=0"),
+    ),
     Case("finished run with checkpoints, new run", "output dir", on_finished("lm", "lm_done")),
     Case("overwrite_output_dir=true replaces the old run", "output dir", overwrite_finished, expect="ok"),
     # resume: never run foreign code, never resume a broken checkpoint silently
-    Case("checkpoint with a planted custom_checkpoint_0.pkl (payload)", "resume",
-         resume("lm", "lm_done", "latest", damage=plant("custom_checkpoint_0.pkl")), says=("pickle",)),
-    Case("checkpoint with a planted random_states_0.pkl (payload)", "resume",
-         resume("lm", "lm_done", "latest", damage=plant("random_states_0.pkl")), says=("pickle",)),
-    Case("checkpoint whose every file is a pickle (payload)", "resume",
-         resume("lm", "lm_done", "latest", damage=pickle_every_file), says=("pickle",)),
-    Case("pickle named model.safetensors, resume=PATH (payload)", "resume",
-         resume("lm", "lm_done", "path", damage=plant("model.safetensors"))),
-    Case("truncated model.safetensors, resume=PATH", "resume",
-         resume("lm", "lm_done", "path", damage=truncated("model.safetensors")), says=("model.safetensors",)),
-    Case("truncated optimizer.safetensors, resume=PATH", "resume",
-         resume("lm", "lm_done", "path", damage=truncated("optimizer.safetensors")), says=("optimizer",)),
-    Case("corrupt trainer_state.json, resume=PATH", "resume",
-         resume("lm", "lm_done", "path", damage=garbled("trainer_state.json")), says=("trainer_state.json",)),
-    Case("truncated newest checkpoint, resume=latest (falls back, works)", "resume", fallback_to_older("lm", "lm_done"),
-         expect="ok", says=("skipping checkpoint-4",)),
+    Case(
+        "checkpoint with a planted custom_checkpoint_0.pkl (payload)",
+        "resume",
+        resume("lm", "lm_done", "latest", damage=plant("custom_checkpoint_0.pkl")),
+        says=("pickle",),
+    ),
+    Case(
+        "checkpoint with a planted random_states_0.pkl (payload)",
+        "resume",
+        resume("lm", "lm_done", "latest", damage=plant("random_states_0.pkl")),
+        says=("pickle",),
+    ),
+    Case(
+        "checkpoint whose every file is a pickle (payload)",
+        "resume",
+        resume("lm", "lm_done", "latest", damage=pickle_every_file),
+        says=("pickle",),
+    ),
+    Case(
+        "pickle named model.safetensors, resume=PATH (payload)",
+        "resume",
+        resume("lm", "lm_done", "path", damage=plant("model.safetensors")),
+    ),
+    Case(
+        "truncated model.safetensors, resume=PATH",
+        "resume",
+        resume("lm", "lm_done", "path", damage=truncated("model.safetensors")),
+        says=("model.safetensors",),
+    ),
+    Case(
+        "truncated optimizer.safetensors, resume=PATH",
+        "resume",
+        resume("lm", "lm_done", "path", damage=truncated("optimizer.safetensors")),
+        says=("optimizer",),
+    ),
+    Case(
+        "corrupt trainer_state.json, resume=PATH",
+        "resume",
+        resume("lm", "lm_done", "path", damage=garbled("trainer_state.json")),
+        says=("trainer_state.json",),
+    ),
+    Case(
+        "truncated newest checkpoint, resume=latest (falls back, works)",
+        "resume",
+        fallback_to_older("lm", "lm_done"),
+        expect="ok",
+        says=("skipping checkpoint-4",),
+    ),
     Case("resume with a changed LoRA rank", "resume", resume("lm", "lm_done", "latest", "lora.r=8")),
-    Case("resume=latest on a finished run (works, unchanged)", "resume", resumed_finished_unchanged("lm", "lm_done"), expect="ok"),
+    Case(
+        "resume=latest on a finished run (works, unchanged)",
+        "resume",
+        resumed_finished_unchanged("lm", "lm_done"),
+        expect="ok",
+    ),
     Case("resume=/no/such/checkpoint", "resume", lm("train.resume=/no/such/checkpoint-3"), says=("checkpoint",)),
-    Case("SD checkpoint with a planted pickle (payload)", "resume",
-         resume("sd", "sd_done", "latest", damage=plant("custom_checkpoint_0.pkl")), says=("pickle",)),
-    Case("SD truncated newest checkpoint, resume=latest (falls back, works)", "resume", fallback_to_older("sd", "sd_done"),
-         expect="ok", says=("skipping checkpoint-4",)),
-    Case("SD resume=latest on a finished run (works, unchanged)", "resume", resumed_finished_unchanged("sd", "sd_done"), expect="ok"),
+    Case(
+        "SD checkpoint with a planted pickle (payload)",
+        "resume",
+        resume("sd", "sd_done", "latest", damage=plant("custom_checkpoint_0.pkl")),
+        says=("pickle",),
+    ),
+    Case(
+        "SD truncated newest checkpoint, resume=latest (falls back, works)",
+        "resume",
+        fallback_to_older("sd", "sd_done"),
+        expect="ok",
+        says=("skipping checkpoint-4",),
+    ),
+    Case(
+        "SD resume=latest on a finished run (works, unchanged)",
+        "resume",
+        resumed_finished_unchanged("sd", "sd_done"),
+        expect="ok",
+    ),
     # export and eval commands
     Case("export merge --out a non-empty foreign dir", "export", merge("foreign")),
     Case("export merge --out a file", "export", merge("file")),
@@ -902,10 +1101,16 @@ CASES = [
     Case("diverging run (SGD lr 9e5, no clipping)", "run", diverging, says=("diverg",), fresh_dir_must_vanish=False),
     Case("textual inversion under bf16 (works)", "run", sd(*TI, "train.batch_size=2", env=BF16), expect="ok"),
 ]
-QUICK_CASES = ["unknown key optim.lrr", "warmup 50 > max_steps 3 (works, warns)", "SD corrupt image (random bytes)",
-               "checkpoint with a planted custom_checkpoint_0.pkl (payload)", "export merge --out a non-empty foreign dir",
-               "finetune train lm, unknown key", "resume=latest on a finished run (works, unchanged)",
-               "truncated newest checkpoint, resume=latest (falls back, works)"]
+QUICK_CASES = [
+    "unknown key optim.lrr",
+    "warmup 50 > max_steps 3 (works, warns)",
+    "SD corrupt image (random bytes)",
+    "checkpoint with a planted custom_checkpoint_0.pkl (payload)",
+    "export merge --out a non-empty foreign dir",
+    "finetune train lm, unknown key",
+    "resume=latest on a finished run (works, unchanged)",
+    "truncated newest checkpoint, resume=latest (falls back, works)",
+]
 
 
 def expand_out(prep: Prepared) -> Prepared:
@@ -924,8 +1129,14 @@ def bad_input_suite(ws: Workspace, cases: list[Case], jobs: int) -> list[Outcome
 
 def with_out(case: Case) -> Case:
     prepare = case.prepare
-    return Case(case.name, case.group, lambda ws, fx, where: expand_out(prepare(ws, fx, where)), case.expect, case.says,
-                case.fresh_dir_must_vanish)
+    return Case(
+        case.name,
+        case.group,
+        lambda ws, fx, where: expand_out(prepare(ws, fx, where)),
+        case.expect,
+        case.says,
+        case.fresh_dir_must_vanish,
+    )
 
 
 # ---------------------------------------------------------------- report
@@ -939,53 +1150,100 @@ def summary_rows(kills: list[Kill], outcomes: list[Outcome]) -> list[tuple]:
     return [
         (f"SIGKILLs survived ({per_recipe})", len(kills), sum(bool(k.survived) for k in kills)),
         ("bad inputs behaved as expected", len(outcomes), sum(o.ok for o in outcomes)),
-        ("refused runs that lost nothing (pre-existing output byte-identical, no dir created)", len(guarded),
-         sum(bool(o.nothing_lost) for o in guarded)),
-        ("planted pickle payloads that never ran", len(payloads), sum("PAYLOAD RAN" not in o.problem for o in payloads)),
+        (
+            "refused runs that lost nothing (pre-existing output byte-identical, no dir created)",
+            len(guarded),
+            sum(bool(o.nothing_lost) for o in guarded),
+        ),
+        (
+            "planted pickle payloads that never ran",
+            len(payloads),
+            sum("PAYLOAD RAN" not in o.problem for o in payloads),
+        ),
     ]
 
 
-def report(kills: list[Kill], scenarios: list[Scenario], outcomes: list[Outcome], seconds: float, command_line: str,
-           root: Path) -> str:
+def report(
+    kills: list[Kill], scenarios: list[Scenario], outcomes: list[Outcome], seconds: float, command_line: str, root: Path
+) -> str:
     def short(text: str) -> str:  # paths inside the temporary directory, which is gone by now
         return text.replace(str(root), "$TMP")
 
     def cell(text: str, limit: int = 400) -> str:  # one markdown table cell
         return " ".join(short(text).split())[:limit].replace("|", "\\|")
 
-    lines = ["# Reliability suite", "",
-             (f"`{command_line}` ({seconds / 60:.1f} min on this machine; tiny LLaMA and tiny SD built by the project, "
-              "every run a subprocess as a user runs it)."), "",
-             "| | tried | as expected |", "|---|---:|---:|"]
+    lines = [
+        "# Reliability suite",
+        "",
+        (
+            f"`{command_line}` ({seconds / 60:.1f} min on this machine; tiny LLaMA and tiny SD built by the project, "
+            "every run a subprocess as a user runs it)."
+        ),
+        "",
+        "| | tried | as expected |",
+        "|---|---:|---:|",
+    ]
     lines += [f"| {what} | {tried} | {ok} |" for what, tried, ok in summary_rows(kills, outcomes)]
-    lines += ["", ("A kill survived: every checkpoint-N visible after it was complete and loads, the resumed runs left no "
-                   "temporary file, the final artifacts' tensors and metadata are bit-identical to an uninterrupted run's "
-                   "with the same seed, and summary.json holds the uninterrupted run's keys and figures."), "",
-              "## Kills", "", "| recipe | launcher | moment | the output dir held | survived |", "|---|---|---|---|---|"]
-    lines += [f"| {k.recipe} | {k.launcher} | {k.mode} | {k.at} | "
-              f"{'yes' if k.survived else 'NO: ' + cell(k.why)} |" for k in kills]
+    lines += [
+        "",
+        (
+            "A kill survived: every checkpoint-N visible after it was complete and loads, the resumed runs left no "
+            "temporary file, the final artifacts' tensors and metadata are bit-identical to an uninterrupted run's "
+            "with the same seed, and summary.json holds the uninterrupted run's keys and figures."
+        ),
+        "",
+        "## Kills",
+        "",
+        "| recipe | launcher | moment | the output dir held | survived |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {k.recipe} | {k.launcher} | {k.mode} | {k.at} | {'yes' if k.survived else 'NO: ' + cell(k.why)} |"
+        for k in kills
+    ]
     if bad_runs := [sc for sc in scenarios if sc.problems or sc.left]:
         lines += ["", "Runs whose resumption went wrong:", ""]
-        lines += [f"- {sc.recipe} run {sc.index} ({sc.launcher}): {cell('; '.join(sc.problems + [f'left {x}' for x in sc.left]), 800)}"
-                  for sc in bad_runs]
-    lines += ["", "## Bad inputs", "", "| group | case | expected | got | s | as expected |", "|---|---|---|---|---:|---|"]
+        lines += [
+            f"- {sc.recipe} run {sc.index} ({sc.launcher}): {cell('; '.join(sc.problems + [f'left {x}' for x in sc.left]), 800)}"
+            for sc in bad_runs
+        ]
+    lines += [
+        "",
+        "## Bad inputs",
+        "",
+        "| group | case | expected | got | s | as expected |",
+        "|---|---|---|---|---:|---|",
+    ]
     for o in outcomes:
         err = error_lines(o.result.stderr)
         got = f"exit {o.result.rc}" + (": " + cell(err[-1], 150) if err else "")
         expected = "refused in one line" if o.case.expect == "error" else "works"
-        lines.append(f"| {o.case.group} | {o.case.name} | {expected} | {got} | {o.result.seconds:.0f} | "
-                     f"{'yes' if o.ok else 'NO: ' + cell(o.problem)} |")
+        lines.append(
+            f"| {o.case.group} | {o.case.name} | {expected} | {got} | {o.result.seconds:.0f} | "
+            f"{'yes' if o.ok else 'NO: ' + cell(o.problem)} |"
+        )
     if failing := [o for o in outcomes if not o.ok]:
         lines += ["", "## Failing cases", ""]
         for o in failing:
-            lines += [f"### {o.case.name}", "", o.problem, "", "```", short(tail(o.result.stderr, 8)) or "(no stderr)", "```", ""]
+            lines += [
+                f"### {o.case.name}",
+                "",
+                o.problem,
+                "",
+                "```",
+                short(tail(o.result.stderr, 8)) or "(no stderr)",
+                "```",
+                "",
+            ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kills", type=int, default=None, help="SIGKILLs per recipe (default 10; --quick: 2; 0: none)")
-    p.add_argument("--quick", action="store_true", help="2 kills per recipe and a handful of bad inputs, for development")
+    p.add_argument(
+        "--quick", action="store_true", help="2 kills per recipe and a handful of bad inputs, for development"
+    )
     p.add_argument("--jobs", type=int, default=2, help="bad-input cases run at once")
     p.add_argument("--seed", type=int, default=0, help="seeds the kill moments")
     p.add_argument("--case", action="append", help="only the bad-input cases whose name contains this (repeatable)")
@@ -995,8 +1253,11 @@ def main(argv: list[str] | None = None) -> None:
     cases = [c for c in CASES if c.name in QUICK_CASES] if args.quick else CASES
     if args.case:
         cases = [c for c in CASES if any(w.lower() in c.name.lower() for w in args.case)]
-    command_line = "python benchmarks/reliability.py" + (" --quick" if args.quick else "") + (
-        f" --kills {args.kills}" if args.kills is not None else "")
+    command_line = (
+        "python benchmarks/reliability.py"
+        + (" --quick" if args.quick else "")
+        + (f" --kills {args.kills}" if args.kills is not None else "")
+    )
     t0 = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="finetune-reliability-"))
     try:
@@ -1004,8 +1265,12 @@ def main(argv: list[str] | None = None) -> None:
         (root / "kills").mkdir()
         print(f"kills: {n_kills} per recipe, LM and SD side by side ...", flush=True)
         with ThreadPoolExecutor(2) as pool:  # one run of each at a time: the two cores, as the bad inputs use them
-            done = list(pool.map(lambda r: kill_suite(ws, r, n_kills, KILL_STEPS, random.Random(f"{args.seed}-{r}")),
-                                 ("lm", "sd") if n_kills else ()))
+            done = list(
+                pool.map(
+                    lambda r: kill_suite(ws, r, n_kills, KILL_STEPS, random.Random(f"{args.seed}-{r}")),
+                    ("lm", "sd") if n_kills else (),
+                )
+            )
         kills, scenarios = [k for ks, _ in done for k in ks], [sc for _, scs in done for sc in scs]
         print(f"  {time.monotonic() - t0:.0f} s; bad inputs: {len(cases)} cases ...", flush=True)
         outcomes = bad_input_suite(ws, cases, args.jobs)

@@ -67,7 +67,7 @@ def make_images(folder: Path, n: int, width: int, height: int, seed: int) -> Non
     for i in range(n):
         a = np.zeros((height, width, 3), np.uint8)
         a[...] = rng.integers(0, 255, 3)
-        a[height // 4: 3 * height // 4, width // 4: 3 * width // 4] = rng.integers(0, 255, 3)
+        a[height // 4 : 3 * height // 4, width // 4 : 3 * width // 4] = rng.integers(0, 255, 3)
         Image.fromarray(a).save(folder / f"img{i}.png")
 
 
@@ -94,18 +94,29 @@ class ReferenceDreamBoothDataset:
 
         img = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
         scale = self.size / min(img.size)
-        img = img.resize((max(self.size, round(img.width * scale)), max(self.size, round(img.height * scale))), Image.BILINEAR)
+        img = img.resize(
+            (max(self.size, round(img.width * scale)), max(self.size, round(img.height * scale))), Image.BILINEAR
+        )
         left, top = (img.width - self.size) // 2, (img.height - self.size) // 2
         img = img.crop((left, top, left + self.size, top + self.size))
         return torch.from_numpy(np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1.0)
 
     def _ids(self, prompt):
-        return self.tokenizer(prompt, padding="max_length", max_length=self.tokenizer.model_max_length,
-                              truncation=True, return_tensors="pt").input_ids[0]
+        return self.tokenizer(
+            prompt,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids[0]
 
     def __getitem__(self, i):
-        return {"instance_images": self._pixels(self.instance[i % len(self.instance)]), "instance_ids": self._ids(INSTANCE_PROMPT),
-                "class_images": self._pixels(self.classes[i % len(self.classes)]), "class_ids": self._ids(CLASS_PROMPT)}
+        return {
+            "instance_images": self._pixels(self.instance[i % len(self.instance)]),
+            "instance_ids": self._ids(INSTANCE_PROMPT),
+            "class_images": self._pixels(self.classes[i % len(self.classes)]),
+            "class_ids": self._ids(CLASS_PROMPT),
+        }
 
 
 def reference_collate(examples):
@@ -142,8 +153,14 @@ def run_reference(a) -> dict:
     unet.to(accelerator.device, dtype=weight_dtype)
     vae.to(accelerator.device, dtype=torch.float32)  # the example keeps the VAE in fp32 (it overflows in fp16)
     text_encoder.to(accelerator.device, dtype=weight_dtype)
-    unet.add_adapter(LoraConfig(r=a.rank, lora_alpha=a.rank, init_lora_weights="gaussian",
-                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    unet.add_adapter(
+        LoraConfig(
+            r=a.rank,
+            lora_alpha=a.rank,
+            init_lora_weights="gaussian",
+            target_modules=["to_k", "to_q", "to_v", "to_out.0"],
+        )
+    )
     cast_training_params(unet, dtype=torch.float32)
     params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-2)
@@ -165,7 +182,9 @@ def run_reference(a) -> dict:
             latents = vae.encode(batch["pixel_values"].to(dtype=vae.dtype)).latent_dist.sample()
             latents = (latents * vae.config.scaling_factor).to(weight_dtype)
             noise = torch.randn_like(latents)
-            timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
+            timesteps = torch.randint(
+                0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
+            )
             noisy = noise_scheduler.add_noise(latents, noise, timesteps)
             encoder_hidden_states = text_encoder(batch["input_ids"])[0]
             pred = unet(noisy, timesteps, encoder_hidden_states, return_dict=False)[0]
@@ -182,9 +201,15 @@ def run_reference(a) -> dict:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     memory = peak_memory()  # right after training, as ours is measured
-    return {"steps_per_second": a.steps / seconds, "train_seconds": seconds, "cache_seconds": 0.0,
-            "median_step_seconds": statistics.median(step_times),
-            "final_loss": last_loss, "peak_memory_bytes": memory["bytes"], "memory_kind": memory["kind"]}
+    return {
+        "steps_per_second": a.steps / seconds,
+        "train_seconds": seconds,
+        "cache_seconds": 0.0,
+        "median_step_seconds": statistics.median(step_times),
+        "final_loss": last_loss,
+        "peak_memory_bytes": memory["bytes"],
+        "memory_kind": memory["kind"],
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,21 +222,43 @@ def run_ours(a) -> dict:
 
     out = Path(a.work) / "ours"
     shutil.rmtree(out, ignore_errors=True)  # one fresh run per photo scale
-    summary = main([
-        f"model.pretrained={a.model_dir}", f"model.resolution={a.resolution}", "method=lora",
-        f"data.instance_dir={a.instance_dir}", f"data.instance_prompt={INSTANCE_PROMPT}",
-        "prior.enabled=true", f"prior.class_dir={a.class_dir}", f"prior.class_prompt={CLASS_PROMPT}",
-        f"prior.num_class_images={a.num_images}", f"lora.rank={a.rank}", f"lora.alpha={a.rank}",
-        f"train.output_dir={out}", f"train.max_steps={a.steps}", f"train.batch_size={a.batch_size}",
-        "train.log_every=1000", "train.progress_bar=false", "train.tensorboard=false", "train.save_best=false",
-        "validation.grids=false", "validation.loss_images=1", "optim.lr=1e-4", "optim.weight_decay=1e-2",
-        *(PREVIOUS_KERNELS if a.previous_kernels else []),
-    ])
+    summary = main(
+        [
+            f"model.pretrained={a.model_dir}",
+            f"model.resolution={a.resolution}",
+            "method=lora",
+            f"data.instance_dir={a.instance_dir}",
+            f"data.instance_prompt={INSTANCE_PROMPT}",
+            "prior.enabled=true",
+            f"prior.class_dir={a.class_dir}",
+            f"prior.class_prompt={CLASS_PROMPT}",
+            f"prior.num_class_images={a.num_images}",
+            f"lora.rank={a.rank}",
+            f"lora.alpha={a.rank}",
+            f"train.output_dir={out}",
+            f"train.max_steps={a.steps}",
+            f"train.batch_size={a.batch_size}",
+            "train.log_every=1000",
+            "train.progress_bar=false",
+            "train.tensorboard=false",
+            "train.save_best=false",
+            "validation.grids=false",
+            "validation.loss_images=1",
+            "optim.lr=1e-4",
+            "optim.weight_decay=1e-2",
+            *(PREVIOUS_KERNELS if a.previous_kernels else []),
+        ]
+    )
     memory = summary["train_peak_memory"]  # measured at the end of the last optimizer step
-    return {"steps_per_second": summary["steps_per_second"], "train_seconds": summary["train_seconds"],
-            "median_step_seconds": summary["median_step_seconds"],
-            "cache_seconds": summary["cache_seconds"], "peak_memory_bytes": memory["bytes"], "memory_kind": memory["kind"],
-            "conv_backend": summary["conv_backend"]}
+    return {
+        "steps_per_second": summary["steps_per_second"],
+        "train_seconds": summary["train_seconds"],
+        "median_step_seconds": summary["median_step_seconds"],
+        "cache_seconds": summary["cache_seconds"],
+        "peak_memory_bytes": memory["bytes"],
+        "memory_kind": memory["kind"],
+        "conv_backend": summary["conv_backend"],
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,12 +267,29 @@ def run_ours(a) -> dict:
 
 
 def child(role: str, a, work: Path) -> dict:
-    compiled = role == "ours_compiled"  # our recipe with accelerate's dynamo backend: torch.compile(inductor) in prepare()
+    compiled = (
+        role == "ours_compiled"
+    )  # our recipe with accelerate's dynamo backend: torch.compile(inductor) in prepare()
     previous = role == "ours_previous"
     role = "ours" if role in SIDES else role  # every extra side is our recipe with a launch or config change
-    cmd = [sys.executable, __file__, "--role", role, "--work", str(work), "--steps", str(a.steps),
-           "--batch-size", str(a.batch_size), "--rank", str(a.rank), "--resolution", str(a.resolution),
-           "--num-images", str(a.num_images)] + (["--previous-kernels"] if previous else [])
+    cmd = [
+        sys.executable,
+        __file__,
+        "--role",
+        role,
+        "--work",
+        str(work),
+        "--steps",
+        str(a.steps),
+        "--batch-size",
+        str(a.batch_size),
+        "--rank",
+        str(a.rank),
+        "--resolution",
+        str(a.resolution),
+        "--num-images",
+        str(a.num_images),
+    ] + (["--previous-kernels"] if previous else [])
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
     if a.mixed_precision != "no":
         env["ACCELERATE_MIXED_PRECISION"] = a.mixed_precision
@@ -262,7 +326,8 @@ def section(a, photo_scale: int, ref: dict, ours: dict, extras: dict[str, dict])
         ]
 
     lines = [
-        f"### Instance images {side}x{side * 5 // 4} px (class images {a.resolution} px, as the base model generates them)", "",
+        f"### Instance images {side}x{side * 5 // 4} px (class images {a.resolution} px, as the base model generates them)",
+        "",
         f"| | steps/s (1 / median step) | steps/s (wall, all steps) | wall incl. our caching | peak memory while training ({ours['memory_kind']}) |",
         "|---|---|---|---|---|",
         f"| diffusers-style reference | {median(ref):.2f} | {ref['steps_per_second']:.2f} | {ref['steps_per_second']:.2f} | {mib(ref['peak_memory_bytes'])} |",
@@ -275,14 +340,24 @@ def section(a, photo_scale: int, ref: dict, ours: dict, extras: dict[str, dict])
         once = compiled["train_seconds"] - a.steps * compiled["median_step_seconds"]  # ~ the compile, paid in step 1
         saved = 1.0 / median(ref) - compiled["median_step_seconds"]
     lines += [
-        "", f"Target >= 1.5x steps/s with no more memory: speed {'met' if speed >= 1.5 else 'NOT met'} (median), "
+        "",
+        f"Target >= 1.5x steps/s with no more memory: speed {'met' if speed >= 1.5 else 'NOT met'} (median), "
         f"memory {'met' if mem <= 1.0 else 'NOT met'}. Our one-off caching took {ours['cache_seconds']:.2f} s. "
         f"Convolution kernels (efficiency.conv_backend=auto, timed by the recipe on the CPU): {ours['conv_backend']}. "
         f"Median step of each run (ms): reference {ref['all_median_ms']}, ours {ours['all_median_ms']}"
-        + (f", ours with previous kernels {extras['ours_previous']['all_median_ms']}" if "ours_previous" in extras else "")
-        + (f", ours + compile {compiled['all_median_ms']}. The compile costs ~{once:.0f} s once (in the first step), "
-           f"repaid against the reference after ~{once / saved:,.0f} steps" if compiled and saved > 0 else "")
-        + f". Peak memory of each run (MiB): reference {ref['all_memory_mib']}, ours {ours['all_memory_mib']}.", "",
+        + (
+            f", ours with previous kernels {extras['ours_previous']['all_median_ms']}"
+            if "ours_previous" in extras
+            else ""
+        )
+        + (
+            f", ours + compile {compiled['all_median_ms']}. The compile costs ~{once:.0f} s once (in the first step), "
+            f"repaid against the reference after ~{once / saved:,.0f} steps"
+            if compiled and saved > 0
+            else ""
+        )
+        + f". Peak memory of each run (MiB): reference {ref['all_memory_mib']}, ours {ours['all_memory_mib']}.",
+        "",
     ]
     return lines
 
@@ -290,15 +365,23 @@ def section(a, photo_scale: int, ref: dict, ours: dict, extras: dict[str, dict])
 def write_results(a, runs: list, device: str) -> str:
     from finetune.io import atomic_write_text
 
-    model = "SD1.5-sized (random weights)" if a.sd15 else "tiny SD (build_sd_from_configs(tiny_sd_configs(vae_scale_factor=8)), random weights)"
+    model = (
+        "SD1.5-sized (random weights)"
+        if a.sd15
+        else "tiny SD (build_sd_from_configs(tiny_sd_configs(vae_scale_factor=8)), random weights)"
+    )
     lines = [
-        "# DreamBooth-LoRA: our recipe vs a plain-diffusers loop", "",
+        "# DreamBooth-LoRA: our recipe vs a plain-diffusers loop",
+        "",
         f"{model}; {a.resolution} px training resolution; batch {a.batch_size} instance + {a.batch_size} class image(s); "
-        f"LoRA rank {a.rank}; {a.steps} steps per side; mixed precision {a.mixed_precision}; on {device}.", "",
-        f"Command: `{' '.join(['python'] + sys.argv)}`", "",
+        f"LoRA rank {a.rank}; {a.steps} steps per side; mixed precision {a.mixed_precision}; on {device}.",
+        "",
+        f"Command: `{' '.join(['python'] + sys.argv)}`",
+        "",
         "Both sides: same model directory, images, resolution, batch, rank, steps; each in its own process, "
         f"alternated {a.repeats} times, the fastest run of each side kept (the machine is shared with other jobs). "
-        "steps/s counts optimizer steps only; memory is read at the end of the last optimizer step.", "",
+        "steps/s counts optimizer steps only; memory is read at the end of the last optimizer step.",
+        "",
     ]
     for photo_scale, ref, ours, extras in runs:
         lines += section(a, photo_scale, ref, ours, extras)
@@ -315,7 +398,8 @@ def write_results(a, runs: list, device: str) -> str:
         "with the previous kernels (foreach AdamW, oneDNN). torch.compile (accelerate's dynamo backend, a launch "
         "flag, no recipe change) shortens the UNet step further, but on the CPU the inductor compiler's memory shows "
         "in the process's peak RSS and its one-off compile must be repaid by the run's length. SD1.5-sized runs "
-        "(`--sd15`) need a GPU; there our recipe also keeps the cached-away VAE and text encoder in CPU memory.", "",
+        "(`--sd15`) need a GPU; there our recipe also keeps the cached-away VAE and text encoder in CPU memory.",
+        "",
     ]
     text = "\n".join(lines)
     atomic_write_text(Path(a.results), text)
@@ -330,13 +414,25 @@ def main() -> None:
     p.add_argument("--rank", type=int, default=4, help="LoRA rank")
     p.add_argument("--resolution", type=int, default=None, help="training image side (default 64 tiny, 512 sd15)")
     p.add_argument("--num-images", type=int, default=4, help="instance images, and class images")
-    p.add_argument("--photo-scales", default=None, help="instance image side / resolution, one run each (default 16,4,1 tiny; 4 sd15)")
-    p.add_argument("--repeats", type=int, default=3, help="alternating runs per side; the fastest (by median step) is kept")
+    p.add_argument(
+        "--photo-scales",
+        default=None,
+        help="instance image side / resolution, one run each (default 16,4,1 tiny; 4 sd15)",
+    )
+    p.add_argument(
+        "--repeats", type=int, default=3, help="alternating runs per side; the fastest (by median step) is kept"
+    )
     p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"], help="for both sides")
-    p.add_argument("--compile", action="store_true",
-                   help="also run our recipe with accelerate's dynamo backend (torch.compile, inductor) as a third side")
-    p.add_argument("--ablate", action="store_true",
-                   help=f"also run our recipe with its previous kernels ({' '.join(PREVIOUS_KERNELS)}) as another side")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also run our recipe with accelerate's dynamo backend (torch.compile, inductor) as a third side",
+    )
+    p.add_argument(
+        "--ablate",
+        action="store_true",
+        help=f"also run our recipe with its previous kernels ({' '.join(PREVIOUS_KERNELS)}) as another side",
+    )
     p.add_argument("--results", default=str(RESULTS), help="markdown results file")
     p.add_argument("--previous-kernels", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--role", choices=["ours", "reference"], help=argparse.SUPPRESS)
@@ -353,8 +449,11 @@ def main() -> None:
     import torch
 
     scales = [int(x) for x in (a.photo_scales or ("4" if a.sd15 else "16,4,1")).split(",")]
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else \
-        f"CPU ({os.cpu_count()} cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})"
+    device = (
+        torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else f"CPU ({os.cpu_count()} cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})"
+    )
     runs = []
     with tempfile.TemporaryDirectory(prefix="sd_bench_") as tmp:
         work = Path(tmp)
@@ -364,14 +463,23 @@ def main() -> None:
             side = a.resolution * scale
             shutil.rmtree(work / "instance", ignore_errors=True)
             make_images(work / "instance", a.num_images, side, side * 5 // 4, seed=1)
-            roles = ["reference", "ours"] + (["ours_compiled"] if a.compile else []) + (["ours_previous"] if a.ablate else [])
+            roles = (
+                ["reference", "ours"]
+                + (["ours_compiled"] if a.compile else [])
+                + (["ours_previous"] if a.ablate else [])
+            )
             results: dict[str, list] = {role: [] for role in roles}
             for _ in range(a.repeats):  # alternate the sides so all meet the same background load
                 for role in roles:
                     results[role].append(child(role, a, work))
-                print(f"photo scale {scale}: median step " + ", ".join(
-                    f"{role} {results[role][-1]['median_step_seconds'] * 1e3:.1f} ms" for role in roles), flush=True)
-            runs.append((scale, best(results["reference"]), best(results["ours"]), {r: best(results[r]) for r in roles[2:]}))
+                print(
+                    f"photo scale {scale}: median step "
+                    + ", ".join(f"{role} {results[role][-1]['median_step_seconds'] * 1e3:.1f} ms" for role in roles),
+                    flush=True,
+                )
+            runs.append(
+                (scale, best(results["reference"]), best(results["ours"]), {r: best(results[r]) for r in roles[2:]})
+            )
     print(write_results(a, runs, device))
 
 

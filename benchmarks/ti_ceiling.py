@@ -33,10 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.personalization import TI_PROMPT, Run, train  # noqa: E402
 from finetune.io import atomic_write_text  # noqa: E402
 from finetune.losses.diffusion import diffusion_loss, diffusion_target  # noqa: E402
 from finetune.models.sd import encode_tokens  # noqa: E402
-from benchmarks.personalization import TI_PROMPT, Run, train  # noqa: E402
 from scripts.build_digits_sd import GUIDANCE, RESOLUTION, SAMPLE_STEPS, generate, load_digits_sd  # noqa: E402
 from scripts.make_subject import CLASS_PROMPT, load_subject_detector, load_subject_images  # noqa: E402
 
@@ -75,17 +75,28 @@ def fit_free_conditioning(pipe, images: torch.Tensor, steps: int, lr: float, see
 def sample(pipe, cond: torch.Tensor, n: int, seed: int = 50_000) -> torch.Tensor:
     """n images from `cond` with guidance against the empty prompt, image i from seed + i (like `generate`)."""
     gens = [torch.Generator().manual_seed(seed + i) for i in range(n)]
-    out = pipe(prompt_embeds=cond.expand(n, -1, -1), negative_prompt_embeds=encode(pipe, "").expand(n, -1, -1),
-               height=RESOLUTION, width=RESOLUTION, num_inference_steps=SAMPLE_STEPS, guidance_scale=GUIDANCE,
-               generator=gens, output_type="pt").images
+    out = pipe(
+        prompt_embeds=cond.expand(n, -1, -1),
+        negative_prompt_embeds=encode(pipe, "").expand(n, -1, -1),
+        height=RESOLUTION,
+        width=RESOLUTION,
+        num_inference_steps=SAMPLE_STEPS,
+        guidance_scale=GUIDANCE,
+        generator=gens,
+        output_type="pt",
+    ).images
     return out.float() * 2.0 - 1.0
 
 
 def textual_inversion_rate(model: str, score, n: int, steps: int) -> float:
     """Run the TI recipe config on `model` as the personalization benchmark runs it, load the embedding with stock
     diffusers, score n samples of its template prompt (drawn like `generate` draws every prompt here)."""
-    run = Run("textual inversion", "digits_textual_inversion", "ti",
-              [f"model.pretrained={Path(model).resolve()}", f"train.max_steps={steps}"])
+    run = Run(
+        "textual inversion",
+        "digits_textual_inversion",
+        "ti",
+        [f"model.pretrained={Path(model).resolve()}", f"train.max_steps={steps}"],
+    )
     with tempfile.TemporaryDirectory(prefix="ti_") as out:
         train(run, Path(out) / "ti")
         pipe = load_digits_sd(model)
@@ -106,8 +117,12 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=800, help="optimizer steps per fit")
     parser.add_argument("--lrs", default="0.01,0.05,0.1", help="Adam learning rates tried; the best is the ceiling")
     parser.add_argument("--samples", type=int, default=100, help="images scored per fit")
-    parser.add_argument("--ti-steps", type=int, default=3000, help="steps of the textual-inversion run per base (0: skip)")
-    parser.add_argument("--model", nargs="+", default=[str(ROOT / "data" / "digits_sd")], help="base pipeline directories")
+    parser.add_argument(
+        "--ti-steps", type=int, default=3000, help="steps of the textual-inversion run per base (0: skip)"
+    )
+    parser.add_argument(
+        "--model", nargs="+", default=[str(ROOT / "data" / "digits_sd")], help="base pipeline directories"
+    )
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     from finetune.metrics import load_judge
@@ -135,26 +150,37 @@ def main(argv=None) -> None:
         ti[model] = textual_inversion_rate(model, detector.rate, args.samples, args.ti_steps)
         print(f"{model}: textual inversion rate {ti[model]:.2f}", flush=True)
     lines = [
-        "# Textual inversion's ceiling on the digits SD: a free conditioning tensor", "",
+        "# Textual inversion's ceiling on the digits SD: a free conditioning tensor",
+        "",
         f"`python benchmarks/ti_ceiling.py --model {' '.join(args.model)}` ({time.perf_counter() - started:.0f} s on the "
         f"2-core CPU). Every entry of the 77 x 64 conditioning tensor is trained ({args.steps} Adam steps, batch = the 5 "
         f"subject images, the model's own denoising objective) through the frozen UNet; {args.samples} samples per fit, "
         f"DDIM {SAMPLE_STEPS} steps, guidance {GUIDANCE} against the empty prompt. This bounds every method that changes "
-        "only the prompt (textual inversion with any number of vectors, per-layer tokens, a tuned text encoder).", "",
-        "| base | subject | Adam lr | share of samples recognised as the subject | fit + sample s |", "|---|---|---|---|---|",
-        *[f"| {m} | {n} | {lr:g} | {rate:.2f} | {sec:.0f} |" for m, n, lr, rate, sec in rows], "",
-        "Best per base and subject: " + "; ".join(f"{m}, {n}: **{r:.2f}**" for (m, n), r in best.items()) + ".", "",
+        "only the prompt (textual inversion with any number of vectors, per-layer tokens, a tuned text encoder).",
+        "",
+        "| base | subject | Adam lr | share of samples recognised as the subject | fit + sample s |",
+        "|---|---|---|---|---|",
+        *[f"| {m} | {n} | {lr:g} | {rate:.2f} | {sec:.0f} |" for m, n, lr, rate, sec in rows],
+        "",
+        "Best per base and subject: " + "; ".join(f"{m}, {n}: **{r:.2f}**" for (m, n), r in best.items()) + ".",
+        "",
     ]
     if ti:
         triangle = next(iter(subjects))
         lines += [
             f"Textual inversion itself (recipes/configs/digits_textual_inversion.yaml, {args.ti_steps} steps, 3 vectors; "
-            f"{args.samples} samples of \"a drawing of a <triangle>\" scored by the detector) against that ceiling:", "",
-            "| base | free-conditioning ceiling (triangle) | textual inversion (triangle) |", "|---|---|---|",
-            *[f"| {m} | {best[(m, triangle)]:.2f} | {ti[m]:.2f} |" for m in args.model], "",
+            f'{args.samples} samples of "a drawing of a <triangle>" scored by the detector) against that ceiling:',
+            "",
+            "| base | free-conditioning ceiling (triangle) | textual inversion (triangle) |",
+            "|---|---|---|",
+            *[f"| {m} | {best[(m, triangle)]:.2f} | {ti[m]:.2f} |" for m in args.model],
+            "",
         ]
-    lines += ["data/digits_sd is the shipped base (digits, then stroke symbols); the digits-only base it was built from "
-              "is `git archive 2dd90e7 data/digits_sd` (unpacked under /tmp/old in the command above).", ""]
+    lines += [
+        "data/digits_sd is the shipped base (digits, then stroke symbols); the digits-only base it was built from "
+        "is `git archive 2dd90e7 data/digits_sd` (unpacked under /tmp/old in the command above).",
+        "",
+    ]
     text = "\n".join(lines)
     atomic_write_text(Path(args.out), text)
     print(text)

@@ -78,9 +78,7 @@ def _coerce(value: Any, tp, key: str, where: str):
     """Return `value` converted to type `tp`, or raise UserError naming the key."""
 
     def bad():
-        return UserError(
-            f"{where}: '{key}' must be {_type_name(tp)}, got {value!r}; fix the value"
-        )
+        return UserError(f"{where}: '{key}' must be {_type_name(tp)}, got {value!r}; fix the value")
 
     if tp is Any:
         return value
@@ -102,9 +100,7 @@ def _coerce(value: Any, tp, key: str, where: str):
             return value
         near = difflib.get_close_matches(str(value), [str(a) for a in typing.get_args(tp)], n=1)
         hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise UserError(
-            f"{where}: '{key}' must be {_type_name(tp)}, got {value!r}{hint}; fix the value"
-        )
+        raise UserError(f"{where}: '{key}' must be {_type_name(tp)}, got {value!r}{hint}; fix the value")
     if origin is list:
         (inner,) = typing.get_args(tp) or (Any,)
         if isinstance(value, tuple):
@@ -316,7 +312,9 @@ def config_keys(cls, defaults=None, prefix: str = "") -> list[tuple[str, str, st
         if dataclasses.is_dataclass(section):
             shown = "required" if required else ("" if section is tp else f"default {_show_default(value)}")
             rows.append((key, "section" if section is tp else "section or null", shown, comments.get(f.name, "")))
-            rows.extend(config_keys(section, value if isinstance(value, typing.cast(type, section)) else None, key + "."))
+            rows.extend(
+                config_keys(section, value if isinstance(value, typing.cast(type, section)) else None, key + ".")
+            )
         else:
             shown = "required" if required else f"default {_show_default(value)}"
             rows.append((key, _type_name(tp), shown, comments.get(f.name, "")))
@@ -333,8 +331,9 @@ def config_help(cls) -> str:
 
 def parse_recipe_args(cls, argv: list[str] | None = None, description: str = ""):
     """`--config FILE key=value ...` -> a validated config of type `cls`; --help lists every key (config_help)."""
-    parser = argparse.ArgumentParser(description=description, epilog=config_help(cls),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=description, epilog=config_help(cls), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", help="YAML config file")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-4")
     args = parser.parse_args(argv)
@@ -350,5 +349,5 @@ def load_section(cls, path: str, key: str, overrides: list[str] | tuple[str, ...
     for item in overrides:
         k, value = _parse_override(item)
         if k.startswith(prefix):
-            _set_dotted(data, k[len(prefix):], value)
+            _set_dotted(data, k[len(prefix) :], value)
     return _build(cls, data, prefix, path)

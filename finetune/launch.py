@@ -30,8 +30,10 @@ def recipes_dir() -> Path:
     """recipes/ lives at the repository root, beside the (editable-installed) package, not inside it."""
     folder = Path(finetune.__file__).resolve().parent.parent / "recipes"
     if not all((folder / f).is_file() for f in RECIPES.values()):
-        raise UserError(f"the recipes are not next to the finetune package (looked in {folder}); install the "
-                        "project from its source checkout with `pip install -e .`, or run `accelerate launch recipes/...`")
+        raise UserError(
+            f"the recipes are not next to the finetune package (looked in {folder}); install the "
+            "project from its source checkout with `pip install -e .`, or run `accelerate launch recipes/...`"
+        )
     return folder
 
 
@@ -70,13 +72,16 @@ def accelerate_config(path: str | None) -> Path:
 
     config = Path(path) if path else recipes_dir().parent / ACCELERATE_CONFIG
     if not config.is_file():
-        raise UserError(f"accelerate config {config} does not exist; pass --accelerate-config FILE "
-                        "(`accelerate config` writes one)")
+        raise UserError(
+            f"accelerate config {config} does not exist; pass --accelerate-config FILE (`accelerate config` writes one)"
+        )
     try:
         load_config_from_file(str(config))
     except Exception as e:  # yaml/json syntax or a key accelerate does not know
-        raise UserError(f"accelerate config {config} is not valid: {str(e).splitlines()[0]}; "
-                        "compare it with the project's accelerate_config.yaml") from None
+        raise UserError(
+            f"accelerate config {config} is not valid: {str(e).splitlines()[0]}; "
+            "compare it with the project's accelerate_config.yaml"
+        ) from None
     return config
 
 
@@ -85,7 +90,9 @@ def launch(name: str, recipe_args: list[str], config: str | None = None) -> int:
     from accelerate.commands.launch import launch_command, launch_command_parser
 
     script = recipe_path(name)
-    args = launch_command_parser().parse_args(["--config_file", str(accelerate_config(config)), str(script), *recipe_args])
+    args = launch_command_parser().parse_args(
+        ["--config_file", str(accelerate_config(config)), str(script), *recipe_args]
+    )
     try:
         launch_command(args)
     except subprocess.CalledProcessError as e:  # the single-process launcher; the recipe has said why
@@ -116,6 +123,10 @@ def _exit_code(returncode: int) -> int:
             name = signal.Signals(-returncode).name
         except ValueError:
             name = f"signal {-returncode}"
-        print(f"error: the recipe was killed by {name} (out of memory, or stopped from outside)", file=sys.stderr, flush=True)
+        print(
+            f"error: the recipe was killed by {name} (out of memory, or stopped from outside)",
+            file=sys.stderr,
+            flush=True,
+        )
         return 128 - returncode
     return returncode

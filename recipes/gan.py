@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 from safetensors.torch import save as safetensors_bytes
@@ -62,22 +62,24 @@ class GANTrainConfig:
     eval_samples: int = 500  # generated images per FID/IS evaluation
     save_every: int = 0  # checkpoint every N generator steps (0: no checkpoints)
     keep_last: int = 2  # complete checkpoints to keep
-    resume: Optional[str] = None  # "latest" or a checkpoint-<step> directory to continue from
+    resume: str | None = None  # "latest" or a checkpoint-<step> directory to continue from
     overwrite_output_dir: bool = False  # allow replacing a directory that holds another run's checkpoints
     tensorboard: bool = True  # also log to <output_dir>/tensorboard when tensorboard is installed
 
 
 @dataclass
 class GANConfig:
-    train: GANTrainConfig = field(default_factory=GANTrainConfig)  # loop settings (steps, batch, evaluation, checkpoints)
+    train: GANTrainConfig = field(
+        default_factory=GANTrainConfig
+    )  # loop settings (steps, batch, evaluation, checkpoints)
     optim_g: GANOptimConfig = field(default_factory=GANOptimConfig)  # generator optimizer
     optim_d: GANOptimConfig = field(default_factory=GANOptimConfig)  # discriminator optimizer; a higher lr = TTUR
     loss: Literal["minimax", "nonsaturating", "lsgan", "wgan", "wgan_gp", "hinge"] = "nonsaturating"  # GAN objective
     d_output: Literal["logit", "sigmoid"] = "logit"  # D's last activation: raw score, or sigmoid (lsgan only)
     spectral_norm: bool = False  # spectral normalisation on every D layer (Miyato et al. 2018)
     label_smoothing: float = 1.0  # target for real images in D's loss (0.9 = one-sided smoothing; 1.0 = off)
-    n_critic: Optional[int] = None  # D steps per G step; null: 5 for wgan/wgan_gp, 1 otherwise
-    clip_value: Optional[float] = None  # WGAN weight clipping to [-c, c]; null: 0.01 for wgan, 0 (off) otherwise
+    n_critic: int | None = None  # D steps per G step; null: 5 for wgan/wgan_gp, 1 otherwise
+    clip_value: float | None = None  # WGAN weight clipping to [-c, c]; null: 0.01 for wgan, 0 (off) otherwise
     gp_weight: float = 10.0  # lambda of the WGAN-GP gradient penalty (loss=wgan_gp only)
     arch: Literal["mlp", "conv"] = "mlp"  # network family (finetune/models/small_nets.py)
     image_size: int = 8  # side of the generated digits (the originals are 8x8)
@@ -92,23 +94,33 @@ def resolve_config(cfg: GANConfig) -> GANConfig:
     clip = cfg.clip_value if cfg.clip_value is not None else (0.01 if cfg.loss == "wgan" else 0.0)
     t = cfg.train
     if cfg.d_output == "sigmoid" and cfg.loss in UNBOUNDED:
-        raise UserError(f"loss={cfg.loss} needs an unbounded critic, but d_output=sigmoid squashes it to (0, 1); set d_output=logit")
+        raise UserError(
+            f"loss={cfg.loss} needs an unbounded critic, but d_output=sigmoid squashes it to (0, 1); set d_output=logit"
+        )
     if cfg.d_output == "sigmoid" and cfg.loss in ("minimax", "nonsaturating"):
         raise UserError(f"loss={cfg.loss} applies the sigmoid itself (BCE with logits); set d_output=logit")
     if cfg.label_smoothing != 1.0 and cfg.loss in UNBOUNDED:
-        raise UserError(f"label_smoothing={cfg.label_smoothing} has no meaning for loss={cfg.loss} (no real/fake labels); set label_smoothing=1.0")
+        raise UserError(
+            f"label_smoothing={cfg.label_smoothing} has no meaning for loss={cfg.loss} (no real/fake labels); set label_smoothing=1.0"
+        )
     if not 0.0 < cfg.label_smoothing <= 1.0:
-        raise UserError(f"label_smoothing={cfg.label_smoothing} must be in (0, 1]; 0.9 is one-sided smoothing, 1.0 is off")
+        raise UserError(
+            f"label_smoothing={cfg.label_smoothing} must be in (0, 1]; 0.9 is one-sided smoothing, 1.0 is off"
+        )
     if n_critic < 1:
         raise UserError(f"n_critic={n_critic} must be >= 1 (discriminator steps per generator step)")
     if clip < 0:
         raise UserError(f"clip_value={clip} must be >= 0 (0.01 in the WGAN paper; 0 disables)")
     if clip > 0 and cfg.loss == "wgan_gp":
-        raise UserError("clip_value and the wgan_gp gradient penalty are two Lipschitz constraints; use one: clip_value=0 or loss=wgan")
+        raise UserError(
+            "clip_value and the wgan_gp gradient penalty are two Lipschitz constraints; use one: clip_value=0 or loss=wgan"
+        )
     if clip > 0 and cfg.loss != "wgan":
         raise UserError(f"clip_value={clip} is WGAN weight clipping; set clip_value=0 for loss={cfg.loss}")
     if cfg.loss == "wgan" and clip == 0 and not cfg.spectral_norm:
-        raise UserError("loss=wgan needs a Lipschitz critic: set clip_value=0.01, spectral_norm=true, or use loss=wgan_gp")
+        raise UserError(
+            "loss=wgan needs a Lipschitz critic: set clip_value=0.01, spectral_norm=true, or use loss=wgan_gp"
+        )
     if cfg.loss == "wgan_gp" and not cfg.gp_weight > 0:
         raise UserError(f"gp_weight={cfg.gp_weight} must be > 0 for loss=wgan_gp (10 in the paper)")
     for name in ("optim_g", "optim_d"):
@@ -179,8 +191,13 @@ def main(argv: list[str] | None = None) -> dict:
         step, epoch, position = state["global_step"], state["epoch"], state["position"]
         logger.truncate_after(step, redo_eval=step >= t.max_steps)  # the final evaluation below runs again
         accelerator.print(f"resumed from {resume_from} at step {step}")
-    data = iterate_batches(shuffled_batches(len(real_images), t.batch_size, t.seed),
-                           accelerator.process_index, accelerator.num_processes, epoch, position)
+    data = iterate_batches(
+        shuffled_batches(len(real_images), t.batch_size, t.seed),
+        accelerator.process_index,
+        accelerator.num_processes,
+        epoch,
+        position,
+    )
 
     def evaluate(step: int) -> dict:
         """FID / IS / KID of samples from fixed noise, plus a sample grid PNG (main process only)."""
@@ -190,7 +207,9 @@ def main(argv: list[str] | None = None) -> dict:
             fakes = torch.cat([gen(z.to(accelerator.device)).float().cpu() for z in eval_z.split(256)])
         gen.train()
         if not torch.isfinite(fakes).all():
-            raise UserError(f"the generator produced NaN/Inf at step {step}; lower the learning rates or set train.max_grad_norm")
+            raise UserError(
+                f"the generator produced NaN/Inf at step {step}; lower the learning rates or set train.max_grad_norm"
+            )
         scores = judge_images(judge, fakes)
         atomic_write_bytes(out / "samples" / f"step_{step:06d}.png", image_grid_png(fakes[:64]))
         metrics = {"fid": scores["fid"], "is": scores["is"], "kid": scores["kid"]}
@@ -237,14 +256,23 @@ def main(argv: list[str] | None = None) -> dict:
         opt_g.step()
         step += 1
 
-        values = {"d_loss": d_loss, "g_loss": g_loss, "d_real": real_out.mean(), "d_fake": fake_out.mean(),
-                  "d_grad_norm": d_norm, "g_grad_norm": g_norm, **({"gp": gp} if gp is not None else {})}
+        values = {
+            "d_loss": d_loss,
+            "g_loss": g_loss,
+            "d_real": real_out.mean(),
+            "d_fake": fake_out.mean(),
+            "d_grad_norm": d_norm,
+            "g_grad_norm": g_norm,
+            **({"gp": gp} if gp is not None else {}),
+        }
         for k, v in values.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach())
         count += 1
         if not (torch.isfinite(d_loss) and torch.isfinite(g_loss)):
-            raise UserError(f"GAN losses became non-finite at step {step} (d {float(d_loss)}, g {float(g_loss)}); "
-                            "lower the learning rates, set train.max_grad_norm or spectral_norm=true")
+            raise UserError(
+                f"GAN losses became non-finite at step {step} (d {float(d_loss)}, g {float(g_loss)}); "
+                "lower the learning rates, set train.max_grad_norm or spectral_norm=true"
+            )
         if step % t.log_every == 0 or step == t.max_steps:
             logger.log(step, "train", **{k: v / count for k, v in sums.items()}, epoch=epoch)
             sums, count = {}, 0
@@ -264,9 +292,15 @@ def main(argv: list[str] | None = None) -> dict:
         records = read_metrics(out)
         last = ([r for r in records if r["split"] == "train"] or [{}])[-1]
         start_fid = [r["fid"] for r in records if r["split"] == "eval" and r["step"] == 0]
-        summary = {**final, "step": step, "train_seconds": round(wall, 2), "loss": cfg.loss,
-                   "fid_start": start_fid[0] if start_fid else None,
-                   "d_loss": last.get("d_loss"), "g_loss": last.get("g_loss")}
+        summary = {
+            **final,
+            "step": step,
+            "train_seconds": round(wall, 2),
+            "loss": cfg.loss,
+            "fid_start": start_fid[0] if start_fid else None,
+            "d_loss": last.get("d_loss"),
+            "g_loss": last.get("g_loss"),
+        }
         atomic_write_json(out / "summary.json", summary)
         plot_loss_curve(out, keys=("d_loss", "g_loss"))
     logger.close()

@@ -39,7 +39,9 @@ from finetune.train.loop import validate_train_config
 
 @dataclass
 class AEModelConfig:
-    block_out_channels: list[int] = field(default_factory=lambda: [32, 64])  # channels per resolution level; each extra level halves the side
+    block_out_channels: list[int] = field(
+        default_factory=lambda: [32, 64]
+    )  # channels per resolution level; each extra level halves the side
     latent_channels: int = 4  # channels of the latent image (SD: 4)
     layers_per_block: int = 1  # resnet layers per encoder/decoder level
     norm_num_groups: int = 8  # GroupNorm groups; must divide every entry of block_out_channels
@@ -91,11 +93,15 @@ def validate(cfg: AutoencoderConfig) -> None:
     m = cfg.model
     levels = len(m.block_out_channels)
     if levels < 1 or any(c < 1 or c % m.norm_num_groups for c in m.block_out_channels):
-        raise UserError(f"model.block_out_channels={m.block_out_channels} must be non-empty multiples of "
-                        f"model.norm_num_groups={m.norm_num_groups}")
+        raise UserError(
+            f"model.block_out_channels={m.block_out_channels} must be non-empty multiples of "
+            f"model.norm_num_groups={m.norm_num_groups}"
+        )
     if cfg.data.image_size < 8 or cfg.data.image_size % 2 ** (levels - 1):
-        raise UserError(f"data.image_size={cfg.data.image_size} must be >= 8 and divisible by {2 ** (levels - 1)} "
-                        f"(the VAE halves it {levels - 1} times)")
+        raise UserError(
+            f"data.image_size={cfg.data.image_size} must be >= 8 and divisible by {2 ** (levels - 1)} "
+            f"(the VAE halves it {levels - 1} times)"
+        )
     if cfg.kl_weight < 0:
         raise UserError(f"kl_weight={cfg.kl_weight} must be >= 0")
 
@@ -104,9 +110,14 @@ def build_vae(m: AEModelConfig, image_size: int) -> AutoencoderKL:
     """An AutoencoderKL with `len(block_out_channels) - 1` downsamplings, random weights."""
     levels = len(m.block_out_channels)
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=m.latent_channels, layers_per_block=m.layers_per_block,
-        block_out_channels=list(m.block_out_channels), norm_num_groups=m.norm_num_groups,
-        down_block_types=["DownEncoderBlock2D"] * levels, up_block_types=["UpDecoderBlock2D"] * levels,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=m.latent_channels,
+        layers_per_block=m.layers_per_block,
+        block_out_channels=list(m.block_out_channels),
+        norm_num_groups=m.norm_num_groups,
+        down_block_types=["DownEncoderBlock2D"] * levels,
+        up_block_types=["UpDecoderBlock2D"] * levels,
         sample_size=image_size,
     )
 
@@ -132,8 +143,10 @@ class PosteriorVAE(torch.nn.Module):
 @torch.no_grad()
 def reconstruct(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Decode the posterior mode of each image (deterministic), clamped to [-1, 1]."""
-    out = [vae.decode(vae.encode(images[i : i + batch_size]).latent_dist.mode()).sample
-           for i in range(0, len(images), batch_size)]
+    out = [
+        vae.decode(vae.encode(images[i : i + batch_size]).latent_dist.mode()).sample
+        for i in range(0, len(images), batch_size)
+    ]
     return torch.cat(out).clamp(-1, 1)
 
 
@@ -141,7 +154,10 @@ def reconstruct(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 256)
 def latent_std(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 256) -> float:
     """Std of sampled latents over `images` (seeded), the number SD's scaling_factor divides by."""
     g = torch.Generator(device=images.device).manual_seed(0)
-    z = [vae.encode(images[i : i + batch_size]).latent_dist.sample(generator=g) for i in range(0, len(images), batch_size)]
+    z = [
+        vae.encode(images[i : i + batch_size]).latent_dist.sample(generator=g)
+        for i in range(0, len(images), batch_size)
+    ]
     return float(torch.cat(z).std())
 
 
@@ -184,8 +200,16 @@ def main(argv: list[str] | None = None) -> dict:
             vae.save_pretrained(tmp, safe_serialization=True)
 
     result = train(
-        accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler, dataset=list(train_x),
-        collate_fn=torch.stack, step_fn=step_fn, cfg=cfg.train, eval_fn=eval_fn, save_fn=save_fn,
+        accelerator=accelerator,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        dataset=list(train_x),
+        collate_fn=torch.stack,
+        step_fn=step_fn,
+        cfg=cfg.train,
+        eval_fn=eval_fn,
+        save_fn=save_fn,
     )
 
     summary: dict = {}
@@ -198,12 +222,21 @@ def main(argv: list[str] | None = None) -> dict:
             shown = test_x[: rows * 8]
             recon = reconstruct(vae, shown.to(device)).cpu()
             pairs = torch.stack([shown.view(rows, 8, *shown.shape[1:]), recon.view(rows, 8, *shown.shape[1:])], dim=1)
-            atomic_write_bytes(out / "reconstructions.png", image_grid_png(pairs.reshape(-1, *shown.shape[1:]), nrow=8, scale=4))
-        summary = {"step": result.global_step, "scaling_factor": 1.0 / std, "latent_std": std,
-                   "params": sum(p.numel() for p in vae.parameters()), **result.last_eval}
+            atomic_write_bytes(
+                out / "reconstructions.png", image_grid_png(pairs.reshape(-1, *shown.shape[1:]), nrow=8, scale=4)
+            )
+        summary = {
+            "step": result.global_step,
+            "scaling_factor": 1.0 / std,
+            "latent_std": std,
+            "params": sum(p.numel() for p in vae.parameters()),
+            **result.last_eval,
+        }
         atomic_write_json(out / "summary.json", summary)
-        print(f"done step={result.global_step} recon_accuracy={summary.get('recon_accuracy', float('nan')):.4f} "
-              f"val_mse={summary.get('val_loss', float('nan')):.5f} scaling_factor={1.0 / std:.4f}")
+        print(
+            f"done step={result.global_step} recon_accuracy={summary.get('recon_accuracy', float('nan')):.4f} "
+            f"val_mse={summary.get('val_loss', float('nan')):.5f} scaling_factor={1.0 / std:.4f}"
+        )
     accelerator.wait_for_everyone()
     return summary
 

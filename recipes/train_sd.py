@@ -94,20 +94,28 @@ from finetune.train.setup import conv_backend, cpu_conv_backend, finished_run
 
 @dataclass
 class SDRecipeConfig:
-    method: Literal["lora", "full", "textual_inversion"] = "lora"  # what trains: UNet LoRA, all UNet weights, or new token embeddings
+    method: Literal["lora", "full", "textual_inversion"] = (
+        "lora"  # what trains: UNet LoRA, all UNet weights, or new token embeddings
+    )
     model: SDModelConfig = field(default_factory=SDModelConfig)  # which Stable Diffusion, its resolution and objective
     data: SDDataConfig = field(default_factory=SDDataConfig)  # instance images + prompt, or a captioned folder
     prior: PriorConfig = field(default_factory=PriorConfig)  # DreamBooth prior preservation (class images)
     lora: SDLoraConfig = field(default_factory=SDLoraConfig)  # method=lora: rank, alpha, target modules
-    textual_inversion: TextualInversionConfig = field(default_factory=TextualInversionConfig)  # method=textual_inversion
+    textual_inversion: TextualInversionConfig = field(
+        default_factory=TextualInversionConfig
+    )  # method=textual_inversion
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)  # optional text-encoder training
     loss: DiffusionLossConfig = field(default_factory=DiffusionLossConfig)  # loss weighting and noise options
     ema: EMAConfig = field(default_factory=EMAConfig)  # EMA of the trained weights
     efficiency: EfficiencyConfig = field(default_factory=EfficiencyConfig)  # caching, memory and attention
     validation: ValidationConfig = field(default_factory=ValidationConfig)  # sample grids and fixed-noise loss
     kohya: bool = False  # method=lora: also write lora_kohya.safetensors (A1111 / ComfyUI / kohya)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(save_best=False))  # loop settings; no best/ copies of big artifacts by default
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, weight_decay=1e-2, fused=True))  # AdamW, one fused kernel
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(save_best=False)
+    )  # loop settings; no best/ copies of big artifacts by default
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=1e-4, weight_decay=1e-2, fused=True)
+    )  # AdamW, one fused kernel
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)  # lr schedule
 
 
@@ -136,8 +144,10 @@ def main(argv=None):
     cfg = parse_recipe_args(SDRecipeConfig, argv, description=__doc__)
     check_combination(cfg)
     if (done := finished_run(cfg.train)) is not None:
-        print(f"{cfg.train.output_dir} holds this run, finished at step {done.get('steps')}; nothing to do "
-              f"(its summary: {cfg.train.output_dir}/summary.json; raise train.max_steps to train on)")
+        print(
+            f"{cfg.train.output_dir} holds this run, finished at step {done.get('steps')}; nothing to do "
+            f"(its summary: {cfg.train.output_dir}/summary.json; raise train.max_steps to train on)"
+        )
         return done
     check_output_dir(cfg.train.output_dir, cfg.train.resume, cfg.train.overwrite_output_dir)
     accelerator = build_accelerator(cfg.train.seed)
@@ -147,12 +157,20 @@ def main(argv=None):
     # Model and data, validated before anything is written: a bad folder, image or token leaves no output_dir.
     parts = load_sd_components(cfg.model)
     set_seed(seed)  # building a tiny model reseeds torch; training noise must follow train.seed
-    vae, text_encoder, tokenizer, unet, noise_scheduler = parts.vae, parts.text_encoder, parts.tokenizer, parts.unet, parts.noise_scheduler
+    vae, text_encoder, tokenizer, unet, noise_scheduler = (
+        parts.vae,
+        parts.text_encoder,
+        parts.tokenizer,
+        parts.unet,
+        parts.noise_scheduler,
+    )
     unet.set_attn_processor(AttnProcessor2_0() if cfg.efficiency.attention == "sdpa" else AttnProcessor())
     ti_ids = add_placeholder_tokens(tokenizer, text_encoder, ti) if method == "textual_inversion" else []
     ti_prompt = templates_of(ti)[0].format(placeholder_text(ti))
     bucket = 8 * parts.vae_scale_factor  # aspect buckets: latent sides stay multiples of 8 (SD: 64 px)
-    images = build_image_dataset(cfg.data, res, seed, instance_prompt=ti_prompt if ti_ids else "", bucket_multiple=bucket)
+    images = build_image_dataset(
+        cfg.data, res, seed, instance_prompt=ti_prompt if ti_ids else "", bucket_multiple=bucket
+    )
     out = start_run(accelerator, cfg, cfg.train)
 
     # DreamBooth prior preservation: class images come from the BASE model, so before any weight changes.
@@ -170,7 +188,9 @@ def main(argv=None):
     te_trains = cfg.text_encoder.train or method == "textual_inversion"
     if method == "lora":
         unet_params = add_lora(unet, cfg.lora, cfg.lora.target_modules, "UNet")
-        te_params = add_lora(text_encoder, cfg.lora, cfg.lora.text_encoder_target_modules, "text encoder") if te_trains else []
+        te_params = (
+            add_lora(text_encoder, cfg.lora, cfg.lora.text_encoder_target_modules, "text encoder") if te_trains else []
+        )
     elif method == "full":
         unet_params = list(unet.requires_grad_(True).parameters())
         te_params = list(text_encoder.requires_grad_(True).parameters()) if te_trains else []
@@ -196,35 +216,58 @@ def main(argv=None):
     # embeddings when the text encoder is frozen. Training steps then never run either encoder.
     started = time.perf_counter()
     items = dataset_items(images)
-    train_idx, val_idx = split_validation(len(items), cfg.validation.holdout, cfg.validation.loss_images, cfg.train.batch_size)
-    val_items = cache_all_latents(vae, images, items, val_idx, device, cfg.efficiency.cache_latents, cfg.train.batch_size)
+    train_idx, val_idx = split_validation(
+        len(items), cfg.validation.holdout, cfg.validation.loss_images, cfg.train.batch_size
+    )
+    val_items = cache_all_latents(
+        vae, images, items, val_idx, device, cfg.efficiency.cache_latents, cfg.train.batch_size
+    )
     prompts = sorted({p for it in items for p in (it["prompt"], it.get("class_prompt", it["prompt"]))} | {""})
-    embeds = PromptEmbeddings(text_encoder, tokenizer, prompts, device, dtype) if cfg.efficiency.cache_text and not te_trains else None
+    embeds = (
+        PromptEmbeddings(text_encoder, tokenizer, prompts, device, dtype)
+        if cfg.efficiency.cache_text and not te_trains
+        else None
+    )
     if cfg.efficiency.offload_frozen and device.type != "cpu" and cfg.efficiency.cache_latents:
         vae.to("cpu")  # GPU memory: the VAE only comes back to decode validation samples
         if embeds is not None:
             text_encoder.to("cpu")
     cache_seconds = time.perf_counter() - started
-    collate = make_collate(tokenizer, embeds, (lambda p: template_prompt(ti)) if ti_ids else None, cfg.data.caption_dropout)
+    collate = make_collate(
+        tokenizer, embeds, (lambda p: template_prompt(ti)) if ti_ids else None, cfg.data.caption_dropout
+    )
     dataset = TrainItems(images, items, train_idx)
 
     core = SDDenoiser(unet, text_encoder if embeds is None else None)
     cond_fn = embeds if embeds is not None else (lambda prompts: tokenize_prompts(tokenizer, prompts))
     # CPU: oneDNN or native convolution kernels, whichever runs this model's step faster (no-op on GPUs).
     side, n = res // parts.vae_scale_factor, cfg.train.batch_size * (2 if cfg.prior.enabled else 1)
-    probe = step_probe(core, unet_params + te_params, cond_fn, items[0]["prompt"], (n, unet.config.in_channels, side, side),
-                         device, accelerator.autocast)
-    conv = cpu_conv_backend(cfg.efficiency.conv_backend, probe, accelerator, out / "conv_backend.json", reuse=bool(cfg.train.resume))
+    probe = step_probe(
+        core,
+        unet_params + te_params,
+        cond_fn,
+        items[0]["prompt"],
+        (n, unet.config.in_channels, side, side),
+        device,
+        accelerator.autocast,
+    )
+    conv = cpu_conv_backend(
+        cfg.efficiency.conv_backend, probe, accelerator, out / "conv_backend.json", reuse=bool(cfg.train.resume)
+    )
     groups = param_groups(unet.named_parameters(), cfg.optim.weight_decay)
-    groups += param_groups(text_encoder.named_parameters(), cfg.optim.weight_decay, lr=cfg.text_encoder.lr or cfg.optim.lr)
+    groups += param_groups(
+        text_encoder.named_parameters(), cfg.optim.weight_decay, lr=cfg.text_encoder.lr or cfg.optim.lr
+    )
     optimizer = build_optimizer(groups, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.train.max_steps)
     denoiser, optimizer = accelerator.prepare(core, optimizer)
     trainable = unet_params + te_params
     ema = build_ema(trainable, cfg.ema)
     n_trained = len(ti_ids) * te_params[0].shape[1] if ti_ids else sum(p.numel() for p in trainable)  # TI: the new rows
-    accelerator.print(f"method {method}: {n_trained:,} trained parameters; "
-                      f"{len(dataset)} training items; cached latents={cfg.efficiency.cache_latents} text={embeds is not None}")
+    accelerator.print(
+        f"method {method}: {n_trained:,} trained parameters; "
+        f"{len(dataset)} training items; cached latents={cfg.efficiency.cache_latents} text={embeds is not None}"
+    )
 
     prediction_type, num_timesteps = parts.prediction_type, noise_scheduler.config.num_train_timesteps
 
@@ -236,7 +279,9 @@ def main(argv=None):
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
         target = diffusion_target(noise_scheduler, latents, noise, timesteps, prediction_type)  # eps, v or x0
         pred = denoiser(noisy, timesteps, cond)
-        weights = snr_weights(noise_scheduler, timesteps, cfg.loss.snr_gamma, prediction_type) if cfg.loss.snr_gamma else None
+        weights = (
+            snr_weights(noise_scheduler, timesteps, cfg.loss.snr_gamma, prediction_type) if cfg.loss.snr_gamma else None
+        )
         if not cfg.prior.enabled:
             return diffusion_loss(pred, target, weights)
         # DreamBooth: the batch is instance examples then class examples; loss = instance + lambda * prior.
@@ -248,7 +293,11 @@ def main(argv=None):
 
     val = fixed_validation_batches(val_items, noise_scheduler, cfg.validation.seed)
     # Pipelines expand a textual-inversion token into all its vectors themselves: sample with the bare token.
-    default_prompts = [ti_prompt.replace(placeholder_text(ti), ti.placeholder_token)] if ti_ids else sorted({it["prompt"] for it in items})[:2]
+    default_prompts = (
+        [ti_prompt.replace(placeholder_text(ti), ti.placeholder_token)]
+        if ti_ids
+        else sorted({it["prompt"] for it in items})[:2]
+    )
     sample_prompts = cfg.validation.prompts or default_prompts
 
     def validation_loss() -> float:
@@ -275,7 +324,11 @@ def main(argv=None):
                 (u, uc), (t, tc) = lora_layers(unet), (lora_layers(text_encoder) if te_params else ({}, None))
                 return save_sd_lora(path, u, uc, t, tc, {"unet": unet, "text_encoder": text_encoder}, kohya=cfg.kohya)
             if method == "textual_inversion":
-                return [save_textual_inversion(path / EMBEDDING_FILE, ti.placeholder_token, learned_embeddings(text_encoder, ti_ids))]
+                return [
+                    save_textual_inversion(
+                        path / EMBEDDING_FILE, ti.placeholder_token, learned_embeddings(text_encoder, ti_ids)
+                    )
+                ]
             with torch.random.fork_rng():  # frozen parts in full precision: reload them (reseeds a tiny build)
                 base = load_sd_components(cfg.model) if dtype != torch.float32 else parts
             pipe = build_pipeline(base, unet=unet, text_encoder=text_encoder if te_trains else base.text_encoder)
@@ -296,13 +349,29 @@ def main(argv=None):
             ema.step(trainable)
 
     before_loss, before_images = validation_loss(), samples()
-    hooks = Hooks(before_step=before_step, before_optimizer_step=before_optimizer_step, after_optimizer_step=after_optimizer_step)
-    batches_fn = epoch_batches([items[i]["bucket"] for i in train_idx], cfg.train.batch_size, seed) if cfg.data.aspect_buckets else None
+    hooks = Hooks(
+        before_step=before_step, before_optimizer_step=before_optimizer_step, after_optimizer_step=after_optimizer_step
+    )
+    batches_fn = (
+        epoch_batches([items[i]["bucket"] for i in train_idx], cfg.train.batch_size, seed)
+        if cfg.data.aspect_buckets
+        else None
+    )
     with conv_backend(conv):
         result = train(
-            accelerator=accelerator, model=denoiser, optimizer=optimizer, scheduler=scheduler, dataset=dataset,
-            collate_fn=collate, step_fn=step_fn, cfg=cfg.train, eval_fn=eval_fn, save_fn=save_fn, hooks=hooks,
-            batches_fn=batches_fn, checkpoint_objects=(ema,) if ema is not None else (),
+            accelerator=accelerator,
+            model=denoiser,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            dataset=dataset,
+            collate_fn=collate,
+            step_fn=step_fn,
+            cfg=cfg.train,
+            eval_fn=eval_fn,
+            save_fn=save_fn,
+            hooks=hooks,
+            batches_fn=batches_fn,
+            checkpoint_objects=(ema,) if ema is not None else (),
         )
 
     # Outputs (main process): the artifact, the before/after grid and the summary.
@@ -314,18 +383,29 @@ def main(argv=None):
     if before_images and after_images:
         save_image_grid(before_images + after_images, 2, out / "before_after.png")
     summary = {
-        "method": method, "prior_preservation": cfg.prior.enabled, "steps": result.global_step,
+        "method": method,
+        "prior_preservation": cfg.prior.enabled,
+        "steps": result.global_step,
         # the loop's timing (finetune/train/loop.py): optimizer steps only, evaluations and checkpoints left out
         "train_seconds": round(result.train_seconds, 3),
         "steps_per_second": round(result.trained_steps / result.train_seconds, 3) if result.train_seconds > 0 else None,
         "median_step_seconds": statistics.median(result.step_seconds) if result.step_seconds else None,
-        "train_peak_memory": result.peak_memory, "cache_seconds": round(cache_seconds, 3), "class_images_generated": generated,
-        "trained_parameters": n_trained, "conv_backend": conv, "image_sizes": image_sizes(images, items), "val_loss_before": before_loss,
-        "val_loss_after": result.last_eval.get("val_loss"), "nonfinite_steps": result.nonfinite_steps,
-        "artifacts": [str(Path(p).relative_to(out)) for p in artifacts], "sample_prompts": sample_prompts,
+        "train_peak_memory": result.peak_memory,
+        "cache_seconds": round(cache_seconds, 3),
+        "class_images_generated": generated,
+        "trained_parameters": n_trained,
+        "conv_backend": conv,
+        "image_sizes": image_sizes(images, items),
+        "val_loss_before": before_loss,
+        "val_loss_after": result.last_eval.get("val_loss"),
+        "nonfinite_steps": result.nonfinite_steps,
+        "artifacts": [str(Path(p).relative_to(out)) for p in artifacts],
+        "sample_prompts": sample_prompts,
         # after training and the last validation: trained weights must still be fp32, frozen ones in the weight dtype
         "trainable_dtypes": sorted({str(p.dtype) for p in trainable}),
-        "frozen_dtypes": sorted({str(p.dtype) for m in (unet, text_encoder) for p in m.parameters() if not p.requires_grad}),
+        "frozen_dtypes": sorted(
+            {str(p.dtype) for m in (unet, text_encoder) for p in m.parameters() if not p.requires_grad}
+        ),
         "vae_dtype": str(vae.dtype),
     }
     atomic_write_json(out / "summary.json", summary)

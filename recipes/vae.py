@@ -114,15 +114,25 @@ def main(argv: list[str] | None = None) -> dict:
         atomic_write_bytes(path / "model.safetensors", safetensors_bytes(weights, metadata={"format": "pt"}))
 
     result = train(
-        accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler, dataset=dataset,
-        collate_fn=torch.stack, step_fn=step_fn, cfg=cfg.train, eval_fn=eval_fn, save_fn=save_fn,
+        accelerator=accelerator,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        dataset=dataset,
+        collate_fn=torch.stack,
+        step_fn=step_fn,
+        cfg=cfg.train,
+        eval_fn=eval_fn,
+        save_fn=save_fn,
     )
 
     summary: dict = {}
     if accelerator.is_main_process:
         vae = accelerator.unwrap_model(model).eval()
         with torch.no_grad():
-            z = torch.randn(cfg.eval_samples, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.train.seed + 7919))
+            z = torch.randn(
+                cfg.eval_samples, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.train.seed + 7919)
+            )
             samples = torch.sigmoid(vae.decode(z.to(device))).float().cpu() * 2.0 - 1.0  # Bernoulli means, in [-1, 1]
             shown = test_x[:32].to(device)
             recons = torch.sigmoid(vae(shown, generator=torch.Generator(device=device).manual_seed(0))[0]).float().cpu()
@@ -131,11 +141,20 @@ def main(argv: list[str] | None = None) -> dict:
         atomic_write_bytes(out / "reconstructions.png", image_grid_png(pairs.reshape(-1, *shown.shape[1:]) * 2.0 - 1.0))
         save_fn(out)
         scores = judge_images(load_judge(), samples)
-        summary = {"fid": scores["fid"], "is": scores["is"], "kid": scores["kid"], "n_samples": scores["n"],
-                   "step": result.global_step, "beta": cfg.beta, **{k: v for k, v in result.last_eval.items()}}
+        summary = {
+            "fid": scores["fid"],
+            "is": scores["is"],
+            "kid": scores["kid"],
+            "n_samples": scores["n"],
+            "step": result.global_step,
+            "beta": cfg.beta,
+            **{k: v for k, v in result.last_eval.items()},
+        }
         atomic_write_json(out / "summary.json", summary)
-        print(f"done step={result.global_step} fid={summary['fid']:.2f} is={summary['is']:.2f} "
-              f"val_loss={summary.get('val_loss', float('nan')):.2f}")
+        print(
+            f"done step={result.global_step} fid={summary['fid']:.2f} is={summary['is']:.2f} "
+            f"val_loss={summary.get('val_loss', float('nan')):.2f}"
+        )
     accelerator.wait_for_everyone()
     return summary
 

@@ -59,15 +59,26 @@ SYMBOL_DRAWINGS = 35  # jittered drawings of each pretraining symbol in stage 5 
 
 # The denoiser: 3 levels on the 8x8 latents (8 -> 4 -> 2), cross-attention on the first two. ~3.3M parameters.
 UNET_CONFIG = {
-    "sample_size": 8, "in_channels": 4, "out_channels": 4, "layers_per_block": 1,
-    "block_out_channels": [48, 96, 96], "norm_num_groups": 16, "cross_attention_dim": 64, "attention_head_dim": 8,
+    "sample_size": 8,
+    "in_channels": 4,
+    "out_channels": 4,
+    "layers_per_block": 1,
+    "block_out_channels": [48, 96, 96],
+    "norm_num_groups": 16,
+    "cross_attention_dim": 64,
+    "attention_head_dim": 8,
     "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
     "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
 }
 # The text encoder: a 2-layer CLIP transformer, 64 wide, over the tiny tokenizer's vocabulary.
 TEXT_ENCODER_CONFIG = {
-    "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
-    "projection_dim": 64, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
+    "hidden_size": 64,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "projection_dim": 64,
+    "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu",
 }
 
 
@@ -90,8 +101,12 @@ def build_init_pipeline(vae_dir: str | Path, out_dir: str | Path, seed: int = 0)
     from finetune.models.sd import SD_SCHEDULER_CONFIG, build_pipeline, build_sd_from_configs
 
     vae = AutoencoderKL.from_pretrained(vae_dir, use_safetensors=True, dtype=torch.float32)
-    configs = {"vae": dict(vae.config), "unet": UNET_CONFIG, "text_encoder": TEXT_ENCODER_CONFIG,
-               "scheduler": dict(SD_SCHEDULER_CONFIG)}
+    configs = {
+        "vae": dict(vae.config),
+        "unet": UNET_CONFIG,
+        "text_encoder": TEXT_ENCODER_CONFIG,
+        "scheduler": dict(SD_SCHEDULER_CONFIG),
+    }
     configs["vae"] = {k: v for k, v in configs["vae"].items() if not k.startswith("_")}
     parts = build_sd_from_configs(configs, seed=seed)
     parts.vae = vae  # the random VAE the builder made is replaced by the trained one
@@ -106,15 +121,28 @@ def load_digits_sd(path: str | Path = DIGITS_SD_DIR):
 
 
 @torch.no_grad()
-def generate(pipe, prompts: list[str], seed: int = 0, steps: int = SAMPLE_STEPS, guidance: float = GUIDANCE,
-             batch_size: int = 100) -> torch.Tensor:
+def generate(
+    pipe,
+    prompts: list[str],
+    seed: int = 0,
+    steps: int = SAMPLE_STEPS,
+    guidance: float = GUIDANCE,
+    batch_size: int = 100,
+) -> torch.Tensor:
     """One image per prompt as N x 3 x 16 x 16 in [-1, 1]; image i is drawn from seed + i (batching-independent)."""
     out = []
     for start in range(0, len(prompts), batch_size):
-        chunk = list(prompts[start:start + batch_size])
+        chunk = list(prompts[start : start + batch_size])
         gens = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
-        images = pipe(chunk, height=RESOLUTION, width=RESOLUTION, num_inference_steps=steps,
-                      guidance_scale=guidance, generator=gens, output_type="pt").images
+        images = pipe(
+            chunk,
+            height=RESOLUTION,
+            width=RESOLUTION,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=gens,
+            output_type="pt",
+        ).images
         out.append(images.float().cpu() * 2.0 - 1.0)
     return torch.cat(out)
 
@@ -138,8 +166,9 @@ def real_digits_fid(judge=None) -> float:
     return fid(judge.features(train_images), judge.reference_features("test", size=RESOLUTION))
 
 
-def evaluate_digits(pipe, n_per_class: int = 20, seed: int = 0, steps: int = SAMPLE_STEPS, guidance: float = GUIDANCE,
-                    judge=None) -> dict:
+def evaluate_digits(
+    pipe, n_per_class: int = 20, seed: int = 0, steps: int = SAMPLE_STEPS, guidance: float = GUIDANCE, judge=None
+) -> dict:
     """Digit accuracy against the prompt, FID / KID / IS against the real test digits (finetune.metrics).
 
     Returns the judge's numbers plus "images" (N x 3 x 16 x 16, prompt i % 10 is digit i % 10)."""
@@ -158,11 +187,17 @@ def evaluate_symbols(pipe, n_per_symbol: int = 5, n_triangle: int = 50, seed: in
     combos = pretraining_symbols()
     everything = combos + [TRIANGLE]
     prompts = [symbol_caption(c) for c in combos for _ in range(n_per_symbol)]
-    images = torch.cat([generate(pipe, prompts, seed), generate(pipe, [symbol_caption(TRIANGLE)] * n_triangle, seed + 10_000)])
+    images = torch.cat(
+        [generate(pipe, prompts, seed), generate(pipe, [symbol_caption(TRIANGLE)] * n_triangle, seed + 10_000)]
+    )
     drawn = nearest_symbol(images, everything)  # one set of reference drawings for both
-    seen = float((drawn[:len(prompts)] == torch.arange(len(combos)).repeat_interleave(n_per_symbol)).float().mean())
-    return {"seen_symbol_accuracy": seen, "n_seen": len(prompts),
-            "held_out_triangle_rate": float((drawn[len(prompts):] == len(combos)).float().mean()), "n_triangle": n_triangle}
+    seen = float((drawn[: len(prompts)] == torch.arange(len(combos)).repeat_interleave(n_per_symbol)).float().mean())
+    return {
+        "seen_symbol_accuracy": seen,
+        "n_seen": len(prompts),
+        "held_out_triangle_rate": float((drawn[len(prompts) :] == len(combos)).float().mean()),
+        "n_triangle": n_triangle,
+    }
 
 
 def _grid_png(images: torch.Tensor, nrow: int) -> bytes:
@@ -177,8 +212,9 @@ def save_half(pipeline_dir: Path, out_dir: Path) -> Path:
 
     from finetune.export.sd import save_sd_pipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(pipeline_dir, dtype=torch.float16, use_safetensors=True,
-                                                   safety_checker=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        pipeline_dir, dtype=torch.float16, use_safetensors=True, safety_checker=None, requires_safety_checker=False
+    )
     return save_sd_pipeline(out_dir, pipe)
 
 
@@ -195,24 +231,56 @@ def train_stages(args, work: Path, vae_dir: Path) -> dict[str, float]:
     """Stages 1-4: the VAE recipe (unless --vae-dir), the captioned digits, the initial pipeline, the SD recipe."""
     seconds = {}
     if not args.vae_dir:
-        seconds["vae"] = _run([sys.executable, "recipes/train_autoencoder.py", "--config", "recipes/configs/digits_vae.yaml",
-                               f"train.output_dir={work / 'vae'}", "train.overwrite_output_dir=true", *args.vae_args])
+        seconds["vae"] = _run(
+            [
+                sys.executable,
+                "recipes/train_autoencoder.py",
+                "--config",
+                "recipes/configs/digits_vae.yaml",
+                f"train.output_dir={work / 'vae'}",
+                "train.overwrite_output_dir=true",
+                *args.vae_args,
+            ]
+        )
     captions = write_digits_imagefolder(work / "digits", n_per_class=TRAIN_PER_CLASS, size=RESOLUTION, split="train")
     init = build_init_pipeline(vae_dir, work / "init")
-    seconds["sd"] = _run([sys.executable, "recipes/train_sd.py", "--config", "recipes/configs/digits_sd_pretrain.yaml",
-                          f"model.pretrained={init}", f"data.caption_dir={captions}", f"train.output_dir={work / 'sd'}",
-                          "train.overwrite_output_dir=true", *args.sd_args])
+    seconds["sd"] = _run(
+        [
+            sys.executable,
+            "recipes/train_sd.py",
+            "--config",
+            "recipes/configs/digits_sd_pretrain.yaml",
+            f"model.pretrained={init}",
+            f"data.caption_dir={captions}",
+            f"train.output_dir={work / 'sd'}",
+            "train.overwrite_output_dir=true",
+            *args.sd_args,
+        ]
+    )
     return seconds
 
 
 def symbol_stage(args, work: Path, base: Path) -> dict[str, float]:
     """Stages 5-6: digits + stroke symbols in one captioned folder; the SD recipe continues `base` on it."""
     extra = symbol_images(pretraining_symbols(), SYMBOL_DRAWINGS, seed=0, size=RESOLUTION)
-    folder = write_digits_imagefolder(work / "digits_symbols", n_per_class=TRAIN_PER_CLASS, size=RESOLUTION,
-                                      split="train", extra=extra)
-    return {"symbols": _run([sys.executable, "recipes/train_sd.py", "--config", "recipes/configs/digits_sd_symbols.yaml",
-                             f"model.pretrained={base}", f"data.caption_dir={folder}",
-                             f"train.output_dir={work / 'symbols'}", "train.overwrite_output_dir=true", *args.symbols_args])}
+    folder = write_digits_imagefolder(
+        work / "digits_symbols", n_per_class=TRAIN_PER_CLASS, size=RESOLUTION, split="train", extra=extra
+    )
+    return {
+        "symbols": _run(
+            [
+                sys.executable,
+                "recipes/train_sd.py",
+                "--config",
+                "recipes/configs/digits_sd_symbols.yaml",
+                f"model.pretrained={base}",
+                f"data.caption_dir={folder}",
+                f"train.output_dir={work / 'symbols'}",
+                "train.overwrite_output_dir=true",
+                *args.symbols_args,
+            ]
+        )
+    }
 
 
 @exit_on_user_error
@@ -223,10 +291,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--vae-dir", default="", help="reuse a trained AutoencoderKL dir instead of stage 1")
     parser.add_argument("--vae-args", nargs="*", default=[], help="extra key=value overrides of the VAE recipe")
     parser.add_argument("--sd-args", nargs="*", default=[], help="extra key=value overrides of the SD recipe (stage 4)")
-    parser.add_argument("--symbols-args", nargs="*", default=[], help="extra key=value overrides of the symbols stage (6)")
+    parser.add_argument(
+        "--symbols-args", nargs="*", default=[], help="extra key=value overrides of the symbols stage (6)"
+    )
     parser.add_argument("--base-dir", default="", help="a finished digits-only pipeline (stage 4's): skip stages 1-4")
     parser.add_argument("--eval-per-class", type=int, default=50, help="evaluation images per digit")
-    parser.add_argument("--eval-only", action="store_true", help="skip stages 1-6: re-evaluate and re-ship a finished --work dir")
+    parser.add_argument(
+        "--eval-only", action="store_true", help="skip stages 1-6: re-evaluate and re-ship a finished --work dir"
+    )
     args = parser.parse_args(argv)
     work = (ROOT / args.work).resolve() if not Path(args.work).is_absolute() else Path(args.work)
     seconds: dict[str, float] = {}
@@ -234,7 +306,9 @@ def main(argv=None) -> dict:
 
     vae_dir = Path(args.vae_dir) if args.vae_dir else work / "vae" / "vae"
     if args.eval_only:
-        previous = json.loads((Path(args.out) / BUILD_INFO).read_text()) if (Path(args.out) / BUILD_INFO).is_file() else {}
+        previous = (
+            json.loads((Path(args.out) / BUILD_INFO).read_text()) if (Path(args.out) / BUILD_INFO).is_file() else {}
+        )
         seconds.update({k: v for k, v in previous.get("wall_seconds", {}).items() if k != "eval"})
     else:
         if args.base_dir:  # stages 1-4 were done by the build that made base_dir: carry its record over
@@ -243,7 +317,9 @@ def main(argv=None) -> dict:
             seconds.update({k: v for k, v in base_info.get("wall_seconds", {}).items() if k in ("vae", "sd")})
         else:
             seconds.update(train_stages(args, work, vae_dir))
-        seconds.update(symbol_stage(args, work, Path(args.base_dir).resolve() if args.base_dir else work / "sd" / "pipeline"))
+        seconds.update(
+            symbol_stage(args, work, Path(args.base_dir).resolve() if args.base_dir else work / "sd" / "pipeline")
+        )
 
     # What ships is what is evaluated: the fp16-stored pipeline, loaded (in fp32) by the toolkit's loader.
     final = save_half(work / "symbols" / "pipeline", work / "final")
@@ -256,11 +332,17 @@ def main(argv=None) -> dict:
     per_row = torch.cat([images[k::10][:10] for k in range(10)])  # one row per digit
     info = {
         "what": "tiny Stable Diffusion pretrained from scratch on scikit-learn's handwritten digits (train split), "
-                "then on the digits plus stroke symbols (the hollow triangle held out)",
+        "then on the digits plus stroke symbols (the hollow triangle held out)",
         "rebuild": "python scripts/build_digits_sd.py",
-        "params": {name: sum(p.numel() for p in getattr(pipe, name).parameters()) for name in ("vae", "unet", "text_encoder")},
-        "vae": json.loads((vae_dir.parent / "summary.json").read_text()) if (vae_dir.parent / "summary.json").is_file() else base_info.get("vae", {}),
-        "sd_training": json.loads((work / "sd" / "summary.json").read_text()) if (work / "sd" / "summary.json").is_file() else base_info.get("sd_training", {}),
+        "params": {
+            name: sum(p.numel() for p in getattr(pipe, name).parameters()) for name in ("vae", "unet", "text_encoder")
+        },
+        "vae": json.loads((vae_dir.parent / "summary.json").read_text())
+        if (vae_dir.parent / "summary.json").is_file()
+        else base_info.get("vae", {}),
+        "sd_training": json.loads((work / "sd" / "summary.json").read_text())
+        if (work / "sd" / "summary.json").is_file()
+        else base_info.get("sd_training", {}),
         "symbols_training": json.loads((work / "symbols" / "summary.json").read_text()),
         "base_dir": str(args.base_dir) if args.base_dir else "",
         "evaluation": {k: v for k, v in scores.items() if k != "reference"},
@@ -270,10 +352,12 @@ def main(argv=None) -> dict:
         "wall_seconds": {k: round(v, 1) for k, v in seconds.items()},
     }
     finish(final, Path(args.out), info, _grid_png(per_row, nrow=10))
-    print(f"digit accuracy {scores['accuracy']:.3f} (bar 0.97), FID {scores['fid']:.2f}, IS {scores['is']:.2f}; "
-          f"symbols drawn as captioned {symbols['seen_symbol_accuracy']:.2f}, held-out triangle from its written "
-          f"caption {symbols['held_out_triangle_rate']:.2f}; "
-          f"wrote {args.out}; stage seconds {info['wall_seconds']}")
+    print(
+        f"digit accuracy {scores['accuracy']:.3f} (bar 0.97), FID {scores['fid']:.2f}, IS {scores['is']:.2f}; "
+        f"symbols drawn as captioned {symbols['seen_symbol_accuracy']:.2f}, held-out triangle from its written "
+        f"caption {symbols['held_out_triangle_rate']:.2f}; "
+        f"wrote {args.out}; stage seconds {info['wall_seconds']}"
+    )
     return info
 
 

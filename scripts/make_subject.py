@@ -192,10 +192,14 @@ def fit_detector(subject: torch.Tensor, judge=None, n_aug: int = 600, seed: int 
     symbols, _ = symbol_images(combos, 4, seed=seed + 3, size=subject.shape[-1])  # the other symbols
     near = [c for c in combos if len(set(c) & set(TRIANGLE)) >= 2]  # one stroke off the triangle: "^", "/_", ...
     near_misses, _ = symbol_images(near, 40, seed=seed + 4, size=subject.shape[-1])
-    negatives = detector_features(judge, torch.cat([digits, augment(digits, n_aug, seed + 1), clutter, symbols, near_misses]))
+    negatives = detector_features(
+        judge, torch.cat([digits, augment(digits, n_aug, seed + 1), clutter, symbols, near_misses])
+    )
     x = np.concatenate([positives, negatives])
     y = np.concatenate([np.ones(len(positives)), np.zeros(len(negatives))])
-    classifier = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=3000, class_weight="balanced")).fit(x, y)
+    classifier = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=3000, class_weight="balanced")).fit(
+        x, y
+    )
     scaled = classifier[0].transform(positives)
     mean = scaled.mean(axis=0)
     radius = float(np.quantile(np.linalg.norm(scaled - mean, axis=1), 0.99))

@@ -22,8 +22,8 @@ import argparse
 import json
 import random
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from finetune.io import atomic_write_text  # noqa: E402
@@ -81,28 +81,91 @@ def generate_unique(rng: random.Random, makers: list[Callable[[random.Random], s
 # ============================================================== legal vocabulary
 
 PARTY_PAIRS = [
-    ("Licensor", "Licensee"), ("Supplier", "Customer"), ("Company", "Consultant"), ("Landlord", "Tenant"),
-    ("Employer", "Employee"), ("Seller", "Buyer"), ("Disclosing Party", "Receiving Party"),
-    ("Service Provider", "Client"), ("Lender", "Borrower"), ("Franchisor", "Franchisee"),
-    ("Contractor", "Owner"), ("Distributor", "Manufacturer"),
+    ("Licensor", "Licensee"),
+    ("Supplier", "Customer"),
+    ("Company", "Consultant"),
+    ("Landlord", "Tenant"),
+    ("Employer", "Employee"),
+    ("Seller", "Buyer"),
+    ("Disclosing Party", "Receiving Party"),
+    ("Service Provider", "Client"),
+    ("Lender", "Borrower"),
+    ("Franchisor", "Franchisee"),
+    ("Contractor", "Owner"),
+    ("Distributor", "Manufacturer"),
 ]
-COMPANY_A = ["Harrow", "Vane", "Kestrel", "Ashgrove", "Brightwater", "Calloway", "Dunmore", "Eastbridge",
-             "Fairhaven", "Greystone", "Holloway", "Ironwood", "Juniper", "Larkspur", "Meridian", "Northgate",
-             "Oakhurst", "Pemberton", "Quillon", "Redfern", "Saltmarsh", "Thornbury", "Wexford", "Yarrow"]
-COMPANY_B = ["Logistics", "Biotech", "Software", "Holdings", "Partners", "Analytics", "Manufacturing",
-             "Capital", "Foods", "Energy", "Media", "Medical Devices", "Properties", "Systems"]
+COMPANY_A = [
+    "Harrow",
+    "Vane",
+    "Kestrel",
+    "Ashgrove",
+    "Brightwater",
+    "Calloway",
+    "Dunmore",
+    "Eastbridge",
+    "Fairhaven",
+    "Greystone",
+    "Holloway",
+    "Ironwood",
+    "Juniper",
+    "Larkspur",
+    "Meridian",
+    "Northgate",
+    "Oakhurst",
+    "Pemberton",
+    "Quillon",
+    "Redfern",
+    "Saltmarsh",
+    "Thornbury",
+    "Wexford",
+    "Yarrow",
+]
+COMPANY_B = [
+    "Logistics",
+    "Biotech",
+    "Software",
+    "Holdings",
+    "Partners",
+    "Analytics",
+    "Manufacturing",
+    "Capital",
+    "Foods",
+    "Energy",
+    "Media",
+    "Medical Devices",
+    "Properties",
+    "Systems",
+]
 COMPANY_SUFFIX = ["LLC", "Inc.", "Ltd.", "Corporation", "LLP", "GmbH", "S.A."]
-JURISDICTIONS = ["the State of Delaware", "the State of New York", "England and Wales", "the Province of Ontario",
-                 "the State of California", "the Commonwealth of Massachusetts", "the State of Texas",
-                 "Scotland", "the State of Illinois", "New South Wales", "the Republic of Ireland"]
-COURTS_VENUE = ["the state and federal courts located in Wilmington, Delaware",
-                "the courts of England and Wales sitting in London",
-                "the state courts of New York County", "the Superior Court of Justice in Toronto",
-                "the United States District Court for the Northern District of Illinois",
-                "the Court of Session in Edinburgh", "the Supreme Court of New South Wales"]
-ARBITRAL = ["the American Arbitration Association under its Commercial Arbitration Rules",
-            "the London Court of International Arbitration", "JAMS under its Comprehensive Arbitration Rules",
-            "the International Chamber of Commerce", "the Singapore International Arbitration Centre"]
+JURISDICTIONS = [
+    "the State of Delaware",
+    "the State of New York",
+    "England and Wales",
+    "the Province of Ontario",
+    "the State of California",
+    "the Commonwealth of Massachusetts",
+    "the State of Texas",
+    "Scotland",
+    "the State of Illinois",
+    "New South Wales",
+    "the Republic of Ireland",
+]
+COURTS_VENUE = [
+    "the state and federal courts located in Wilmington, Delaware",
+    "the courts of England and Wales sitting in London",
+    "the state courts of New York County",
+    "the Superior Court of Justice in Toronto",
+    "the United States District Court for the Northern District of Illinois",
+    "the Court of Session in Edinburgh",
+    "the Supreme Court of New South Wales",
+]
+ARBITRAL = [
+    "the American Arbitration Association under its Commercial Arbitration Rules",
+    "the London Court of International Arbitration",
+    "JAMS under its Comprehensive Arbitration Rules",
+    "the International Chamber of Commerce",
+    "the Singapore International Arbitration Centre",
+]
 
 LEGAL_VOCAB = {
     "days": ["five (5)", "ten (10)", "fifteen (15)", "thirty (30)", "forty-five (45)", "sixty (60)", "ninety (90)"],
@@ -113,171 +176,273 @@ LEGAL_VOCAB = {
     "jurisdiction": JURISDICTIONS,
     "venue": COURTS_VENUE,
     "arbitral": ARBITRAL,
-    "losses": ["losses, damages, liabilities, costs and expenses, including reasonable attorneys' fees",
-               "claims, demands, judgments, settlements, fines and penalties",
-               "third-party claims arising out of bodily injury, death or damage to tangible property",
-               "any and all liabilities and reasonable legal fees"],
-    "breach": ["material breach of any representation, warranty or covenant in this Agreement",
-               "gross negligence or wilful misconduct", "violation of applicable law",
-               "infringement or misappropriation of any intellectual property right",
-               "failure to pay any undisputed amount when due"],
-    "confidential": ["business plans, customer lists, pricing, source code, formulas and trade secrets",
-                     "technical data, know-how, product roadmaps and financial information",
-                     "personal data, supplier terms and unpublished research results",
-                     "designs, specifications, marketing strategies and the terms of this Agreement"],
-    "fm_events": ["acts of God, flood, fire, earthquake or epidemic",
-                  "war, terrorism, riot, embargo or acts of civil or military authority",
-                  "strikes or labour disputes (other than those of the affected party's own workforce)",
-                  "failure of public utilities, internet outages or pandemic-related government orders"],
-    "deliverable": ["the Software", "the Services", "the Products", "the Deliverables", "the Premises",
-                    "the Licensed Materials", "the Equipment"],
-    "notice_method": ["by hand, by registered mail with return receipt requested, or by a nationally recognised courier",
-                      "by email with confirmation of transmission, followed by a copy sent by first-class post",
-                      "in writing delivered personally or by prepaid certified mail"],
+    "losses": [
+        "losses, damages, liabilities, costs and expenses, including reasonable attorneys' fees",
+        "claims, demands, judgments, settlements, fines and penalties",
+        "third-party claims arising out of bodily injury, death or damage to tangible property",
+        "any and all liabilities and reasonable legal fees",
+    ],
+    "breach": [
+        "material breach of any representation, warranty or covenant in this Agreement",
+        "gross negligence or wilful misconduct",
+        "violation of applicable law",
+        "infringement or misappropriation of any intellectual property right",
+        "failure to pay any undisputed amount when due",
+    ],
+    "confidential": [
+        "business plans, customer lists, pricing, source code, formulas and trade secrets",
+        "technical data, know-how, product roadmaps and financial information",
+        "personal data, supplier terms and unpublished research results",
+        "designs, specifications, marketing strategies and the terms of this Agreement",
+    ],
+    "fm_events": [
+        "acts of God, flood, fire, earthquake or epidemic",
+        "war, terrorism, riot, embargo or acts of civil or military authority",
+        "strikes or labour disputes (other than those of the affected party's own workforce)",
+        "failure of public utilities, internet outages or pandemic-related government orders",
+    ],
+    "deliverable": [
+        "the Software",
+        "the Services",
+        "the Products",
+        "the Deliverables",
+        "the Premises",
+        "the Licensed Materials",
+        "the Equipment",
+    ],
+    "notice_method": [
+        "by hand, by registered mail with return receipt requested, or by a nationally recognised courier",
+        "by email with confirmation of transmission, followed by a copy sent by first-class post",
+        "in writing delivered personally or by prepaid certified mail",
+    ],
 }
 
 CLAUSES: dict[str, list[list[str]]] = {
     "Indemnification": [
-        ["{B} shall indemnify, defend and hold harmless {A} and its officers, directors, employees and agents from and against all {losses} arising out of or relating to {B}'s {breach}.",
-         "Each party (the \"Indemnifying Party\") shall defend and indemnify the other party against all {losses} to the extent caused by the Indemnifying Party's {breach}."],
-        ["The indemnified party shall give prompt written notice of any claim, provided that a failure to give notice shall relieve the Indemnifying Party of its obligations only to the extent it is materially prejudiced thereby.",
-         "The Indemnifying Party shall have sole control of the defence and settlement of the claim, provided that it shall not settle any claim that imposes an admission of fault on {A} without {A}'s prior written consent.",
-         "{A} may participate in the defence with counsel of its own choosing at its own expense.",
-         "The obligations in this Section shall not apply to the extent a claim results from the indemnified party's own {breach}.",
-         "Indemnification under this Section is in addition to, and not in lieu of, any other remedy available at law or in equity."],
-        ["This Section shall survive the expiration or termination of this Agreement for a period of {years}.",
-         "The indemnities in this Section constitute {B}'s sole liability, and {A}'s exclusive remedy, for third-party infringement claims."],
+        [
+            "{B} shall indemnify, defend and hold harmless {A} and its officers, directors, employees and agents from and against all {losses} arising out of or relating to {B}'s {breach}.",
+            'Each party (the "Indemnifying Party") shall defend and indemnify the other party against all {losses} to the extent caused by the Indemnifying Party\'s {breach}.',
+        ],
+        [
+            "The indemnified party shall give prompt written notice of any claim, provided that a failure to give notice shall relieve the Indemnifying Party of its obligations only to the extent it is materially prejudiced thereby.",
+            "The Indemnifying Party shall have sole control of the defence and settlement of the claim, provided that it shall not settle any claim that imposes an admission of fault on {A} without {A}'s prior written consent.",
+            "{A} may participate in the defence with counsel of its own choosing at its own expense.",
+            "The obligations in this Section shall not apply to the extent a claim results from the indemnified party's own {breach}.",
+            "Indemnification under this Section is in addition to, and not in lieu of, any other remedy available at law or in equity.",
+        ],
+        [
+            "This Section shall survive the expiration or termination of this Agreement for a period of {years}.",
+            "The indemnities in this Section constitute {B}'s sole liability, and {A}'s exclusive remedy, for third-party infringement claims.",
+        ],
     ],
     "Confidentiality": [
-        ["The {B} shall hold in strict confidence all Confidential Information of the {A}, including {confidential}, and shall not disclose it to any third party without prior written consent.",
-         "\"Confidential Information\" means all non-public information disclosed by either party, whether orally or in writing, including {confidential}."],
-        ["Confidential Information does not include information that is or becomes publicly available through no fault of the receiving party, or that was lawfully known to it before disclosure.",
-         "The receiving party may disclose Confidential Information to the extent required by law or court order, provided it gives the disclosing party prompt notice and reasonable assistance in seeking a protective order.",
-         "The receiving party shall restrict access to those employees and advisers who need to know the information for the purposes of this Agreement and who are bound by obligations no less protective than these.",
-         "Upon written request, the receiving party shall promptly return or destroy all Confidential Information and certify such destruction in writing.",
-         "The receiving party shall protect Confidential Information using at least the same degree of care it uses for its own confidential information, and in no event less than reasonable care."],
-        ["The obligations of confidentiality shall continue for {years} after termination, and for trade secrets for so long as they remain trade secrets under applicable law.",
-         "The parties acknowledge that a breach of this Section may cause irreparable harm for which damages would be an inadequate remedy, and that the disclosing party may seek injunctive relief without posting a bond."],
+        [
+            "The {B} shall hold in strict confidence all Confidential Information of the {A}, including {confidential}, and shall not disclose it to any third party without prior written consent.",
+            '"Confidential Information" means all non-public information disclosed by either party, whether orally or in writing, including {confidential}.',
+        ],
+        [
+            "Confidential Information does not include information that is or becomes publicly available through no fault of the receiving party, or that was lawfully known to it before disclosure.",
+            "The receiving party may disclose Confidential Information to the extent required by law or court order, provided it gives the disclosing party prompt notice and reasonable assistance in seeking a protective order.",
+            "The receiving party shall restrict access to those employees and advisers who need to know the information for the purposes of this Agreement and who are bound by obligations no less protective than these.",
+            "Upon written request, the receiving party shall promptly return or destroy all Confidential Information and certify such destruction in writing.",
+            "The receiving party shall protect Confidential Information using at least the same degree of care it uses for its own confidential information, and in no event less than reasonable care.",
+        ],
+        [
+            "The obligations of confidentiality shall continue for {years} after termination, and for trade secrets for so long as they remain trade secrets under applicable law.",
+            "The parties acknowledge that a breach of this Section may cause irreparable harm for which damages would be an inadequate remedy, and that the disclosing party may seek injunctive relief without posting a bond.",
+        ],
     ],
     "Termination": [
-        ["Either party may terminate this Agreement for convenience upon {days} days' prior written notice to the other party.",
-         "Either party may terminate this Agreement immediately by written notice if the other party commits a material breach and fails to cure such breach within {days} days after receiving notice describing it."],
-        ["Either party may terminate this Agreement if the other party becomes insolvent, makes a general assignment for the benefit of creditors, or has a receiver or administrator appointed over its assets.",
-         "Upon termination, {B} shall cease all use of {deliverable} and pay all fees accrued through the effective date of termination.",
-         "Termination shall not affect any rights or liabilities that accrued before the effective date of termination.",
-         "If {A} terminates for {B}'s breach, {A} shall be entitled to a pro rata refund of any prepaid fees for the unexpired portion of the term.",
-         "Within {days} days after termination, each party shall return all property of the other party in its possession."],
-        ["Sections relating to confidentiality, indemnification, limitation of liability and governing law shall survive any termination or expiration of this Agreement.",
-         "The rights of termination in this Section are in addition to any other rights and remedies provided by law."],
+        [
+            "Either party may terminate this Agreement for convenience upon {days} days' prior written notice to the other party.",
+            "Either party may terminate this Agreement immediately by written notice if the other party commits a material breach and fails to cure such breach within {days} days after receiving notice describing it.",
+        ],
+        [
+            "Either party may terminate this Agreement if the other party becomes insolvent, makes a general assignment for the benefit of creditors, or has a receiver or administrator appointed over its assets.",
+            "Upon termination, {B} shall cease all use of {deliverable} and pay all fees accrued through the effective date of termination.",
+            "Termination shall not affect any rights or liabilities that accrued before the effective date of termination.",
+            "If {A} terminates for {B}'s breach, {A} shall be entitled to a pro rata refund of any prepaid fees for the unexpired portion of the term.",
+            "Within {days} days after termination, each party shall return all property of the other party in its possession.",
+        ],
+        [
+            "Sections relating to confidentiality, indemnification, limitation of liability and governing law shall survive any termination or expiration of this Agreement.",
+            "The rights of termination in this Section are in addition to any other rights and remedies provided by law.",
+        ],
     ],
     "Governing Law and Jurisdiction": [
-        ["This Agreement and any dispute or claim arising out of it shall be governed by and construed in accordance with the laws of {jurisdiction}, without regard to its conflict of laws principles.",
-         "The validity, interpretation and performance of this Agreement shall be governed by the laws of {jurisdiction}."],
-        ["Each party irrevocably submits to the exclusive jurisdiction of {venue} for the resolution of any dispute.",
-         "The United Nations Convention on Contracts for the International Sale of Goods shall not apply to this Agreement.",
-         "Each party waives any objection to venue in such courts and any claim that such courts are an inconvenient forum.",
-         "Nothing in this Section shall prevent a party from seeking interim or injunctive relief in any court of competent jurisdiction."],
-        ["EACH PARTY KNOWINGLY AND VOLUNTARILY WAIVES ANY RIGHT TO A TRIAL BY JURY IN ANY ACTION ARISING OUT OF THIS AGREEMENT.",
-         "Process may be served on either party in the manner provided for notices in this Agreement."],
+        [
+            "This Agreement and any dispute or claim arising out of it shall be governed by and construed in accordance with the laws of {jurisdiction}, without regard to its conflict of laws principles.",
+            "The validity, interpretation and performance of this Agreement shall be governed by the laws of {jurisdiction}.",
+        ],
+        [
+            "Each party irrevocably submits to the exclusive jurisdiction of {venue} for the resolution of any dispute.",
+            "The United Nations Convention on Contracts for the International Sale of Goods shall not apply to this Agreement.",
+            "Each party waives any objection to venue in such courts and any claim that such courts are an inconvenient forum.",
+            "Nothing in this Section shall prevent a party from seeking interim or injunctive relief in any court of competent jurisdiction.",
+        ],
+        [
+            "EACH PARTY KNOWINGLY AND VOLUNTARILY WAIVES ANY RIGHT TO A TRIAL BY JURY IN ANY ACTION ARISING OUT OF THIS AGREEMENT.",
+            "Process may be served on either party in the manner provided for notices in this Agreement.",
+        ],
     ],
     "Force Majeure": [
-        ["Neither party shall be liable for any failure or delay in performance caused by events beyond its reasonable control, including {fm_events} (each a \"Force Majeure Event\").",
-         "A party whose performance is prevented or delayed by a Force Majeure Event, including {fm_events}, shall be excused for the duration of that event."],
-        ["The affected party shall notify the other party within {days} days of the onset of the Force Majeure Event and use commercially reasonable efforts to mitigate its effects.",
-         "A Force Majeure Event shall not excuse any obligation to pay money that was due before the event occurred.",
-         "The time for performance shall be extended by a period equal to the duration of the Force Majeure Event."],
-        ["If a Force Majeure Event continues for more than {days} days, either party may terminate this Agreement on written notice without liability.",
-         "Lack of funds or changes in market conditions shall not constitute a Force Majeure Event."],
+        [
+            'Neither party shall be liable for any failure or delay in performance caused by events beyond its reasonable control, including {fm_events} (each a "Force Majeure Event").',
+            "A party whose performance is prevented or delayed by a Force Majeure Event, including {fm_events}, shall be excused for the duration of that event.",
+        ],
+        [
+            "The affected party shall notify the other party within {days} days of the onset of the Force Majeure Event and use commercially reasonable efforts to mitigate its effects.",
+            "A Force Majeure Event shall not excuse any obligation to pay money that was due before the event occurred.",
+            "The time for performance shall be extended by a period equal to the duration of the Force Majeure Event.",
+        ],
+        [
+            "If a Force Majeure Event continues for more than {days} days, either party may terminate this Agreement on written notice without liability.",
+            "Lack of funds or changes in market conditions shall not constitute a Force Majeure Event.",
+        ],
     ],
     "Limitation of Liability": [
-        ["IN NO EVENT SHALL EITHER PARTY BE LIABLE FOR ANY INDIRECT, INCIDENTAL, SPECIAL, CONSEQUENTIAL OR PUNITIVE DAMAGES, INCLUDING LOST PROFITS OR LOSS OF DATA, EVEN IF ADVISED OF THE POSSIBILITY OF SUCH DAMAGES.",
-         "Except for liability that cannot be limited by law, neither party shall be liable for loss of profit, revenue, goodwill or anticipated savings."],
-        ["Each party's aggregate liability arising out of this Agreement shall not exceed the fees paid by {B} in the {months} preceding the event giving rise to the claim.",
-         "The total liability of {A} under this Agreement shall in no event exceed {amount}.",
-         "The limitations in this Section shall not apply to a party's indemnification obligations, breach of confidentiality, or {breach}.",
-         "The parties agree that these limitations reflect a reasonable allocation of risk and form an essential basis of the bargain."],
-        ["Nothing in this Agreement limits liability for death or personal injury caused by negligence, or for fraud or fraudulent misrepresentation.",
-         "Any claim under this Agreement must be brought within {years} after the cause of action accrues."],
+        [
+            "IN NO EVENT SHALL EITHER PARTY BE LIABLE FOR ANY INDIRECT, INCIDENTAL, SPECIAL, CONSEQUENTIAL OR PUNITIVE DAMAGES, INCLUDING LOST PROFITS OR LOSS OF DATA, EVEN IF ADVISED OF THE POSSIBILITY OF SUCH DAMAGES.",
+            "Except for liability that cannot be limited by law, neither party shall be liable for loss of profit, revenue, goodwill or anticipated savings.",
+        ],
+        [
+            "Each party's aggregate liability arising out of this Agreement shall not exceed the fees paid by {B} in the {months} preceding the event giving rise to the claim.",
+            "The total liability of {A} under this Agreement shall in no event exceed {amount}.",
+            "The limitations in this Section shall not apply to a party's indemnification obligations, breach of confidentiality, or {breach}.",
+            "The parties agree that these limitations reflect a reasonable allocation of risk and form an essential basis of the bargain.",
+        ],
+        [
+            "Nothing in this Agreement limits liability for death or personal injury caused by negligence, or for fraud or fraudulent misrepresentation.",
+            "Any claim under this Agreement must be brought within {years} after the cause of action accrues.",
+        ],
     ],
     "Payment Terms": [
-        ["{B} shall pay all undisputed invoices within {days} days of the invoice date, in the currency stated in the applicable order form.",
-         "Fees for {deliverable} are set out in Schedule A and shall be invoiced monthly in arrears."],
-        ["Late payments shall bear interest at {percent} per month or the maximum rate permitted by law, whichever is lower.",
-         "{B} shall notify {A} in writing of any disputed amount within {days} days, stating the reasons in reasonable detail, and the parties shall negotiate in good faith to resolve the dispute.",
-         "All fees are exclusive of value added tax, sales tax and similar levies, which {B} shall pay in addition.",
-         "If any amount remains unpaid for more than {days} days after its due date, {A} may suspend performance on {days} days' written notice.",
-         "{A} may increase the fees once per contract year by no more than {percent}, on written notice before the renewal date."],
-        ["Payment shall be made by electronic funds transfer to the account designated by {A}.",
-         "No payment shall be deemed acceptance of defective work or a waiver of any claim."],
+        [
+            "{B} shall pay all undisputed invoices within {days} days of the invoice date, in the currency stated in the applicable order form.",
+            "Fees for {deliverable} are set out in Schedule A and shall be invoiced monthly in arrears.",
+        ],
+        [
+            "Late payments shall bear interest at {percent} per month or the maximum rate permitted by law, whichever is lower.",
+            "{B} shall notify {A} in writing of any disputed amount within {days} days, stating the reasons in reasonable detail, and the parties shall negotiate in good faith to resolve the dispute.",
+            "All fees are exclusive of value added tax, sales tax and similar levies, which {B} shall pay in addition.",
+            "If any amount remains unpaid for more than {days} days after its due date, {A} may suspend performance on {days} days' written notice.",
+            "{A} may increase the fees once per contract year by no more than {percent}, on written notice before the renewal date.",
+        ],
+        [
+            "Payment shall be made by electronic funds transfer to the account designated by {A}.",
+            "No payment shall be deemed acceptance of defective work or a waiver of any claim.",
+        ],
     ],
     "Warranties": [
-        ["{A} warrants that {deliverable} will perform materially in accordance with the Documentation for a period of {days} days after delivery.",
-         "Each party represents and warrants that it has full corporate power and authority to enter into and perform this Agreement."],
-        ["{A} warrants that the Services will be performed in a professional and workmanlike manner consistent with generally accepted industry standards.",
-         "{B}'s sole remedy for breach of this warranty shall be the repair or replacement of the non-conforming item or, if neither is commercially practicable, a refund of the fees paid for it.",
-         "{A} warrants that {deliverable} will not, to its knowledge, infringe any patent, copyright or trade secret of a third party.",
-         "The warranty shall not apply to defects caused by misuse, unauthorised modification, or use with equipment not supplied by {A}."],
-        ["EXCEPT AS EXPRESSLY SET OUT IN THIS AGREEMENT, ALL OTHER WARRANTIES, WHETHER EXPRESS OR IMPLIED, INCLUDING WARRANTIES OF MERCHANTABILITY AND FITNESS FOR A PARTICULAR PURPOSE, ARE DISCLAIMED.",
-         "No oral or written statement by any employee of {A} shall create any warranty not contained in this Agreement."],
+        [
+            "{A} warrants that {deliverable} will perform materially in accordance with the Documentation for a period of {days} days after delivery.",
+            "Each party represents and warrants that it has full corporate power and authority to enter into and perform this Agreement.",
+        ],
+        [
+            "{A} warrants that the Services will be performed in a professional and workmanlike manner consistent with generally accepted industry standards.",
+            "{B}'s sole remedy for breach of this warranty shall be the repair or replacement of the non-conforming item or, if neither is commercially practicable, a refund of the fees paid for it.",
+            "{A} warrants that {deliverable} will not, to its knowledge, infringe any patent, copyright or trade secret of a third party.",
+            "The warranty shall not apply to defects caused by misuse, unauthorised modification, or use with equipment not supplied by {A}.",
+        ],
+        [
+            "EXCEPT AS EXPRESSLY SET OUT IN THIS AGREEMENT, ALL OTHER WARRANTIES, WHETHER EXPRESS OR IMPLIED, INCLUDING WARRANTIES OF MERCHANTABILITY AND FITNESS FOR A PARTICULAR PURPOSE, ARE DISCLAIMED.",
+            "No oral or written statement by any employee of {A} shall create any warranty not contained in this Agreement.",
+        ],
     ],
     "Non-Competition and Non-Solicitation": [
-        ["During the term and for {months} thereafter, the {B} shall not, directly or indirectly, engage in any business that competes with the {A} within the Territory.",
-         "For a period of {months} following termination, neither party shall solicit for employment any employee of the other party with whom it had material contact."],
-        ["The restrictions in this Section are reasonable in scope and duration and are necessary to protect the {A}'s legitimate business interests, including its goodwill and Confidential Information.",
-         "General advertisements not targeted at the other party's personnel shall not breach this Section.",
-         "If a court finds any restriction unenforceable, the court may modify it to the minimum extent necessary to make it enforceable.",
-         "The {B} shall not induce any customer or supplier of the {A} to terminate or adversely modify its relationship with the {A}."],
-        ["The {B} acknowledges that it has received adequate consideration for the covenants in this Section.",
-         "Any breach of this Section shall entitle the {A} to injunctive relief in addition to damages."],
+        [
+            "During the term and for {months} thereafter, the {B} shall not, directly or indirectly, engage in any business that competes with the {A} within the Territory.",
+            "For a period of {months} following termination, neither party shall solicit for employment any employee of the other party with whom it had material contact.",
+        ],
+        [
+            "The restrictions in this Section are reasonable in scope and duration and are necessary to protect the {A}'s legitimate business interests, including its goodwill and Confidential Information.",
+            "General advertisements not targeted at the other party's personnel shall not breach this Section.",
+            "If a court finds any restriction unenforceable, the court may modify it to the minimum extent necessary to make it enforceable.",
+            "The {B} shall not induce any customer or supplier of the {A} to terminate or adversely modify its relationship with the {A}.",
+        ],
+        [
+            "The {B} acknowledges that it has received adequate consideration for the covenants in this Section.",
+            "Any breach of this Section shall entitle the {A} to injunctive relief in addition to damages.",
+        ],
     ],
     "Dispute Resolution": [
-        ["Any dispute arising out of or in connection with this Agreement shall first be referred to senior executives of each party, who shall meet within {days} days to attempt to resolve it in good faith.",
-         "The parties shall attempt to settle any dispute by mediation before commencing arbitration or litigation."],
-        ["If the dispute is not resolved within {days} days, it shall be finally settled by binding arbitration administered by {arbitral}.",
-         "The tribunal shall consist of a single arbitrator, and the seat of arbitration shall be the capital of {jurisdiction}.",
-         "The arbitration shall be conducted in English, and the award shall be final and binding and may be entered in any court having jurisdiction.",
-         "Each party shall bear its own costs of the arbitration, and the fees of the arbitrator shall be shared equally unless the award provides otherwise.",
-         "The existence and content of the arbitral proceedings shall be treated as Confidential Information."],
-        ["Nothing in this Section shall prevent either party from seeking urgent injunctive relief from a court of competent jurisdiction.",
-         "Pending resolution of any dispute, the parties shall continue to perform their obligations under this Agreement."],
+        [
+            "Any dispute arising out of or in connection with this Agreement shall first be referred to senior executives of each party, who shall meet within {days} days to attempt to resolve it in good faith.",
+            "The parties shall attempt to settle any dispute by mediation before commencing arbitration or litigation.",
+        ],
+        [
+            "If the dispute is not resolved within {days} days, it shall be finally settled by binding arbitration administered by {arbitral}.",
+            "The tribunal shall consist of a single arbitrator, and the seat of arbitration shall be the capital of {jurisdiction}.",
+            "The arbitration shall be conducted in English, and the award shall be final and binding and may be entered in any court having jurisdiction.",
+            "Each party shall bear its own costs of the arbitration, and the fees of the arbitrator shall be shared equally unless the award provides otherwise.",
+            "The existence and content of the arbitral proceedings shall be treated as Confidential Information.",
+        ],
+        [
+            "Nothing in this Section shall prevent either party from seeking urgent injunctive relief from a court of competent jurisdiction.",
+            "Pending resolution of any dispute, the parties shall continue to perform their obligations under this Agreement.",
+        ],
     ],
     "Assignment": [
-        ["Neither party may assign or transfer this Agreement, in whole or in part, without the prior written consent of the other party, which shall not be unreasonably withheld.",
-         "The {B} shall not assign, delegate or subcontract any of its rights or obligations without the {A}'s prior written consent."],
-        ["Either party may assign this Agreement without consent to an affiliate or to a successor in connection with a merger, acquisition or sale of all or substantially all of its assets.",
-         "Any purported assignment in violation of this Section shall be null and void.",
-         "A change of control of the {B} shall be deemed an assignment for the purposes of this Section."],
-        ["This Agreement shall bind and benefit the parties and their respective permitted successors and assigns.",
-         "The assigning party shall give written notice of any permitted assignment within {days} days after it takes effect."],
+        [
+            "Neither party may assign or transfer this Agreement, in whole or in part, without the prior written consent of the other party, which shall not be unreasonably withheld.",
+            "The {B} shall not assign, delegate or subcontract any of its rights or obligations without the {A}'s prior written consent.",
+        ],
+        [
+            "Either party may assign this Agreement without consent to an affiliate or to a successor in connection with a merger, acquisition or sale of all or substantially all of its assets.",
+            "Any purported assignment in violation of this Section shall be null and void.",
+            "A change of control of the {B} shall be deemed an assignment for the purposes of this Section.",
+        ],
+        [
+            "This Agreement shall bind and benefit the parties and their respective permitted successors and assigns.",
+            "The assigning party shall give written notice of any permitted assignment within {days} days after it takes effect.",
+        ],
     ],
     "Intellectual Property": [
-        ["All right, title and interest in and to {deliverable}, including all intellectual property rights therein, shall remain with the {A}.",
-         "The {B} hereby assigns to the {A} all right, title and interest in any work product created in the performance of this Agreement, and agrees that such work is a work made for hire to the extent permitted by law."],
-        ["Subject to the terms of this Agreement, the {A} grants the {B} a non-exclusive, non-transferable, revocable licence to use {deliverable} solely for its internal business purposes during the term.",
-         "The {B} shall not reverse engineer, decompile or disassemble {deliverable}, except to the extent expressly permitted by applicable law.",
-         "Each party retains ownership of its pre-existing intellectual property, and no licence is granted by implication or estoppel.",
-         "The {B} shall execute any documents reasonably requested to perfect the {A}'s rights under this Section."],
-        ["Any feedback provided by the {B} may be used by the {A} without restriction or compensation.",
-         "All rights not expressly granted in this Agreement are reserved by the {A}."],
+        [
+            "All right, title and interest in and to {deliverable}, including all intellectual property rights therein, shall remain with the {A}.",
+            "The {B} hereby assigns to the {A} all right, title and interest in any work product created in the performance of this Agreement, and agrees that such work is a work made for hire to the extent permitted by law.",
+        ],
+        [
+            "Subject to the terms of this Agreement, the {A} grants the {B} a non-exclusive, non-transferable, revocable licence to use {deliverable} solely for its internal business purposes during the term.",
+            "The {B} shall not reverse engineer, decompile or disassemble {deliverable}, except to the extent expressly permitted by applicable law.",
+            "Each party retains ownership of its pre-existing intellectual property, and no licence is granted by implication or estoppel.",
+            "The {B} shall execute any documents reasonably requested to perfect the {A}'s rights under this Section.",
+        ],
+        [
+            "Any feedback provided by the {B} may be used by the {A} without restriction or compensation.",
+            "All rights not expressly granted in this Agreement are reserved by the {A}.",
+        ],
     ],
     "Notices": [
-        ["All notices under this Agreement shall be in writing and delivered {notice_method} to the address set out on the signature page.",
-         "Any notice required or permitted under this Agreement shall be given {notice_method}."],
-        ["Notices shall be deemed received on the date of delivery if delivered personally, or {days} days after dispatch if sent by post.",
-         "Either party may change its notice address by giving notice to the other party in accordance with this Section.",
-         "A copy of any notice of breach or termination sent to the {B} shall also be sent to its legal department."],
-        ["Notices sent by email shall be effective only if the sender does not receive an automated message indicating failed delivery.",
-         "Routine operational communications may be given by email without complying with this Section."],
+        [
+            "All notices under this Agreement shall be in writing and delivered {notice_method} to the address set out on the signature page.",
+            "Any notice required or permitted under this Agreement shall be given {notice_method}.",
+        ],
+        [
+            "Notices shall be deemed received on the date of delivery if delivered personally, or {days} days after dispatch if sent by post.",
+            "Either party may change its notice address by giving notice to the other party in accordance with this Section.",
+            "A copy of any notice of breach or termination sent to the {B} shall also be sent to its legal department.",
+        ],
+        [
+            "Notices sent by email shall be effective only if the sender does not receive an automated message indicating failed delivery.",
+            "Routine operational communications may be given by email without complying with this Section.",
+        ],
     ],
     "Severability and Entire Agreement": [
-        ["If any provision of this Agreement is held invalid or unenforceable, that provision shall be enforced to the maximum extent permissible and the remaining provisions shall continue in full force and effect.",
-         "This Agreement, together with its Schedules, constitutes the entire agreement between the parties and supersedes all prior negotiations, representations and agreements relating to its subject matter."],
-        ["No amendment to this Agreement shall be effective unless it is in writing and signed by authorised representatives of both parties.",
-         "No failure or delay by either party in exercising any right shall operate as a waiver of that right.",
-         "In the event of conflict between the body of this Agreement and any Schedule, the body of this Agreement shall prevail.",
-         "Each party acknowledges that it has not relied on any statement, promise or representation not expressly set out in this Agreement."],
-        ["This Agreement may be executed in counterparts, each of which shall be deemed an original, and signatures delivered electronically shall be binding.",
-         "Headings are for convenience only and shall not affect the interpretation of this Agreement."],
+        [
+            "If any provision of this Agreement is held invalid or unenforceable, that provision shall be enforced to the maximum extent permissible and the remaining provisions shall continue in full force and effect.",
+            "This Agreement, together with its Schedules, constitutes the entire agreement between the parties and supersedes all prior negotiations, representations and agreements relating to its subject matter.",
+        ],
+        [
+            "No amendment to this Agreement shall be effective unless it is in writing and signed by authorised representatives of both parties.",
+            "No failure or delay by either party in exercising any right shall operate as a waiver of that right.",
+            "In the event of conflict between the body of this Agreement and any Schedule, the body of this Agreement shall prevail.",
+            "Each party acknowledges that it has not relied on any statement, promise or representation not expressly set out in this Agreement.",
+        ],
+        [
+            "This Agreement may be executed in counterparts, each of which shall be deemed an original, and signatures delivered electronically shall be binding.",
+            "Headings are for convenience only and shall not affect the interpretation of this Agreement.",
+        ],
     ],
 }
 
@@ -342,26 +507,69 @@ STATUTE_TOPICS = {
     ],
 }
 STATUTE_VOCAB = {
-    "n_months": ["two", "three", "six"], "days_plain": ["14", "21", "30", "45", "60", "90"],
-    "days_short": ["5", "7", "10", "15"], "count": ["500", "1,000", "5,000"],
-    "fine": ["$5,000", "$10,000", "$25,000"], "fine_small": ["$250", "$500", "$1,000"],
-    "n_years": ["four", "five", "six", "ten"], "n_years_short": ["two", "three"], "weeks": ["twelve", "sixteen"],
+    "n_months": ["two", "three", "six"],
+    "days_plain": ["14", "21", "30", "45", "60", "90"],
+    "days_short": ["5", "7", "10", "15"],
+    "count": ["500", "1,000", "5,000"],
+    "fine": ["$5,000", "$10,000", "$25,000"],
+    "fine_small": ["$250", "$500", "$1,000"],
+    "n_years": ["four", "five", "six", "ten"],
+    "n_years_short": ["two", "three"],
+    "weeks": ["twelve", "sixteen"],
 }
 STATUTE_OPENERS = ["(a)", "(b)", "(c)", "(d)", "(e)", "(f)"]
 CODES = ["Civ. Code", "Gen. Stat.", "Rev. Code", "Bus. & Prof. Code", "Comp. Laws", "Stat. Ann."]
 
 CASE_VOCAB = {
-    "surname": ["Alvarez", "Brennan", "Chatterjee", "Delacroix", "Eriksen", "Fairbanks", "Gallagher", "Hoffmann",
-                "Ishikawa", "Jablonski", "Kowalczyk", "Lindqvist", "Mbeki", "Novak", "O'Rourke", "Petrov",
-                "Quintero", "Rasmussen", "Sandoval", "Tanaka", "Underwood", "Varga", "Whitfield", "Zimmerman"],
-    "court": ["Court of Appeals for the Ninth Circuit", "Supreme Court of Delaware", "Court of Appeal (Civil Division)",
-              "Appellate Division, First Department", "Ontario Court of Appeal", "Supreme Court of Illinois",
-              "High Court, Queen's Bench Division", "Texas Court of Appeals"],
+    "surname": [
+        "Alvarez",
+        "Brennan",
+        "Chatterjee",
+        "Delacroix",
+        "Eriksen",
+        "Fairbanks",
+        "Gallagher",
+        "Hoffmann",
+        "Ishikawa",
+        "Jablonski",
+        "Kowalczyk",
+        "Lindqvist",
+        "Mbeki",
+        "Novak",
+        "O'Rourke",
+        "Petrov",
+        "Quintero",
+        "Rasmussen",
+        "Sandoval",
+        "Tanaka",
+        "Underwood",
+        "Varga",
+        "Whitfield",
+        "Zimmerman",
+    ],
+    "court": [
+        "Court of Appeals for the Ninth Circuit",
+        "Supreme Court of Delaware",
+        "Court of Appeal (Civil Division)",
+        "Appellate Division, First Department",
+        "Ontario Court of Appeal",
+        "Supreme Court of Illinois",
+        "High Court, Queen's Bench Division",
+        "Texas Court of Appeals",
+    ],
     "year": [str(y) for y in range(1998, 2024)],
-    "procedural_for_p": ["entered judgment on a jury verdict for the plaintiff", "denied the defendant's motion for summary judgment",
-                         "entered judgment for the plaintiff after a bench trial", "struck out the defendant's defence"],
-    "procedural_for_d": ["granted summary judgment for the defendant", "dismissed the complaint for failure to state a claim",
-                         "granted the defendant's motion to compel arbitration", "entered judgment for the defendant after a bench trial"],
+    "procedural_for_p": [
+        "entered judgment on a jury verdict for the plaintiff",
+        "denied the defendant's motion for summary judgment",
+        "entered judgment for the plaintiff after a bench trial",
+        "struck out the defendant's defence",
+    ],
+    "procedural_for_d": [
+        "granted summary judgment for the defendant",
+        "dismissed the complaint for failure to state a claim",
+        "granted the defendant's motion to compel arbitration",
+        "entered judgment for the defendant after a bench trial",
+    ],
     "damages": ["$180,000", "$1.2 million", "$46,500", "$3.75 million", "£620,000", "$275,000"],
 }
 
@@ -376,7 +584,7 @@ def legal_clause(rng: random.Random) -> str:
     fixed = {"A": a, "B": b, "deliverable": rng.choice(LEGAL_VOCAB["deliverable"])}
     head = f"{rng.randint(2, 24)}.{rng.randint(1, 9)} {title}."
     if rng.random() < 0.3:
-        head += f" This Section forms part of the agreement between {_company(rng)} (the \"{a}\") and {_company(rng)} (the \"{b}\")."
+        head += f' This Section forms part of the agreement between {_company(rng)} (the "{a}") and {_company(rng)} (the "{b}").'
     return compose(rng, head, clause_slots(CLAUSES[title]), LEGAL_VOCAB, fixed)
 
 
@@ -387,49 +595,114 @@ def legal_statute(rng: random.Random) -> str:
     picked = sorted(rng.sample(range(len(pool)), k))
     body = " ".join(f"{STATUTE_OPENERS[i]} {fill(rng, pool[j], STATUTE_VOCAB, {})}" for i, j in enumerate(picked))
     head = f"§ {rng.randint(12, 99)}-{rng.randint(101, 999)}. {topic}."
-    tail = rng.choice(["", f" Source: {rng.randint(1987, 2023)} Acts, ch. {rng.randint(10, 400)}, § {rng.randint(1, 30)}.",
-                       f" Cross-reference: see {rng.choice(CODES)} § {rng.randint(100, 999)}."])
+    tail = rng.choice(
+        [
+            "",
+            f" Source: {rng.randint(1987, 2023)} Acts, ch. {rng.randint(10, 400)}, § {rng.randint(1, 30)}.",
+            f" Cross-reference: see {rng.choice(CODES)} § {rng.randint(100, 999)}.",
+        ]
+    )
     return f"{head} {body}{tail}"
 
 
 # (claim, background, holding, reasoning specific to that holding)
 CASE_SCENARIOS = [
-    ("software reseller", "d", "breach of contract", "The defendant, a cloud hosting provider, lost the plaintiff's customer data during a migration, and the plaintiff claimed lost profits far exceeding the fees paid.",
-     "the limitation of liability clause was enforceable and capped recovery at twelve months' fees",
-     "The court emphasised that commercial parties are presumed to allocate risk deliberately, and courts should not rewrite a bargain simply because it has proved unfavourable."),
-    ("payments company", "d", "breach of a restrictive covenant", "After resigning, the employee joined a competitor and the former employer sought to enforce a two-year nationwide non-compete.",
-     "the non-compete covenant was unreasonable in geographic scope and therefore unenforceable as written",
-     "The court reasoned that a restraint must be no wider than necessary to protect legitimate interests, and the employee had worked in a single regional market."),
-    ("commercial landlord", "p", "recovery of unpaid rent under a commercial lease", "The tenant stopped paying rent during a government-ordered closure and relied on the force majeure clause in the lease.",
-     "the closure order did not fall within the force majeure clause because the clause listed only natural disasters",
-     "Relying on the doctrine of ejusdem generis, the court read the general words of the clause in light of the specific events listed before them."),
-    ("buyer of a family business", "p", "fraud and negligent misrepresentation", "The buyer alleged that the seller's managing director had overstated the order book during negotiations for the sale of the business.",
-     "the entire agreement clause barred reliance on pre-contractual statements but not a claim for fraud",
-     "The court held that a party cannot contract out of liability for its own fraud, as a matter of public policy."),
-    ("property developer", "d", "recovery under a contractual indemnity", "A worker injured on a building site sued the site owner, who then sought to recover its liability from the contractor under an indemnity, although the injury was caused by the owner's own negligence.",
-     "the indemnity did not extend to the indemnitee's own negligence absent clear and unequivocal language",
-     "The court noted that exculpatory and indemnity provisions are construed strictly against the party seeking to rely on them."),
-    ("regional distributor", "p", "breach of contract and the implied covenant of good faith", "The distributor was terminated for convenience one week before a large commission fell due.",
-     "the termination for convenience clause did not permit termination in bad faith to avoid an accrued commission",
-     "The court found that the implied covenant prevents a party from exercising a discretionary power to deprive the other of the fruits of the contract."),
-    ("property investor", "p", "specific performance", "The parties agreed the sale of a warehouse by an exchange of emails, each ending with the sender's typed name, and the seller later refused to complete.",
-     "the email exchange satisfied the statute of frauds because both parties typed their names at the end of their messages",
-     "Applying the jurisdiction's electronic signatures statute, the court held that a typed name adopted with intent to sign is a signature."),
-    ("software licensor", "p", "misappropriation of trade secrets", "A former licensee continued to use the licensor's customer list and pricing formulas after the licence ended.",
-     "the confidentiality obligation survived termination even though the agreement was silent on survival",
-     "The court inferred from the nature of the information that the parties intended the obligation to continue, since it would otherwise have been worthless."),
-    ("property developer", "d", "recovery of liquidated damages", "The developer's construction contract with the builder provided for a fixed sum per day of delay that exceeded the entire contract price within a month.",
-     "the liquidated damages provision was an unenforceable penalty because it bore no relation to anticipated loss",
-     "The court asked whether the sum was out of all proportion to any legitimate interest of the innocent party and concluded that it was."),
-    ("franchisee", "d", "tortious interference and unfair competition", "The franchisee sued the franchisor in court although the franchise agreement required arbitration of all disputes arising out of or relating to it.",
-     "the arbitration clause was broad enough to cover tort claims arising from the same relationship",
-     "The majority observed that public policy favours the enforcement of arbitration agreements, and that any doubt about scope should be resolved in favour of arbitration."),
-    ("landlord company", "d", "arrears of rent", "The landlord orally promised to accept reduced rent while the tenant repaired flood damage, then demanded the arrears.",
-     "the landlord was estopped from claiming the full rent for the period in which the tenant relied on the promise",
-     "The court found a clear promise, reasonable reliance and detriment, and held that it would be inequitable to allow the landlord to resile from the promise."),
-    ("manufacturer", "p", "breach of warranty", "The buyer's production line failed because the supplied control units overheated, and the seller relied on a warranty disclaimer printed on the back of its invoices.",
-     "the disclaimer was not part of the contract because it was first communicated after the contract had been formed",
-     "The court applied the rule that terms must be brought to the other party's attention before or at the time of contracting."),
+    (
+        "software reseller",
+        "d",
+        "breach of contract",
+        "The defendant, a cloud hosting provider, lost the plaintiff's customer data during a migration, and the plaintiff claimed lost profits far exceeding the fees paid.",
+        "the limitation of liability clause was enforceable and capped recovery at twelve months' fees",
+        "The court emphasised that commercial parties are presumed to allocate risk deliberately, and courts should not rewrite a bargain simply because it has proved unfavourable.",
+    ),
+    (
+        "payments company",
+        "d",
+        "breach of a restrictive covenant",
+        "After resigning, the employee joined a competitor and the former employer sought to enforce a two-year nationwide non-compete.",
+        "the non-compete covenant was unreasonable in geographic scope and therefore unenforceable as written",
+        "The court reasoned that a restraint must be no wider than necessary to protect legitimate interests, and the employee had worked in a single regional market.",
+    ),
+    (
+        "commercial landlord",
+        "p",
+        "recovery of unpaid rent under a commercial lease",
+        "The tenant stopped paying rent during a government-ordered closure and relied on the force majeure clause in the lease.",
+        "the closure order did not fall within the force majeure clause because the clause listed only natural disasters",
+        "Relying on the doctrine of ejusdem generis, the court read the general words of the clause in light of the specific events listed before them.",
+    ),
+    (
+        "buyer of a family business",
+        "p",
+        "fraud and negligent misrepresentation",
+        "The buyer alleged that the seller's managing director had overstated the order book during negotiations for the sale of the business.",
+        "the entire agreement clause barred reliance on pre-contractual statements but not a claim for fraud",
+        "The court held that a party cannot contract out of liability for its own fraud, as a matter of public policy.",
+    ),
+    (
+        "property developer",
+        "d",
+        "recovery under a contractual indemnity",
+        "A worker injured on a building site sued the site owner, who then sought to recover its liability from the contractor under an indemnity, although the injury was caused by the owner's own negligence.",
+        "the indemnity did not extend to the indemnitee's own negligence absent clear and unequivocal language",
+        "The court noted that exculpatory and indemnity provisions are construed strictly against the party seeking to rely on them.",
+    ),
+    (
+        "regional distributor",
+        "p",
+        "breach of contract and the implied covenant of good faith",
+        "The distributor was terminated for convenience one week before a large commission fell due.",
+        "the termination for convenience clause did not permit termination in bad faith to avoid an accrued commission",
+        "The court found that the implied covenant prevents a party from exercising a discretionary power to deprive the other of the fruits of the contract.",
+    ),
+    (
+        "property investor",
+        "p",
+        "specific performance",
+        "The parties agreed the sale of a warehouse by an exchange of emails, each ending with the sender's typed name, and the seller later refused to complete.",
+        "the email exchange satisfied the statute of frauds because both parties typed their names at the end of their messages",
+        "Applying the jurisdiction's electronic signatures statute, the court held that a typed name adopted with intent to sign is a signature.",
+    ),
+    (
+        "software licensor",
+        "p",
+        "misappropriation of trade secrets",
+        "A former licensee continued to use the licensor's customer list and pricing formulas after the licence ended.",
+        "the confidentiality obligation survived termination even though the agreement was silent on survival",
+        "The court inferred from the nature of the information that the parties intended the obligation to continue, since it would otherwise have been worthless.",
+    ),
+    (
+        "property developer",
+        "d",
+        "recovery of liquidated damages",
+        "The developer's construction contract with the builder provided for a fixed sum per day of delay that exceeded the entire contract price within a month.",
+        "the liquidated damages provision was an unenforceable penalty because it bore no relation to anticipated loss",
+        "The court asked whether the sum was out of all proportion to any legitimate interest of the innocent party and concluded that it was.",
+    ),
+    (
+        "franchisee",
+        "d",
+        "tortious interference and unfair competition",
+        "The franchisee sued the franchisor in court although the franchise agreement required arbitration of all disputes arising out of or relating to it.",
+        "the arbitration clause was broad enough to cover tort claims arising from the same relationship",
+        "The majority observed that public policy favours the enforcement of arbitration agreements, and that any doubt about scope should be resolved in favour of arbitration.",
+    ),
+    (
+        "landlord company",
+        "d",
+        "arrears of rent",
+        "The landlord orally promised to accept reduced rent while the tenant repaired flood damage, then demanded the arrears.",
+        "the landlord was estopped from claiming the full rent for the period in which the tenant relied on the promise",
+        "The court found a clear promise, reasonable reliance and detriment, and held that it would be inequitable to allow the landlord to resile from the promise.",
+    ),
+    (
+        "manufacturer",
+        "p",
+        "breach of warranty",
+        "The buyer's production line failed because the supplied control units overheated, and the seller relied on a warranty disclaimer printed on the back of its invoices.",
+        "the disclaimer was not part of the contract because it was first communicated after the contract had been formed",
+        "The court applied the rule that terms must be brought to the other party's attention before or at the time of contracting.",
+    ),
 ]
 CASE_EXTRA = [
     "The parties had negotiated the agreement over several months, each represented by counsel.",
@@ -450,11 +723,23 @@ def legal_case(rng: random.Random) -> str:
     agree = rng.random() < 0.5  # did the trial court reach the same result as the appeal court?
     winner_below = winner if agree else {"p": "d", "d": "p"}[winner]
     below = rng.choice(vocab[f"procedural_for_{winner_below}"])
-    outcome = rng.choice(["Affirmed.", "Affirmed, with costs to the respondent."] if agree else
-                         ["Reversed and remanded.", "Judgment vacated and the matter remitted to the trial court.",
-                          "Reversed in part and remanded for further proceedings consistent with this opinion."])
-    parts = [head, f"The plaintiff, a {plaintiff}, sued for {claim}.", background,
-             f"The trial court {below}.", f"On appeal, the {court} held that {holding}.", reasoning]
+    outcome = rng.choice(
+        ["Affirmed.", "Affirmed, with costs to the respondent."]
+        if agree
+        else [
+            "Reversed and remanded.",
+            "Judgment vacated and the matter remitted to the trial court.",
+            "Reversed in part and remanded for further proceedings consistent with this opinion.",
+        ]
+    )
+    parts = [
+        head,
+        f"The plaintiff, a {plaintiff}, sued for {claim}.",
+        background,
+        f"The trial court {below}.",
+        f"On appeal, the {court} held that {holding}.",
+        reasoning,
+    ]
     parts += [fill(rng, t, vocab, {}) for t in rng.sample(CASE_EXTRA, rng.randint(0, 2))]
     parts.append(outcome)
     return " ".join(parts)
@@ -464,189 +749,654 @@ def legal_case(rng: random.Random) -> str:
 
 DRUGS = [
     # name, class, uses, common side effects, do not take if, typical adult dose, extra advice
-    ("Metformin", "a biguanide", "type 2 diabetes mellitus, to lower blood glucose", "nausea, diarrhoea, abdominal discomfort and a metallic taste", "you have severe kidney impairment or metabolic acidosis", "500 mg twice daily with meals, increased gradually", "Stop taking it and seek care if you develop unusual muscle pain, rapid breathing or severe weakness, which may signal lactic acidosis."),
-    ("Lisinopril", "an ACE inhibitor", "high blood pressure, heart failure and protection of the kidneys in diabetes", "dry cough, dizziness, headache and raised potassium", "you have had angioedema with an ACE inhibitor or are pregnant", "10 mg once daily", "Your kidney function and potassium should be checked one to two weeks after starting."),
-    ("Atorvastatin", "a statin (HMG-CoA reductase inhibitor)", "high cholesterol and prevention of heart attack and stroke", "muscle aches, constipation and mildly raised liver enzymes", "you have active liver disease or are pregnant or breastfeeding", "10 to 80 mg once daily", "Report unexplained muscle pain, tenderness or weakness, especially with fever."),
-    ("Amoxicillin", "a penicillin antibiotic", "bacterial infections such as otitis media, sinusitis and community-acquired pneumonia", "diarrhoea, nausea and skin rash", "you are allergic to penicillin", "500 mg three times daily for five to seven days", "Finish the full course even if you feel better."),
-    ("Warfarin", "a vitamin K antagonist anticoagulant", "prevention and treatment of blood clots, including in atrial fibrillation", "bleeding, bruising and, rarely, skin necrosis", "you are actively bleeding or pregnant", "individually adjusted to the INR, commonly 2 to 10 mg daily", "Keep your intake of vitamin K-rich foods consistent and attend every INR check."),
-    ("Apixaban", "a direct factor Xa inhibitor", "stroke prevention in atrial fibrillation and treatment of deep vein thrombosis", "bleeding, bruising and nausea", "you have active significant bleeding or a mechanical heart valve", "5 mg twice daily", "Do not stop it suddenly without medical advice, as this raises the risk of stroke."),
-    ("Omeprazole", "a proton pump inhibitor", "gastro-oesophageal reflux disease, peptic ulcers and eradication of Helicobacter pylori", "headache, abdominal pain and diarrhoea", "you take rilpivirine", "20 mg once daily before breakfast", "Long-term use may lower magnesium and vitamin B12 levels."),
-    ("Salbutamol", "a short-acting beta-2 agonist bronchodilator", "quick relief of wheeze and breathlessness in asthma and COPD", "tremor, palpitations and headache", "you are allergic to salbutamol", "one or two puffs of 100 micrograms as needed", "If you need it more than three times a week, your asthma may not be well controlled."),
-    ("Sertraline", "a selective serotonin reuptake inhibitor (SSRI)", "depression, panic disorder and obsessive-compulsive disorder", "nausea, sleep disturbance, sweating and sexual dysfunction", "you take an MAO inhibitor or pimozide", "50 mg once daily", "It may take two to four weeks to feel the benefit; do not stop abruptly."),
-    ("Levothyroxine", "a thyroid hormone", "hypothyroidism", "palpitations, insomnia and weight loss if the dose is too high", "you have untreated adrenal insufficiency or thyrotoxicosis", "about 1.6 micrograms per kilogram daily, adjusted to TSH", "Take it on an empty stomach, 30 to 60 minutes before breakfast, apart from calcium and iron."),
-    ("Ibuprofen", "a non-steroidal anti-inflammatory drug (NSAID)", "pain, fever and inflammation", "indigestion, stomach ulcers and raised blood pressure", "you have a history of stomach bleeding, severe heart failure or are in the last trimester of pregnancy", "200 to 400 mg every six to eight hours with food", "Use the lowest effective dose for the shortest time."),
-    ("Paracetamol", "an analgesic and antipyretic", "mild to moderate pain and fever", "rash, which is rare, and liver damage in overdose", "you have severe liver disease", "500 mg to 1 g every four to six hours, no more than 4 g in 24 hours", "Check other medicines for paracetamol to avoid accidental overdose."),
-    ("Prednisolone", "a corticosteroid", "inflammatory conditions such as asthma exacerbations, rheumatoid arthritis and inflammatory bowel disease", "raised blood glucose, mood changes, increased appetite and insomnia", "you have a systemic infection not being treated", "5 to 60 mg once daily in the morning, depending on the condition", "After more than three weeks of treatment, the dose must be reduced gradually."),
-    ("Furosemide", "a loop diuretic", "fluid overload in heart failure, oedema and some cases of hypertension", "frequent urination, low potassium, dehydration and dizziness", "you have anuria or severe sodium depletion", "20 to 80 mg once daily in the morning", "Weigh yourself daily and report a gain of more than 2 kg in three days."),
-    ("Amlodipine", "a calcium channel blocker", "high blood pressure and angina", "ankle swelling, flushing and headache", "you have cardiogenic shock or severe aortic stenosis", "5 mg once daily", "Ankle swelling is common and not usually dangerous, but mention it to your doctor."),
-    ("Insulin glargine", "a long-acting basal insulin", "type 1 and type 2 diabetes", "hypoglycaemia, weight gain and injection-site reactions", "you are having a hypoglycaemic episode", "10 units once daily at first, adjusted to fasting glucose", "Learn the signs of low blood sugar and always carry a source of fast-acting glucose."),
-    ("Clopidogrel", "a P2Y12 antiplatelet agent", "prevention of heart attack and stroke after acute coronary syndrome or stent placement", "bleeding, bruising and diarrhoea", "you have active pathological bleeding", "75 mg once daily", "Tell your dentist or surgeon you take it before any procedure."),
-    ("Doxycycline", "a tetracycline antibiotic", "respiratory infections, Lyme disease, acne and malaria prophylaxis", "photosensitivity, nausea and oesophageal irritation", "you are pregnant or the patient is a child under eight", "100 mg twice daily on the first day, then 100 mg daily", "Take it upright with a full glass of water and avoid strong sunlight."),
-    ("Gabapentin", "an anticonvulsant", "neuropathic pain and partial seizures", "drowsiness, dizziness and peripheral oedema", "you are allergic to gabapentin", "300 mg at night, increased over several days", "Do not drive until you know how it affects you."),
-    ("Morphine sulfate", "an opioid analgesic", "severe acute and chronic pain", "constipation, drowsiness, nausea and respiratory depression", "you have acute respiratory depression or paralytic ileus", "5 to 10 mg every four hours as needed, individually titrated", "Take a laxative while on regular morphine and never combine it with alcohol."),
-    ("Ondansetron", "a 5-HT3 receptor antagonist antiemetic", "nausea and vomiting after chemotherapy or surgery", "headache, constipation and, rarely, QT prolongation", "you take apomorphine or have congenital long QT syndrome", "4 to 8 mg up to three times daily", "Tell your doctor about any heart rhythm problems."),
-    ("Enoxaparin", "a low-molecular-weight heparin", "prevention and treatment of venous thromboembolism", "bleeding, bruising at the injection site and low platelets", "you have a history of heparin-induced thrombocytopenia", "40 mg subcutaneously once daily for prevention", "Rotate injection sites on the abdomen."),
-    ("Bisoprolol", "a cardioselective beta blocker", "heart failure, angina and atrial fibrillation rate control", "tiredness, cold hands and a slow heart rate", "you have severe asthma, heart block or uncontrolled heart failure", "1.25 to 10 mg once daily", "Do not stop it suddenly, as angina may worsen."),
-    ("Methotrexate", "a disease-modifying antirheumatic drug", "rheumatoid arthritis and psoriasis", "nausea, mouth ulcers, liver toxicity and low blood counts", "you are pregnant, breastfeeding or have significant liver disease", "7.5 to 25 mg once weekly, on the same day each week", "It is taken once a week, not daily; take folic acid as prescribed and attend regular blood tests."),
-    ("Allopurinol", "a xanthine oxidase inhibitor", "prevention of gout and of uric acid kidney stones", "rash, gout flares when starting and nausea", "you have an acute gout attack that has not settled", "100 mg daily, increased gradually to 300 mg or more", "Stop it and seek help immediately if you develop a rash."),
-    ("Cetirizine", "a second-generation antihistamine", "hay fever, allergic rhinitis and urticaria", "drowsiness, dry mouth and fatigue", "you have severe kidney disease without dose adjustment", "10 mg once daily", "Alcohol may increase drowsiness."),
-    ("Tamsulosin", "an alpha-1 blocker", "urinary symptoms of benign prostatic hyperplasia", "dizziness on standing, abnormal ejaculation and nasal congestion", "you have a history of fainting on standing", "400 micrograms once daily after the same meal", "Tell your eye surgeon you take it before cataract surgery."),
-    ("Nitrofurantoin", "a urinary antibacterial", "uncomplicated lower urinary tract infections", "nausea, brown urine and, rarely, lung reactions", "your kidney function is significantly reduced", "100 mg modified-release twice daily for three to five days", "Take it with food to reduce nausea."),
-    ("Hydrochlorothiazide", "a thiazide diuretic", "high blood pressure and mild oedema", "low sodium, low potassium, raised uric acid and photosensitivity", "you have anuria or severe kidney failure", "12.5 to 25 mg once daily", "Have your blood salts checked periodically."),
-    ("Fluticasone inhaler", "an inhaled corticosteroid", "long-term control of asthma", "hoarseness and oral thrush", "you are allergic to fluticasone", "100 to 250 micrograms twice daily", "Rinse your mouth after each use; it does not relieve an acute attack."),
+    (
+        "Metformin",
+        "a biguanide",
+        "type 2 diabetes mellitus, to lower blood glucose",
+        "nausea, diarrhoea, abdominal discomfort and a metallic taste",
+        "you have severe kidney impairment or metabolic acidosis",
+        "500 mg twice daily with meals, increased gradually",
+        "Stop taking it and seek care if you develop unusual muscle pain, rapid breathing or severe weakness, which may signal lactic acidosis.",
+    ),
+    (
+        "Lisinopril",
+        "an ACE inhibitor",
+        "high blood pressure, heart failure and protection of the kidneys in diabetes",
+        "dry cough, dizziness, headache and raised potassium",
+        "you have had angioedema with an ACE inhibitor or are pregnant",
+        "10 mg once daily",
+        "Your kidney function and potassium should be checked one to two weeks after starting.",
+    ),
+    (
+        "Atorvastatin",
+        "a statin (HMG-CoA reductase inhibitor)",
+        "high cholesterol and prevention of heart attack and stroke",
+        "muscle aches, constipation and mildly raised liver enzymes",
+        "you have active liver disease or are pregnant or breastfeeding",
+        "10 to 80 mg once daily",
+        "Report unexplained muscle pain, tenderness or weakness, especially with fever.",
+    ),
+    (
+        "Amoxicillin",
+        "a penicillin antibiotic",
+        "bacterial infections such as otitis media, sinusitis and community-acquired pneumonia",
+        "diarrhoea, nausea and skin rash",
+        "you are allergic to penicillin",
+        "500 mg three times daily for five to seven days",
+        "Finish the full course even if you feel better.",
+    ),
+    (
+        "Warfarin",
+        "a vitamin K antagonist anticoagulant",
+        "prevention and treatment of blood clots, including in atrial fibrillation",
+        "bleeding, bruising and, rarely, skin necrosis",
+        "you are actively bleeding or pregnant",
+        "individually adjusted to the INR, commonly 2 to 10 mg daily",
+        "Keep your intake of vitamin K-rich foods consistent and attend every INR check.",
+    ),
+    (
+        "Apixaban",
+        "a direct factor Xa inhibitor",
+        "stroke prevention in atrial fibrillation and treatment of deep vein thrombosis",
+        "bleeding, bruising and nausea",
+        "you have active significant bleeding or a mechanical heart valve",
+        "5 mg twice daily",
+        "Do not stop it suddenly without medical advice, as this raises the risk of stroke.",
+    ),
+    (
+        "Omeprazole",
+        "a proton pump inhibitor",
+        "gastro-oesophageal reflux disease, peptic ulcers and eradication of Helicobacter pylori",
+        "headache, abdominal pain and diarrhoea",
+        "you take rilpivirine",
+        "20 mg once daily before breakfast",
+        "Long-term use may lower magnesium and vitamin B12 levels.",
+    ),
+    (
+        "Salbutamol",
+        "a short-acting beta-2 agonist bronchodilator",
+        "quick relief of wheeze and breathlessness in asthma and COPD",
+        "tremor, palpitations and headache",
+        "you are allergic to salbutamol",
+        "one or two puffs of 100 micrograms as needed",
+        "If you need it more than three times a week, your asthma may not be well controlled.",
+    ),
+    (
+        "Sertraline",
+        "a selective serotonin reuptake inhibitor (SSRI)",
+        "depression, panic disorder and obsessive-compulsive disorder",
+        "nausea, sleep disturbance, sweating and sexual dysfunction",
+        "you take an MAO inhibitor or pimozide",
+        "50 mg once daily",
+        "It may take two to four weeks to feel the benefit; do not stop abruptly.",
+    ),
+    (
+        "Levothyroxine",
+        "a thyroid hormone",
+        "hypothyroidism",
+        "palpitations, insomnia and weight loss if the dose is too high",
+        "you have untreated adrenal insufficiency or thyrotoxicosis",
+        "about 1.6 micrograms per kilogram daily, adjusted to TSH",
+        "Take it on an empty stomach, 30 to 60 minutes before breakfast, apart from calcium and iron.",
+    ),
+    (
+        "Ibuprofen",
+        "a non-steroidal anti-inflammatory drug (NSAID)",
+        "pain, fever and inflammation",
+        "indigestion, stomach ulcers and raised blood pressure",
+        "you have a history of stomach bleeding, severe heart failure or are in the last trimester of pregnancy",
+        "200 to 400 mg every six to eight hours with food",
+        "Use the lowest effective dose for the shortest time.",
+    ),
+    (
+        "Paracetamol",
+        "an analgesic and antipyretic",
+        "mild to moderate pain and fever",
+        "rash, which is rare, and liver damage in overdose",
+        "you have severe liver disease",
+        "500 mg to 1 g every four to six hours, no more than 4 g in 24 hours",
+        "Check other medicines for paracetamol to avoid accidental overdose.",
+    ),
+    (
+        "Prednisolone",
+        "a corticosteroid",
+        "inflammatory conditions such as asthma exacerbations, rheumatoid arthritis and inflammatory bowel disease",
+        "raised blood glucose, mood changes, increased appetite and insomnia",
+        "you have a systemic infection not being treated",
+        "5 to 60 mg once daily in the morning, depending on the condition",
+        "After more than three weeks of treatment, the dose must be reduced gradually.",
+    ),
+    (
+        "Furosemide",
+        "a loop diuretic",
+        "fluid overload in heart failure, oedema and some cases of hypertension",
+        "frequent urination, low potassium, dehydration and dizziness",
+        "you have anuria or severe sodium depletion",
+        "20 to 80 mg once daily in the morning",
+        "Weigh yourself daily and report a gain of more than 2 kg in three days.",
+    ),
+    (
+        "Amlodipine",
+        "a calcium channel blocker",
+        "high blood pressure and angina",
+        "ankle swelling, flushing and headache",
+        "you have cardiogenic shock or severe aortic stenosis",
+        "5 mg once daily",
+        "Ankle swelling is common and not usually dangerous, but mention it to your doctor.",
+    ),
+    (
+        "Insulin glargine",
+        "a long-acting basal insulin",
+        "type 1 and type 2 diabetes",
+        "hypoglycaemia, weight gain and injection-site reactions",
+        "you are having a hypoglycaemic episode",
+        "10 units once daily at first, adjusted to fasting glucose",
+        "Learn the signs of low blood sugar and always carry a source of fast-acting glucose.",
+    ),
+    (
+        "Clopidogrel",
+        "a P2Y12 antiplatelet agent",
+        "prevention of heart attack and stroke after acute coronary syndrome or stent placement",
+        "bleeding, bruising and diarrhoea",
+        "you have active pathological bleeding",
+        "75 mg once daily",
+        "Tell your dentist or surgeon you take it before any procedure.",
+    ),
+    (
+        "Doxycycline",
+        "a tetracycline antibiotic",
+        "respiratory infections, Lyme disease, acne and malaria prophylaxis",
+        "photosensitivity, nausea and oesophageal irritation",
+        "you are pregnant or the patient is a child under eight",
+        "100 mg twice daily on the first day, then 100 mg daily",
+        "Take it upright with a full glass of water and avoid strong sunlight.",
+    ),
+    (
+        "Gabapentin",
+        "an anticonvulsant",
+        "neuropathic pain and partial seizures",
+        "drowsiness, dizziness and peripheral oedema",
+        "you are allergic to gabapentin",
+        "300 mg at night, increased over several days",
+        "Do not drive until you know how it affects you.",
+    ),
+    (
+        "Morphine sulfate",
+        "an opioid analgesic",
+        "severe acute and chronic pain",
+        "constipation, drowsiness, nausea and respiratory depression",
+        "you have acute respiratory depression or paralytic ileus",
+        "5 to 10 mg every four hours as needed, individually titrated",
+        "Take a laxative while on regular morphine and never combine it with alcohol.",
+    ),
+    (
+        "Ondansetron",
+        "a 5-HT3 receptor antagonist antiemetic",
+        "nausea and vomiting after chemotherapy or surgery",
+        "headache, constipation and, rarely, QT prolongation",
+        "you take apomorphine or have congenital long QT syndrome",
+        "4 to 8 mg up to three times daily",
+        "Tell your doctor about any heart rhythm problems.",
+    ),
+    (
+        "Enoxaparin",
+        "a low-molecular-weight heparin",
+        "prevention and treatment of venous thromboembolism",
+        "bleeding, bruising at the injection site and low platelets",
+        "you have a history of heparin-induced thrombocytopenia",
+        "40 mg subcutaneously once daily for prevention",
+        "Rotate injection sites on the abdomen.",
+    ),
+    (
+        "Bisoprolol",
+        "a cardioselective beta blocker",
+        "heart failure, angina and atrial fibrillation rate control",
+        "tiredness, cold hands and a slow heart rate",
+        "you have severe asthma, heart block or uncontrolled heart failure",
+        "1.25 to 10 mg once daily",
+        "Do not stop it suddenly, as angina may worsen.",
+    ),
+    (
+        "Methotrexate",
+        "a disease-modifying antirheumatic drug",
+        "rheumatoid arthritis and psoriasis",
+        "nausea, mouth ulcers, liver toxicity and low blood counts",
+        "you are pregnant, breastfeeding or have significant liver disease",
+        "7.5 to 25 mg once weekly, on the same day each week",
+        "It is taken once a week, not daily; take folic acid as prescribed and attend regular blood tests.",
+    ),
+    (
+        "Allopurinol",
+        "a xanthine oxidase inhibitor",
+        "prevention of gout and of uric acid kidney stones",
+        "rash, gout flares when starting and nausea",
+        "you have an acute gout attack that has not settled",
+        "100 mg daily, increased gradually to 300 mg or more",
+        "Stop it and seek help immediately if you develop a rash.",
+    ),
+    (
+        "Cetirizine",
+        "a second-generation antihistamine",
+        "hay fever, allergic rhinitis and urticaria",
+        "drowsiness, dry mouth and fatigue",
+        "you have severe kidney disease without dose adjustment",
+        "10 mg once daily",
+        "Alcohol may increase drowsiness.",
+    ),
+    (
+        "Tamsulosin",
+        "an alpha-1 blocker",
+        "urinary symptoms of benign prostatic hyperplasia",
+        "dizziness on standing, abnormal ejaculation and nasal congestion",
+        "you have a history of fainting on standing",
+        "400 micrograms once daily after the same meal",
+        "Tell your eye surgeon you take it before cataract surgery.",
+    ),
+    (
+        "Nitrofurantoin",
+        "a urinary antibacterial",
+        "uncomplicated lower urinary tract infections",
+        "nausea, brown urine and, rarely, lung reactions",
+        "your kidney function is significantly reduced",
+        "100 mg modified-release twice daily for three to five days",
+        "Take it with food to reduce nausea.",
+    ),
+    (
+        "Hydrochlorothiazide",
+        "a thiazide diuretic",
+        "high blood pressure and mild oedema",
+        "low sodium, low potassium, raised uric acid and photosensitivity",
+        "you have anuria or severe kidney failure",
+        "12.5 to 25 mg once daily",
+        "Have your blood salts checked periodically.",
+    ),
+    (
+        "Fluticasone inhaler",
+        "an inhaled corticosteroid",
+        "long-term control of asthma",
+        "hoarseness and oral thrush",
+        "you are allergic to fluticasone",
+        "100 to 250 micrograms twice daily",
+        "Rinse your mouth after each use; it does not relieve an acute attack.",
+    ),
 ]
-FIRST = {"woman": ["Amelia", "Carmen", "Elena", "Grace", "Ingrid", "Keiko", "Marisol", "Olga", "Rosa", "Tamsin", "Wen", "Aisha"],
-         "man": ["Bashir", "Dmitri", "Farid", "Hiroshi", "Jamal", "Liam", "Nikhil", "Pedro", "Samuel", "Viktor", "Yusuf", "Tomasz"]}
+FIRST = {
+    "woman": [
+        "Amelia",
+        "Carmen",
+        "Elena",
+        "Grace",
+        "Ingrid",
+        "Keiko",
+        "Marisol",
+        "Olga",
+        "Rosa",
+        "Tamsin",
+        "Wen",
+        "Aisha",
+    ],
+    "man": [
+        "Bashir",
+        "Dmitri",
+        "Farid",
+        "Hiroshi",
+        "Jamal",
+        "Liam",
+        "Nikhil",
+        "Pedro",
+        "Samuel",
+        "Viktor",
+        "Yusuf",
+        "Tomasz",
+    ],
+}
 MED_VOCAB = {
     "age": [str(a) for a in range(19, 93)],
     "sex": ["man", "woman"],
-    "pmh": ["type 2 diabetes and hypertension", "COPD and a 40 pack-year smoking history", "chronic kidney disease stage 3",
-            "ischaemic heart disease with a stent placed four years ago", "hypothyroidism", "rheumatoid arthritis on methotrexate",
-            "well-controlled asthma", "osteoarthritis of both knees", "depression and anxiety", "hypertension and gout"],
+    "pmh": [
+        "type 2 diabetes and hypertension",
+        "COPD and a 40 pack-year smoking history",
+        "chronic kidney disease stage 3",
+        "ischaemic heart disease with a stent placed four years ago",
+        "hypothyroidism",
+        "rheumatoid arthritis on methotrexate",
+        "well-controlled asthma",
+        "osteoarthritis of both knees",
+        "depression and anxiety",
+        "hypertension and gout",
+    ],
     "duration": ["two days", "three days", "four days", "one week", "ten days", "two weeks"],
-    "sys": [str(v) for v in range(104, 168, 4)], "dia": [str(v) for v in range(62, 98, 3)],
-    "history": ["No recent travel or sick contacts.", "Adherent to medications; no known drug allergies.",
-                "Ex-smoker; drinks about ten units of alcohol a week.", "Never smoked; drinks alcohol rarely.",
-                "Has had the seasonal influenza vaccine."],
-    "living": ["Lives alone and is independent with activities of daily living.", "Lives with a daughter who helps with shopping.",
-               "Lives with a partner in a ground-floor flat."],
-    "followup": ["Safety-netting advice given; return if symptoms worsen.", "Patient understands and agrees with the plan.",
-                 "Follow up in the general practice clinic in one week.", "Repeat blood tests in five days."],
+    "sys": [str(v) for v in range(104, 168, 4)],
+    "dia": [str(v) for v in range(62, 98, 3)],
+    "history": [
+        "No recent travel or sick contacts.",
+        "Adherent to medications; no known drug allergies.",
+        "Ex-smoker; drinks about ten units of alcohol a week.",
+        "Never smoked; drinks alcohol rarely.",
+        "Has had the seasonal influenza vaccine.",
+    ],
+    "living": [
+        "Lives alone and is independent with activities of daily living.",
+        "Lives with a daughter who helps with shopping.",
+        "Lives with a partner in a ground-floor flat.",
+    ],
+    "followup": [
+        "Safety-netting advice given; return if symptoms worsen.",
+        "Patient understands and agrees with the plan.",
+        "Follow up in the general practice clinic in one week.",
+        "Repeat blood tests in five days.",
+    ],
     "los": ["two", "three", "four", "five", "seven", "nine"],
-    "generic_course": ["The patient was reviewed by physiotherapy and was mobilising independently before discharge.",
-                       "A brief episode of delirium on day two resolved with treatment of the underlying illness and good sleep hygiene.",
-                       "Medicines reconciliation was completed with the ward pharmacist.",
-                       "Observations were stable for 24 hours before discharge."],
+    "generic_course": [
+        "The patient was reviewed by physiotherapy and was mobilising independently before discharge.",
+        "A brief episode of delirium on day two resolved with treatment of the underlying illness and good sleep hygiene.",
+        "Medicines reconciliation was completed with the ward pharmacist.",
+        "Observations were stable for 24 hours before discharge.",
+    ],
 }
 
 # One clinical scenario per condition, so that the history, findings, tests and plan of a note agree.
 # keys: dx, complaint, vitals (temp, hr, rr, spo2 choices), exam, tests, plan, course, meds
 CONDITIONS = [
-    dict(dx=["community-acquired pneumonia, CURB-65 score of 1", "right lower lobe pneumonia, CURB-65 score of 2"],
-         complaint=["productive cough and fever", "fever, rigors and right-sided pleuritic chest pain"],
-         vitals=(["38.3", "38.9", "39.2"], ["98", "104", "112"], ["22", "24", "26"], ["91", "93", "94"]),
-         exam=["Coarse crackles and bronchial breathing at the right base.", "Reduced air entry and dullness to percussion at the right base."],
-         tests=["White cell count 14.2 x10^9/L with neutrophilia and CRP 186 mg/L.", "Chest X-ray shows right lower lobe consolidation.", "Urea 7.9 mmol/L."],
-         plan=["Start amoxicillin 500 mg three times daily and clarithromycin, encourage oral fluids, and review in 48 hours.",
-               "Admit for intravenous co-amoxiclav and oxygen to keep saturations at 94 to 98 percent; send blood and sputum cultures."],
-         course=["Oxygen was weaned to room air by day three and the CRP fell steadily.", "Blood cultures grew no organisms and antibiotics were switched to oral therapy on day two."],
-         meds=["amoxicillin 500 mg three times daily to complete seven days", "paracetamol 1 g four times daily as needed"]),
-    dict(dx=["infective exacerbation of COPD"],
-         complaint=["increasing breathlessness and green sputum", "worsening wheeze and breathlessness on minimal exertion"],
-         vitals=(["37.4", "37.9", "38.1"], ["96", "102", "108"], ["24", "26", "28"], ["86", "88", "90"]),
-         exam=["Widespread expiratory wheeze with a prolonged expiratory phase.", "Pursed-lip breathing and use of accessory muscles."],
-         tests=["Arterial blood gas: pH 7.33, pCO2 6.9 kPa, pO2 7.8 kPa.", "Chest X-ray shows hyperinflation without consolidation.", "CRP 48 mg/L."],
-         plan=["Nebulised salbutamol and ipratropium, prednisolone 30 mg for five days, doxycycline, and controlled oxygen to saturations of 88 to 92 percent.",
-               "Controlled oxygen, regular nebulisers, oral prednisolone and a repeat blood gas in one hour."],
-         course=["The patient improved with nebulisers and steroids and did not need non-invasive ventilation.", "Inhaler technique was checked and a pulmonary rehabilitation referral was made."],
-         meds=["prednisolone 30 mg once daily to complete five days", "doxycycline 100 mg once daily to complete five days"]),
-    dict(dx=["acute decompensated heart failure", "fluid overload secondary to heart failure with reduced ejection fraction"],
-         complaint=["worsening breathlessness, orthopnoea and ankle swelling", "breathlessness at night and a weight gain of 4 kg"],
-         vitals=(["36.7", "36.9"], ["92", "98", "106"], ["22", "24"], ["92", "93", "95"]),
-         exam=["Raised jugular venous pressure, bibasal crackles and pitting oedema to the knees.", "A third heart sound and pitting oedema to the mid-shins bilaterally."],
-         tests=["NT-proBNP 4,820 ng/L.", "Chest X-ray shows upper lobe diversion and small bilateral effusions.", "Echocardiogram shows an ejection fraction of 30 percent."],
-         plan=["Intravenous furosemide 40 mg twice daily with daily weights, fluid balance chart and daily renal function.",
-               "Start intravenous diuresis, restrict fluids to 1.5 litres a day and review the heart failure medicines."],
-         course=["The patient was diuresed with intravenous furosemide, losing 5.2 kg over the admission.", "Renal function remained stable during diuresis and bisoprolol was continued."],
-         meds=["furosemide 40 mg once daily", "bisoprolol 2.5 mg once daily"]),
-    dict(dx=["atrial fibrillation with rapid ventricular response", "new-onset atrial fibrillation"],
-         complaint=["intermittent palpitations and light-headedness", "a fast, irregular heartbeat since the morning"],
-         vitals=(["36.8", "37.0"], ["128", "134", "142"], ["18", "20"], ["96", "97", "98"]),
-         exam=["Irregularly irregular pulse; heart sounds otherwise normal.", "Irregular pulse with no signs of heart failure."],
-         tests=["ECG shows atrial fibrillation with a ventricular rate of 136.", "TSH and electrolytes are within normal limits.", "Troponin is below the reference limit."],
-         plan=["Rate control with bisoprolol 2.5 mg daily; calculate the CHA2DS2-VASc score and discuss anticoagulation.",
-               "Start bisoprolol, begin apixaban 5 mg twice daily given a CHA2DS2-VASc score of 3, and arrange an echocardiogram."],
-         course=["Heart rate settled below 90 on oral bisoprolol.", "The patient reverted to sinus rhythm on day two."],
-         meds=["apixaban 5 mg twice daily", "bisoprolol 2.5 mg once daily"]),
-    dict(dx=["deep vein thrombosis of the left leg", "provoked deep vein thrombosis after recent surgery"],
-         complaint=["a painful, swollen left calf", "left leg swelling and pain on walking"],
-         vitals=(["36.9", "37.3"], ["84", "90"], ["16", "18"], ["97", "98"]),
-         exam=["The left calf is 3 cm larger in circumference than the right and tender along the deep veins.", "Pitting oedema of the left leg to the knee."],
-         tests=["D-dimer is raised at 1.8 mg/L.", "Compression ultrasound confirms a popliteal deep vein thrombosis.", "Renal function and platelets are normal."],
-         plan=["Commence apixaban 10 mg twice daily for seven days, then 5 mg twice daily for three months.",
-               "Start anticoagulation with apixaban and review the duration of treatment at three months."],
-         course=["The patient was managed on the same-day emergency care pathway.", "Anticoagulation was started and the patient was counselled about bleeding risk."],
-         meds=["apixaban 5 mg twice daily for three months"]),
-    dict(dx=["cellulitis of the left lower leg"],
-         complaint=["a red, hot and painful left shin", "spreading redness of the left leg"],
-         vitals=(["37.9", "38.2"], ["94", "100"], ["18", "20"], ["96", "97"]),
-         exam=["An area of erythema 12 cm across on the left shin, warm and tender, with no fluctuance.", "Erythema and swelling of the left lower leg with a cracked web space between the toes."],
-         tests=["White cell count 12.8 x10^9/L and CRP 96 mg/L.", "Blood cultures taken before antibiotics."],
-         plan=["Mark the margin of erythema, start flucloxacillin 1 g four times daily and elevate the limb.",
-               "Start clarithromycin as the patient reports a penicillin allergy, mark the margin and review in 48 hours."],
-         course=["The erythema receded within the marked margin after 48 hours of intravenous antibiotics.", "Antibiotics were switched to the oral route on day three."],
-         meds=["flucloxacillin 1 g four times daily to complete seven days"]),
-    dict(dx=["uncomplicated lower urinary tract infection", "lower urinary tract infection"],
-         complaint=["dysuria and urinary frequency", "burning on passing urine and suprapubic discomfort"],
-         vitals=(["36.9", "37.4"], ["78", "84"], ["14", "16"], ["98", "99"]),
-         exam=["Mild suprapubic tenderness; no renal angle tenderness.", "Abdomen soft, mild suprapubic tenderness."],
-         tests=["Urine dipstick positive for leucocytes and nitrites.", "Urine sent for culture and sensitivity."],
-         plan=["Prescribe nitrofurantoin 100 mg modified-release twice daily for three days and send urine for culture.",
-               "Nitrofurantoin for three days, plenty of fluids, and paracetamol for discomfort."],
-         course=["Symptoms settled on oral antibiotics."], meds=["nitrofurantoin 100 mg twice daily to complete three days"]),
-    dict(dx=["acute uncomplicated diverticulitis"],
-         complaint=["left lower quadrant abdominal pain and loose stools", "constant left-sided lower abdominal pain"],
-         vitals=(["37.8", "38.1"], ["92", "96"], ["18", "20"], ["97", "98"]),
-         exam=["The abdomen is soft with tenderness in the left lower quadrant and no guarding.", "Localised left iliac fossa tenderness without peritonism."],
-         tests=["CRP 112 mg/L.", "CT abdomen shows uncomplicated sigmoid diverticulitis with no abscess or perforation."],
-         plan=["Clear fluids, analgesia and oral co-amoxiclav, with review if the pain worsens.", "Admit for intravenous antibiotics, analgesia and fluids."],
-         course=["The pain settled and the patient was eating normally by day three.", "Inflammatory markers fell and antibiotics were switched to the oral route."],
-         meds=["co-amoxiclav 625 mg three times daily to complete seven days"]),
-    dict(dx=["acute kidney injury, likely prerenal", "acute kidney injury secondary to dehydration"],
-         complaint=["vomiting and diarrhoea with reduced urine output", "dizziness on standing after several days of diarrhoea"],
-         vitals=(["37.1", "37.3"], ["104", "110"], ["18", "20"], ["97", "98"]),
-         exam=["Mucous membranes are dry and capillary refill is 3 seconds.", "Postural drop in blood pressure of 25 mmHg."],
-         tests=["Creatinine 212 micromol/L, up from a baseline of 96.", "Potassium 5.6 mmol/L and sodium 133 mmol/L.", "Urinalysis is bland."],
-         plan=["Hold metformin, lisinopril and ibuprofen, give intravenous fluids and recheck renal function in the morning.",
-               "Intravenous fluids, strict fluid balance and suspension of nephrotoxic medicines."],
-         course=["Renal function returned to baseline after 48 hours of intravenous fluids.", "Lisinopril was restarted once creatinine was back to baseline."],
-         meds=["lisinopril 10 mg once daily, restarted at discharge"]),
-    dict(dx=["poorly controlled type 2 diabetes"],
-         complaint=["thirst, frequent urination and tiredness", "polyuria and polydipsia with blurred vision"],
-         vitals=(["36.7", "36.9"], ["76", "82"], ["14", "16"], ["98", "99"]),
-         exam=["Body mass index 34; foot examination shows intact sensation and palpable pulses.", "No signs of dehydration; feet normal."],
-         tests=["HbA1c 86 mmol/mol.", "Random glucose 18.4 mmol/L with no ketones.", "eGFR 72 mL/min/1.73 m2."],
-         plan=["Increase metformin to 1 g twice daily, start a second agent, and refer for structured diabetes education.",
-               "Start insulin glargine 10 units at night and increase by 2 units every three days until fasting glucose is below 7 mmol/L."],
-         course=["Insulin was started with diabetes nurse education and the patient demonstrated safe self-injection."],
-         meds=["insulin glargine 14 units at night", "metformin 1 g twice daily"]),
-    dict(dx=["mechanical low back pain with left-sided sciatica"],
-         complaint=["low back pain radiating down the left leg", "back pain after lifting, with tingling in the left foot"],
-         vitals=(["36.6", "36.8"], ["72", "78"], ["14", "16"], ["98", "99"]),
-         exam=["Straight leg raise is positive on the left at 40 degrees; power, reflexes and perianal sensation are normal.",
-               "Paraspinal muscle tenderness; no saddle anaesthesia and normal lower limb neurology."],
-         tests=["No investigations needed at this stage.", "No red flag features identified."],
-         plan=["Simple analgesia, stay active, physiotherapy referral, and safety-net advice about red flag symptoms.",
-               "Naproxen with omeprazole for two weeks, a short course of gabapentin for nerve pain, and physiotherapy."],
-         course=["The patient was discharged from the emergency department the same day."], meds=["naproxen 500 mg twice daily for two weeks"]),
-    dict(dx=["stable angina, low risk"],
-         complaint=["central chest tightness on exertion relieved by rest", "chest heaviness when walking uphill"],
-         vitals=(["36.7", "36.8"], ["70", "76"], ["14", "16"], ["97", "98"]),
-         exam=["Heart sounds are regular with no murmurs; chest clear.", "Normal cardiovascular examination."],
-         tests=["ECG shows sinus rhythm without ischaemic changes.", "Troponin is below the reference limit at 0 and 3 hours.", "Total cholesterol 6.8 mmol/L."],
-         plan=["Start aspirin, atorvastatin 80 mg and a glyceryl trinitrate spray, and refer to the rapid-access chest pain clinic.",
-               "Bisoprolol 2.5 mg daily, atorvastatin, sublingual nitrate as needed, and a CT coronary angiogram."],
-         course=["A CT coronary angiogram showed moderate disease in the left anterior descending artery."], meds=["atorvastatin 80 mg at night", "aspirin 75 mg once daily"]),
+    dict(
+        dx=["community-acquired pneumonia, CURB-65 score of 1", "right lower lobe pneumonia, CURB-65 score of 2"],
+        complaint=["productive cough and fever", "fever, rigors and right-sided pleuritic chest pain"],
+        vitals=(["38.3", "38.9", "39.2"], ["98", "104", "112"], ["22", "24", "26"], ["91", "93", "94"]),
+        exam=[
+            "Coarse crackles and bronchial breathing at the right base.",
+            "Reduced air entry and dullness to percussion at the right base.",
+        ],
+        tests=[
+            "White cell count 14.2 x10^9/L with neutrophilia and CRP 186 mg/L.",
+            "Chest X-ray shows right lower lobe consolidation.",
+            "Urea 7.9 mmol/L.",
+        ],
+        plan=[
+            "Start amoxicillin 500 mg three times daily and clarithromycin, encourage oral fluids, and review in 48 hours.",
+            "Admit for intravenous co-amoxiclav and oxygen to keep saturations at 94 to 98 percent; send blood and sputum cultures.",
+        ],
+        course=[
+            "Oxygen was weaned to room air by day three and the CRP fell steadily.",
+            "Blood cultures grew no organisms and antibiotics were switched to oral therapy on day two.",
+        ],
+        meds=[
+            "amoxicillin 500 mg three times daily to complete seven days",
+            "paracetamol 1 g four times daily as needed",
+        ],
+    ),
+    dict(
+        dx=["infective exacerbation of COPD"],
+        complaint=[
+            "increasing breathlessness and green sputum",
+            "worsening wheeze and breathlessness on minimal exertion",
+        ],
+        vitals=(["37.4", "37.9", "38.1"], ["96", "102", "108"], ["24", "26", "28"], ["86", "88", "90"]),
+        exam=[
+            "Widespread expiratory wheeze with a prolonged expiratory phase.",
+            "Pursed-lip breathing and use of accessory muscles.",
+        ],
+        tests=[
+            "Arterial blood gas: pH 7.33, pCO2 6.9 kPa, pO2 7.8 kPa.",
+            "Chest X-ray shows hyperinflation without consolidation.",
+            "CRP 48 mg/L.",
+        ],
+        plan=[
+            "Nebulised salbutamol and ipratropium, prednisolone 30 mg for five days, doxycycline, and controlled oxygen to saturations of 88 to 92 percent.",
+            "Controlled oxygen, regular nebulisers, oral prednisolone and a repeat blood gas in one hour.",
+        ],
+        course=[
+            "The patient improved with nebulisers and steroids and did not need non-invasive ventilation.",
+            "Inhaler technique was checked and a pulmonary rehabilitation referral was made.",
+        ],
+        meds=[
+            "prednisolone 30 mg once daily to complete five days",
+            "doxycycline 100 mg once daily to complete five days",
+        ],
+    ),
+    dict(
+        dx=[
+            "acute decompensated heart failure",
+            "fluid overload secondary to heart failure with reduced ejection fraction",
+        ],
+        complaint=[
+            "worsening breathlessness, orthopnoea and ankle swelling",
+            "breathlessness at night and a weight gain of 4 kg",
+        ],
+        vitals=(["36.7", "36.9"], ["92", "98", "106"], ["22", "24"], ["92", "93", "95"]),
+        exam=[
+            "Raised jugular venous pressure, bibasal crackles and pitting oedema to the knees.",
+            "A third heart sound and pitting oedema to the mid-shins bilaterally.",
+        ],
+        tests=[
+            "NT-proBNP 4,820 ng/L.",
+            "Chest X-ray shows upper lobe diversion and small bilateral effusions.",
+            "Echocardiogram shows an ejection fraction of 30 percent.",
+        ],
+        plan=[
+            "Intravenous furosemide 40 mg twice daily with daily weights, fluid balance chart and daily renal function.",
+            "Start intravenous diuresis, restrict fluids to 1.5 litres a day and review the heart failure medicines.",
+        ],
+        course=[
+            "The patient was diuresed with intravenous furosemide, losing 5.2 kg over the admission.",
+            "Renal function remained stable during diuresis and bisoprolol was continued.",
+        ],
+        meds=["furosemide 40 mg once daily", "bisoprolol 2.5 mg once daily"],
+    ),
+    dict(
+        dx=["atrial fibrillation with rapid ventricular response", "new-onset atrial fibrillation"],
+        complaint=["intermittent palpitations and light-headedness", "a fast, irregular heartbeat since the morning"],
+        vitals=(["36.8", "37.0"], ["128", "134", "142"], ["18", "20"], ["96", "97", "98"]),
+        exam=[
+            "Irregularly irregular pulse; heart sounds otherwise normal.",
+            "Irregular pulse with no signs of heart failure.",
+        ],
+        tests=[
+            "ECG shows atrial fibrillation with a ventricular rate of 136.",
+            "TSH and electrolytes are within normal limits.",
+            "Troponin is below the reference limit.",
+        ],
+        plan=[
+            "Rate control with bisoprolol 2.5 mg daily; calculate the CHA2DS2-VASc score and discuss anticoagulation.",
+            "Start bisoprolol, begin apixaban 5 mg twice daily given a CHA2DS2-VASc score of 3, and arrange an echocardiogram.",
+        ],
+        course=["Heart rate settled below 90 on oral bisoprolol.", "The patient reverted to sinus rhythm on day two."],
+        meds=["apixaban 5 mg twice daily", "bisoprolol 2.5 mg once daily"],
+    ),
+    dict(
+        dx=["deep vein thrombosis of the left leg", "provoked deep vein thrombosis after recent surgery"],
+        complaint=["a painful, swollen left calf", "left leg swelling and pain on walking"],
+        vitals=(["36.9", "37.3"], ["84", "90"], ["16", "18"], ["97", "98"]),
+        exam=[
+            "The left calf is 3 cm larger in circumference than the right and tender along the deep veins.",
+            "Pitting oedema of the left leg to the knee.",
+        ],
+        tests=[
+            "D-dimer is raised at 1.8 mg/L.",
+            "Compression ultrasound confirms a popliteal deep vein thrombosis.",
+            "Renal function and platelets are normal.",
+        ],
+        plan=[
+            "Commence apixaban 10 mg twice daily for seven days, then 5 mg twice daily for three months.",
+            "Start anticoagulation with apixaban and review the duration of treatment at three months.",
+        ],
+        course=[
+            "The patient was managed on the same-day emergency care pathway.",
+            "Anticoagulation was started and the patient was counselled about bleeding risk.",
+        ],
+        meds=["apixaban 5 mg twice daily for three months"],
+    ),
+    dict(
+        dx=["cellulitis of the left lower leg"],
+        complaint=["a red, hot and painful left shin", "spreading redness of the left leg"],
+        vitals=(["37.9", "38.2"], ["94", "100"], ["18", "20"], ["96", "97"]),
+        exam=[
+            "An area of erythema 12 cm across on the left shin, warm and tender, with no fluctuance.",
+            "Erythema and swelling of the left lower leg with a cracked web space between the toes.",
+        ],
+        tests=["White cell count 12.8 x10^9/L and CRP 96 mg/L.", "Blood cultures taken before antibiotics."],
+        plan=[
+            "Mark the margin of erythema, start flucloxacillin 1 g four times daily and elevate the limb.",
+            "Start clarithromycin as the patient reports a penicillin allergy, mark the margin and review in 48 hours.",
+        ],
+        course=[
+            "The erythema receded within the marked margin after 48 hours of intravenous antibiotics.",
+            "Antibiotics were switched to the oral route on day three.",
+        ],
+        meds=["flucloxacillin 1 g four times daily to complete seven days"],
+    ),
+    dict(
+        dx=["uncomplicated lower urinary tract infection", "lower urinary tract infection"],
+        complaint=["dysuria and urinary frequency", "burning on passing urine and suprapubic discomfort"],
+        vitals=(["36.9", "37.4"], ["78", "84"], ["14", "16"], ["98", "99"]),
+        exam=["Mild suprapubic tenderness; no renal angle tenderness.", "Abdomen soft, mild suprapubic tenderness."],
+        tests=["Urine dipstick positive for leucocytes and nitrites.", "Urine sent for culture and sensitivity."],
+        plan=[
+            "Prescribe nitrofurantoin 100 mg modified-release twice daily for three days and send urine for culture.",
+            "Nitrofurantoin for three days, plenty of fluids, and paracetamol for discomfort.",
+        ],
+        course=["Symptoms settled on oral antibiotics."],
+        meds=["nitrofurantoin 100 mg twice daily to complete three days"],
+    ),
+    dict(
+        dx=["acute uncomplicated diverticulitis"],
+        complaint=["left lower quadrant abdominal pain and loose stools", "constant left-sided lower abdominal pain"],
+        vitals=(["37.8", "38.1"], ["92", "96"], ["18", "20"], ["97", "98"]),
+        exam=[
+            "The abdomen is soft with tenderness in the left lower quadrant and no guarding.",
+            "Localised left iliac fossa tenderness without peritonism.",
+        ],
+        tests=[
+            "CRP 112 mg/L.",
+            "CT abdomen shows uncomplicated sigmoid diverticulitis with no abscess or perforation.",
+        ],
+        plan=[
+            "Clear fluids, analgesia and oral co-amoxiclav, with review if the pain worsens.",
+            "Admit for intravenous antibiotics, analgesia and fluids.",
+        ],
+        course=[
+            "The pain settled and the patient was eating normally by day three.",
+            "Inflammatory markers fell and antibiotics were switched to the oral route.",
+        ],
+        meds=["co-amoxiclav 625 mg three times daily to complete seven days"],
+    ),
+    dict(
+        dx=["acute kidney injury, likely prerenal", "acute kidney injury secondary to dehydration"],
+        complaint=[
+            "vomiting and diarrhoea with reduced urine output",
+            "dizziness on standing after several days of diarrhoea",
+        ],
+        vitals=(["37.1", "37.3"], ["104", "110"], ["18", "20"], ["97", "98"]),
+        exam=[
+            "Mucous membranes are dry and capillary refill is 3 seconds.",
+            "Postural drop in blood pressure of 25 mmHg.",
+        ],
+        tests=[
+            "Creatinine 212 micromol/L, up from a baseline of 96.",
+            "Potassium 5.6 mmol/L and sodium 133 mmol/L.",
+            "Urinalysis is bland.",
+        ],
+        plan=[
+            "Hold metformin, lisinopril and ibuprofen, give intravenous fluids and recheck renal function in the morning.",
+            "Intravenous fluids, strict fluid balance and suspension of nephrotoxic medicines.",
+        ],
+        course=[
+            "Renal function returned to baseline after 48 hours of intravenous fluids.",
+            "Lisinopril was restarted once creatinine was back to baseline.",
+        ],
+        meds=["lisinopril 10 mg once daily, restarted at discharge"],
+    ),
+    dict(
+        dx=["poorly controlled type 2 diabetes"],
+        complaint=["thirst, frequent urination and tiredness", "polyuria and polydipsia with blurred vision"],
+        vitals=(["36.7", "36.9"], ["76", "82"], ["14", "16"], ["98", "99"]),
+        exam=[
+            "Body mass index 34; foot examination shows intact sensation and palpable pulses.",
+            "No signs of dehydration; feet normal.",
+        ],
+        tests=["HbA1c 86 mmol/mol.", "Random glucose 18.4 mmol/L with no ketones.", "eGFR 72 mL/min/1.73 m2."],
+        plan=[
+            "Increase metformin to 1 g twice daily, start a second agent, and refer for structured diabetes education.",
+            "Start insulin glargine 10 units at night and increase by 2 units every three days until fasting glucose is below 7 mmol/L.",
+        ],
+        course=["Insulin was started with diabetes nurse education and the patient demonstrated safe self-injection."],
+        meds=["insulin glargine 14 units at night", "metformin 1 g twice daily"],
+    ),
+    dict(
+        dx=["mechanical low back pain with left-sided sciatica"],
+        complaint=[
+            "low back pain radiating down the left leg",
+            "back pain after lifting, with tingling in the left foot",
+        ],
+        vitals=(["36.6", "36.8"], ["72", "78"], ["14", "16"], ["98", "99"]),
+        exam=[
+            "Straight leg raise is positive on the left at 40 degrees; power, reflexes and perianal sensation are normal.",
+            "Paraspinal muscle tenderness; no saddle anaesthesia and normal lower limb neurology.",
+        ],
+        tests=["No investigations needed at this stage.", "No red flag features identified."],
+        plan=[
+            "Simple analgesia, stay active, physiotherapy referral, and safety-net advice about red flag symptoms.",
+            "Naproxen with omeprazole for two weeks, a short course of gabapentin for nerve pain, and physiotherapy.",
+        ],
+        course=["The patient was discharged from the emergency department the same day."],
+        meds=["naproxen 500 mg twice daily for two weeks"],
+    ),
+    dict(
+        dx=["stable angina, low risk"],
+        complaint=["central chest tightness on exertion relieved by rest", "chest heaviness when walking uphill"],
+        vitals=(["36.7", "36.8"], ["70", "76"], ["14", "16"], ["97", "98"]),
+        exam=["Heart sounds are regular with no murmurs; chest clear.", "Normal cardiovascular examination."],
+        tests=[
+            "ECG shows sinus rhythm without ischaemic changes.",
+            "Troponin is below the reference limit at 0 and 3 hours.",
+            "Total cholesterol 6.8 mmol/L.",
+        ],
+        plan=[
+            "Start aspirin, atorvastatin 80 mg and a glyceryl trinitrate spray, and refer to the rapid-access chest pain clinic.",
+            "Bisoprolol 2.5 mg daily, atorvastatin, sublingual nitrate as needed, and a CT coronary angiogram.",
+        ],
+        course=["A CT coronary angiogram showed moderate disease in the left anterior descending artery."],
+        meds=["atorvastatin 80 mg at night", "aspirin 75 mg once daily"],
+    ),
 ]
 
-NOTE_HEADS = ["Progress note.", "Clinic note.", "Emergency department note.", "Ward round note.", "GP consultation note."]
+NOTE_HEADS = [
+    "Progress note.",
+    "Clinic note.",
+    "Emergency department note.",
+    "Ward round note.",
+    "GP consultation note.",
+]
 
 
 def _condition_vocab(rng: random.Random) -> tuple[dict, dict]:
     cond = rng.choice(CONDITIONS)
     temp, hr, rr, spo2 = cond["vitals"]
     sex = rng.choice(MED_VOCAB["sex"])
-    fixed = {"sex": sex, "dx": rng.choice(cond["dx"]), "complaint": rng.choice(cond["complaint"]), "temp": rng.choice(temp),
-             "hr": rng.choice(hr), "rr": rng.choice(rr), "spo2": rng.choice(spo2), "exam": rng.choice(cond["exam"]),
-             "name": f"{rng.choice(FIRST[sex])} {rng.choice(CASE_VOCAB['surname'])}", "plan": rng.choice(cond["plan"])}
+    fixed = {
+        "sex": sex,
+        "dx": rng.choice(cond["dx"]),
+        "complaint": rng.choice(cond["complaint"]),
+        "temp": rng.choice(temp),
+        "hr": rng.choice(hr),
+        "rr": rng.choice(rr),
+        "spo2": rng.choice(spo2),
+        "exam": rng.choice(cond["exam"]),
+        "name": f"{rng.choice(FIRST[sex])} {rng.choice(CASE_VOCAB['surname'])}",
+        "plan": rng.choice(cond["plan"]),
+    }
     return cond, fixed
 
 
 def medical_note(rng: random.Random) -> str:
     cond, fixed = _condition_vocab(rng)
     slots = [
-        (["S: {age}-year-old {sex} with {pmh} presents with {complaint} for {duration}.",
-          "S: {name}, a {age}-year-old {sex} with a background of {pmh}, reports {complaint} over the last {duration}."], 1),
+        (
+            [
+                "S: {age}-year-old {sex} with {pmh} presents with {complaint} for {duration}.",
+                "S: {name}, a {age}-year-old {sex} with a background of {pmh}, reports {complaint} over the last {duration}.",
+            ],
+            1,
+        ),
         (MED_VOCAB["history"], 2),
         (MED_VOCAB["living"], 1),
         (["O: BP {sys}/{dia} mmHg, HR {hr} bpm, RR {rr}, temperature {temp} C, SpO2 {spo2}% on room air. {exam}"], 1),
@@ -662,8 +1412,13 @@ def medical_discharge(rng: random.Random) -> str:
     cond, fixed = _condition_vocab(rng)
     meds = rng.sample(cond["meds"], len(cond["meds"]))
     slots = [
-        (["Admitted with {complaint}; diagnosis on discharge: {dx}.",
-          "Reason for admission: {complaint} in a patient with {pmh}. Final diagnosis: {dx}."], 1),
+        (
+            [
+                "Admitted with {complaint}; diagnosis on discharge: {dx}.",
+                "Reason for admission: {complaint} in a patient with {pmh}. Final diagnosis: {dx}.",
+            ],
+            1,
+        ),
         (cond["tests"], 2),
         (["Initial management: {plan}"], 1),
         (cond["course"] + MED_VOCAB["generic_course"][:2], 3),
@@ -681,17 +1436,34 @@ def medical_leaflet(rng: random.Random) -> str:
         f"Patient information leaflet: {name}.",
         rng.choice([f"{name} is {klass}.", f"{name} is a prescription medicine; it is {klass}."]),
         rng.choice([f"It is used for {uses}.", f"What {name} is used for: {uses}."]),
-        rng.choice([f"Do not take {name} if {avoid}.", f"Before you take {name}, tell your doctor if {avoid}, as it may not be suitable for you."]),
-        rng.choice([f"The usual adult dose is {dose}.", f"How to take it: the usual adult dose is {dose}, but always follow your prescriber's instructions."]),
-        rng.choice([f"Common side effects include {side}.", f"Like all medicines, {name} can cause side effects, such as {side}, although not everybody gets them."]),
+        rng.choice(
+            [
+                f"Do not take {name} if {avoid}.",
+                f"Before you take {name}, tell your doctor if {avoid}, as it may not be suitable for you.",
+            ]
+        ),
+        rng.choice(
+            [
+                f"The usual adult dose is {dose}.",
+                f"How to take it: the usual adult dose is {dose}, but always follow your prescriber's instructions.",
+            ]
+        ),
+        rng.choice(
+            [
+                f"Common side effects include {side}.",
+                f"Like all medicines, {name} can cause side effects, such as {side}, although not everybody gets them.",
+            ]
+        ),
         advice,
     ]
-    extras = ["Tell your doctor or pharmacist if you are taking, have recently taken or might take any other medicines, including herbal remedies.",
-              "If you are pregnant or breastfeeding, ask your doctor for advice before taking this medicine.",
-              "If you take more than you should, contact your doctor or the nearest emergency department immediately.",
-              "If you forget a dose, take it as soon as you remember unless it is nearly time for the next dose; do not take a double dose.",
-              "Store below 25 C in the original package and keep out of the sight and reach of children.",
-              "Keep all appointments for blood tests and reviews while you take this medicine."]
+    extras = [
+        "Tell your doctor or pharmacist if you are taking, have recently taken or might take any other medicines, including herbal remedies.",
+        "If you are pregnant or breastfeeding, ask your doctor for advice before taking this medicine.",
+        "If you take more than you should, contact your doctor or the nearest emergency department immediately.",
+        "If you forget a dose, take it as soon as you remember unless it is nearly time for the next dose; do not take a double dose.",
+        "Store below 25 C in the original package and keep out of the sight and reach of children.",
+        "Keep all appointments for blood tests and reviews while you take this medicine.",
+    ]
     parts += rng.sample(extras, rng.randint(1, 3))
     return " ".join(parts)
 
@@ -700,47 +1472,94 @@ def medical_leaflet(rng: random.Random) -> str:
 
 GENERAL_TOPICS: dict[str, list[list[str]]] = {
     "cooking": [
-        ["Last {day} I finally tried making {dish} at home.", "My neighbour swears by her recipe for {dish}, so I asked her to teach me."],
-        ["The trick, it turns out, is to let the onions soften slowly over a low heat before adding anything else.",
-         "I chopped everything before turning on the stove, which made the whole thing much calmer.",
-         "We ran out of fresh herbs, so I used a pinch of dried oregano instead and nobody noticed.",
-         "The sauce needed longer than the recipe said, about twenty minutes more, until it thickened.",
-         "A squeeze of lemon at the end brightened the flavour more than I expected."],
-        ["The kids asked for seconds, which is the best review I could hope for.", "Next time I will make a double batch and freeze half of it."],
+        [
+            "Last {day} I finally tried making {dish} at home.",
+            "My neighbour swears by her recipe for {dish}, so I asked her to teach me.",
+        ],
+        [
+            "The trick, it turns out, is to let the onions soften slowly over a low heat before adding anything else.",
+            "I chopped everything before turning on the stove, which made the whole thing much calmer.",
+            "We ran out of fresh herbs, so I used a pinch of dried oregano instead and nobody noticed.",
+            "The sauce needed longer than the recipe said, about twenty minutes more, until it thickened.",
+            "A squeeze of lemon at the end brightened the flavour more than I expected.",
+        ],
+        [
+            "The kids asked for seconds, which is the best review I could hope for.",
+            "Next time I will make a double batch and freeze half of it.",
+        ],
     ],
     "travel": [
-        ["We spent a long weekend in {city} in early {month}.", "My sister and I took the night train to {city} for a few days."],
-        ["The old town is small enough to explore on foot, and we got pleasantly lost in the narrow streets.",
-         "Breakfast at the little bakery near the station became our daily ritual.",
-         "We rented bicycles for a day and followed the river path out to the lake.",
-         "The museum was free on the first Sunday of the month, so it was crowded but worth it.",
-         "It rained on the second afternoon, so we sat in a cafe and played cards for hours."],
-        ["I would happily go back, though next time I will pack lighter shoes.", "We came home tired, with a camera full of photos and a list of places to see next time."],
+        [
+            "We spent a long weekend in {city} in early {month}.",
+            "My sister and I took the night train to {city} for a few days.",
+        ],
+        [
+            "The old town is small enough to explore on foot, and we got pleasantly lost in the narrow streets.",
+            "Breakfast at the little bakery near the station became our daily ritual.",
+            "We rented bicycles for a day and followed the river path out to the lake.",
+            "The museum was free on the first Sunday of the month, so it was crowded but worth it.",
+            "It rained on the second afternoon, so we sat in a cafe and played cards for hours.",
+        ],
+        [
+            "I would happily go back, though next time I will pack lighter shoes.",
+            "We came home tired, with a camera full of photos and a list of places to see next time.",
+        ],
     ],
     "weather": [
-        ["The forecast for {day} promised sunshine, but the morning began grey and drizzly.", "It has been an unusually mild {month} so far."],
-        ["By lunchtime the clouds broke up and the temperature climbed to a comfortable twenty degrees.",
-         "A strong wind from the west rattled the windows all night.", "The first frost left the garden sparkling white until about ten o'clock.",
-         "Thunderstorms rolled in late in the afternoon, and the street briefly turned into a small river.",
-         "The humidity made even a short walk to the shop feel tiring."],
-        ["Everyone seems to agree that it is perfect weather for a picnic.", "I keep an umbrella by the door these days, just in case."],
+        [
+            "The forecast for {day} promised sunshine, but the morning began grey and drizzly.",
+            "It has been an unusually mild {month} so far.",
+        ],
+        [
+            "By lunchtime the clouds broke up and the temperature climbed to a comfortable twenty degrees.",
+            "A strong wind from the west rattled the windows all night.",
+            "The first frost left the garden sparkling white until about ten o'clock.",
+            "Thunderstorms rolled in late in the afternoon, and the street briefly turned into a small river.",
+            "The humidity made even a short walk to the shop feel tiring.",
+        ],
+        [
+            "Everyone seems to agree that it is perfect weather for a picnic.",
+            "I keep an umbrella by the door these days, just in case.",
+        ],
     ],
     "hobbies": [
-        ["I took up {hobby} about a year ago, mostly to spend less time looking at screens.", "My friend finally convinced me to join her {hobby} group on {day} evenings."],
-        ["The first few weeks were frustrating, but progress came faster once I stopped comparing myself with others.",
-         "The people in the group are friendly and happy to share tips with beginners.",
-         "I now set aside half an hour every morning, and that small routine makes a big difference.",
-         "Secondhand equipment turned out to be perfectly fine for getting started.",
-         "Watching short video tutorials helped me understand the basics much more quickly."],
+        [
+            "I took up {hobby} about a year ago, mostly to spend less time looking at screens.",
+            "My friend finally convinced me to join her {hobby} group on {day} evenings.",
+        ],
+        [
+            "The first few weeks were frustrating, but progress came faster once I stopped comparing myself with others.",
+            "The people in the group are friendly and happy to share tips with beginners.",
+            "I now set aside half an hour every morning, and that small routine makes a big difference.",
+            "Secondhand equipment turned out to be perfectly fine for getting started.",
+            "Watching short video tutorials helped me understand the basics much more quickly.",
+        ],
         ["It has become the most relaxing part of my week.", "I am already planning a small project for the summer."],
     ],
 }
 GENERAL_VOCAB = {
     "day": ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"],
     "month": ["March", "April", "May", "June", "September", "October", "November"],
-    "dish": ["a vegetable lasagne", "lentil soup", "banana bread", "a Thai green curry", "homemade pizza", "chicken and leek pie", "mushroom risotto"],
+    "dish": [
+        "a vegetable lasagne",
+        "lentil soup",
+        "banana bread",
+        "a Thai green curry",
+        "homemade pizza",
+        "chicken and leek pie",
+        "mushroom risotto",
+    ],
     "city": ["Lisbon", "Krakow", "Edinburgh", "Kyoto", "Montreal", "Valencia", "Ljubljana", "Porto"],
-    "hobby": ["watercolour painting", "bird watching", "pottery", "rock climbing", "knitting", "chess", "gardening", "amateur astronomy"],
+    "hobby": [
+        "watercolour painting",
+        "bird watching",
+        "pottery",
+        "rock climbing",
+        "knitting",
+        "chess",
+        "gardening",
+        "amateur astronomy",
+    ],
 }
 
 
@@ -754,79 +1573,358 @@ def general_passage(rng: random.Random) -> str:
 
 LEGAL_CONCEPTS = [
     # (name, what it is, why it matters, an example)
-    ("force majeure clause", "A force majeure clause excuses a party from performing its obligations when events beyond its reasonable control, such as natural disasters, war or government orders, make performance impossible or impracticable.", "It allocates the risk of extraordinary events in advance, so that neither party is liable for a failure it could not prevent.", "Courts usually read the list of events narrowly, so a clause that names only natural disasters may not cover a pandemic."),
-    ("indemnification clause", "An indemnification clause obliges one party to compensate the other for specified losses, typically third-party claims caused by the indemnifying party's breach or negligence.", "It shifts the financial risk of particular claims to the party best placed to control them.", "A software vendor commonly indemnifies its customer against claims that the software infringes a third party's patent."),
-    ("limitation of liability clause", "A limitation of liability clause caps the amount one party can recover from the other and usually excludes indirect or consequential damages.", "It makes a party's maximum exposure predictable and is often linked to the fees paid under the contract.", "Many clauses cap liability at twelve months' fees but exclude fraud, death and personal injury from the cap."),
-    ("confidentiality clause", "A confidentiality clause requires the receiving party to keep the other party's non-public information secret and to use it only for the purposes of the agreement.", "It protects trade secrets and business information that would lose value if disclosed.", "Standard exceptions cover information that is already public or that must be disclosed by law."),
-    ("governing law clause", "A governing law clause states which jurisdiction's law will be used to interpret the contract and resolve disputes about it.", "It removes uncertainty about which legal rules apply when the parties are in different places.", "A clause may choose the law of England and Wales even if neither party is based there."),
-    ("termination for convenience clause", "A termination for convenience clause allows a party to end the contract without having to show any breach, usually by giving a period of notice.", "It gives flexibility to exit a long relationship when business needs change.", "Some courts still require the right to be exercised in good faith."),
-    ("arbitration clause", "An arbitration clause requires disputes to be decided by a private arbitrator or tribunal instead of a public court.", "Arbitration can be faster, confidential and easier to enforce across borders than a court judgment.", "The clause normally names the rules, the seat of arbitration and the number of arbitrators."),
-    ("entire agreement clause", "An entire agreement clause states that the written contract contains the whole agreement between the parties and supersedes earlier negotiations and statements.", "It prevents a party from relying on promises that were never written into the final contract.", "It generally does not protect a party that made a fraudulent misrepresentation."),
-    ("severability clause", "A severability clause provides that if one provision of the contract is held invalid, the rest of the contract remains in force.", "It prevents a single defective term from bringing down the whole agreement.", "A court may strike an unenforceable non-compete while enforcing the confidentiality obligations in the same contract."),
-    ("non-compete clause", "A non-compete clause restricts a party, often an employee or a seller of a business, from competing with the other party for a period of time within a defined area.", "It protects goodwill and confidential information, but it is enforceable only if reasonable in scope, duration and geography.", "Several jurisdictions now restrict or ban non-competes for ordinary employees."),
-    ("assignment clause", "An assignment clause governs whether a party may transfer its rights or obligations under the contract to someone else.", "It lets each party control who it ends up doing business with.", "A common carve-out permits assignment to a successor in a merger without consent."),
-    ("warranty", "A warranty is a contractual promise that a statement of fact is true or that goods or services will meet a stated standard.", "If a warranty is breached, the other party can claim damages even if the breach was innocent.", "A seller may warrant that a product will be free from defects for ninety days."),
-    ("liquidated damages clause", "A liquidated damages clause fixes in advance the amount payable if a particular breach occurs, such as late completion of a project.", "It avoids the cost and uncertainty of proving actual losses.", "If the amount is extravagant compared with the likely loss, a court may treat it as an unenforceable penalty."),
-    ("notice clause", "A notice clause sets out how formal communications under the contract, such as notices of breach or termination, must be given and when they are treated as received.", "Following it exactly matters, because a notice sent the wrong way may be ineffective.", "A clause might require notices by courier to a named address, with a copy by email."),
-    ("waiver clause", "A waiver clause, often called a no-waiver clause, provides that a party does not give up a right merely by failing or delaying to enforce it.", "It lets a party be flexible on one occasion without losing the right to insist on strict performance later.", "A supplier that accepts one late payment can still charge interest on the next one."),
-    ("change of control clause", "A change of control clause gives a party rights, typically to consent or to terminate, if ownership or control of the other party changes.", "It protects a party from suddenly finding itself in a relationship with a competitor or an unknown owner.", "Such clauses are reviewed carefully during mergers and acquisitions, because they can allow key customers to walk away."),
-    ("survival clause", "A survival clause lists the obligations that continue to apply after the contract ends, such as confidentiality, indemnities and payment of accrued fees.", "It avoids arguments about whether those obligations ended with the contract.", "A clause may provide that confidentiality survives for five years after termination."),
-    ("counterparts clause", "A counterparts clause allows the contract to be signed in separate copies, each signed by one or more parties, which together form one agreement.", "It makes signing practical when the parties are in different places.", "Most counterparts clauses also confirm that electronically delivered signatures are binding."),
-    ("statute of limitations", "A statute of limitations is a law that sets the maximum time after an event within which legal proceedings may be started.", "It protects defendants from stale claims and encourages claimants to act promptly.", "In many places a claim on a written contract must be brought within about six years of the breach."),
-    ("consideration", "Consideration is something of value that each party gives or promises in exchange for the other's promise, and it is required for a contract to be binding in common law systems.", "It distinguishes an enforceable bargain from a gratuitous promise.", "A promise to pay for a service is consideration for the promise to provide it."),
-    ("promissory estoppel", "Promissory estoppel is a doctrine that can make a promise enforceable, even without consideration, when the other party reasonably relied on it to their detriment.", "It prevents injustice where someone changed their position because of a clear promise.", "A landlord who promised to reduce rent may be prevented from claiming the full rent for the period the tenant relied on that promise."),
-    ("breach of contract", "A breach of contract occurs when a party fails to perform an obligation under the contract without a lawful excuse.", "The injured party may claim damages and, for a serious breach, may be entitled to terminate.", "Delivering goods that do not match the agreed specification is a common example."),
-    ("material breach", "A material breach is a failure to perform that goes to the root of the contract and substantially deprives the other party of what it bargained for.", "It usually entitles the innocent party to terminate as well as claim damages.", "Contracts often give the breaching party a cure period before termination for material breach is allowed."),
-    ("fiduciary duty", "A fiduciary duty is an obligation to act loyally and in the best interests of another person, such as the duty a director owes to a company.", "It prohibits conflicts of interest and secret profits.", "A trustee who buys trust property for himself without approval breaches his fiduciary duty."),
-    ("summary judgment", "Summary judgment is a court decision made without a full trial because there is no genuine dispute about the material facts and one party is entitled to judgment as a matter of law.", "It saves time and cost when a trial would serve no purpose.", "A defendant may obtain summary judgment by showing the claim is time-barred."),
-    ("injunction", "An injunction is a court order requiring a party to do, or to stop doing, a particular act.", "It is used when money damages would not adequately remedy the harm.", "A company may seek an interim injunction to stop a former employee from using its trade secrets."),
-    ("tort", "A tort is a civil wrong, other than a breach of contract, that causes harm to another person and gives rise to a claim for damages.", "Tort law compensates injured people and deters careless or harmful conduct.", "Negligence, defamation and trespass are common torts."),
-    ("negligence", "Negligence is the failure to take the care that a reasonable person would take in the circumstances, causing foreseeable harm to someone to whom a duty of care is owed.", "A claimant must prove duty, breach, causation and damage.", "A driver who causes an accident while texting may be liable in negligence."),
-    ("statute of frauds", "The statute of frauds requires certain kinds of contracts, such as contracts for the sale of land, to be in writing and signed to be enforceable.", "It reduces the risk of fraudulent claims about important agreements.", "Courts increasingly accept emails with typed names as sufficient writings."),
-    ("data breach notification law", "A data breach notification law requires organisations that lose control of personal information to tell the affected people, and often a regulator, within a set time.", "It lets individuals protect themselves, for example by freezing their credit.", "Many laws require notice without unreasonable delay and set a maximum number of days."),
-    ("security deposit statute", "A security deposit statute limits how much a landlord may take as a deposit and sets rules for holding and returning it.", "It protects tenants from unfair deductions at the end of a lease.", "Landlords are often required to return the deposit with an itemised list of deductions within a fixed number of days."),
-    ("mediation", "Mediation is a voluntary process in which a neutral mediator helps the parties negotiate a settlement of their dispute.", "It is usually cheaper and faster than litigation, and the outcome is decided by the parties themselves.", "Many contracts require mediation before either side may start arbitration or court proceedings."),
-    ("power of attorney", "A power of attorney is a legal document in which one person authorises another to act on their behalf in legal or financial matters.", "It allows affairs to be managed when the person is unavailable or loses capacity.", "A lasting or durable power of attorney continues to operate if the person later loses mental capacity."),
-    ("jury waiver", "A jury waiver is a contract term in which the parties give up their right to have a dispute decided by a jury.", "Parties use it to obtain a decision by a judge, which they may consider more predictable in complex commercial cases.", "Such waivers are usually printed in capital letters so that they are conspicuous."),
+    (
+        "force majeure clause",
+        "A force majeure clause excuses a party from performing its obligations when events beyond its reasonable control, such as natural disasters, war or government orders, make performance impossible or impracticable.",
+        "It allocates the risk of extraordinary events in advance, so that neither party is liable for a failure it could not prevent.",
+        "Courts usually read the list of events narrowly, so a clause that names only natural disasters may not cover a pandemic.",
+    ),
+    (
+        "indemnification clause",
+        "An indemnification clause obliges one party to compensate the other for specified losses, typically third-party claims caused by the indemnifying party's breach or negligence.",
+        "It shifts the financial risk of particular claims to the party best placed to control them.",
+        "A software vendor commonly indemnifies its customer against claims that the software infringes a third party's patent.",
+    ),
+    (
+        "limitation of liability clause",
+        "A limitation of liability clause caps the amount one party can recover from the other and usually excludes indirect or consequential damages.",
+        "It makes a party's maximum exposure predictable and is often linked to the fees paid under the contract.",
+        "Many clauses cap liability at twelve months' fees but exclude fraud, death and personal injury from the cap.",
+    ),
+    (
+        "confidentiality clause",
+        "A confidentiality clause requires the receiving party to keep the other party's non-public information secret and to use it only for the purposes of the agreement.",
+        "It protects trade secrets and business information that would lose value if disclosed.",
+        "Standard exceptions cover information that is already public or that must be disclosed by law.",
+    ),
+    (
+        "governing law clause",
+        "A governing law clause states which jurisdiction's law will be used to interpret the contract and resolve disputes about it.",
+        "It removes uncertainty about which legal rules apply when the parties are in different places.",
+        "A clause may choose the law of England and Wales even if neither party is based there.",
+    ),
+    (
+        "termination for convenience clause",
+        "A termination for convenience clause allows a party to end the contract without having to show any breach, usually by giving a period of notice.",
+        "It gives flexibility to exit a long relationship when business needs change.",
+        "Some courts still require the right to be exercised in good faith.",
+    ),
+    (
+        "arbitration clause",
+        "An arbitration clause requires disputes to be decided by a private arbitrator or tribunal instead of a public court.",
+        "Arbitration can be faster, confidential and easier to enforce across borders than a court judgment.",
+        "The clause normally names the rules, the seat of arbitration and the number of arbitrators.",
+    ),
+    (
+        "entire agreement clause",
+        "An entire agreement clause states that the written contract contains the whole agreement between the parties and supersedes earlier negotiations and statements.",
+        "It prevents a party from relying on promises that were never written into the final contract.",
+        "It generally does not protect a party that made a fraudulent misrepresentation.",
+    ),
+    (
+        "severability clause",
+        "A severability clause provides that if one provision of the contract is held invalid, the rest of the contract remains in force.",
+        "It prevents a single defective term from bringing down the whole agreement.",
+        "A court may strike an unenforceable non-compete while enforcing the confidentiality obligations in the same contract.",
+    ),
+    (
+        "non-compete clause",
+        "A non-compete clause restricts a party, often an employee or a seller of a business, from competing with the other party for a period of time within a defined area.",
+        "It protects goodwill and confidential information, but it is enforceable only if reasonable in scope, duration and geography.",
+        "Several jurisdictions now restrict or ban non-competes for ordinary employees.",
+    ),
+    (
+        "assignment clause",
+        "An assignment clause governs whether a party may transfer its rights or obligations under the contract to someone else.",
+        "It lets each party control who it ends up doing business with.",
+        "A common carve-out permits assignment to a successor in a merger without consent.",
+    ),
+    (
+        "warranty",
+        "A warranty is a contractual promise that a statement of fact is true or that goods or services will meet a stated standard.",
+        "If a warranty is breached, the other party can claim damages even if the breach was innocent.",
+        "A seller may warrant that a product will be free from defects for ninety days.",
+    ),
+    (
+        "liquidated damages clause",
+        "A liquidated damages clause fixes in advance the amount payable if a particular breach occurs, such as late completion of a project.",
+        "It avoids the cost and uncertainty of proving actual losses.",
+        "If the amount is extravagant compared with the likely loss, a court may treat it as an unenforceable penalty.",
+    ),
+    (
+        "notice clause",
+        "A notice clause sets out how formal communications under the contract, such as notices of breach or termination, must be given and when they are treated as received.",
+        "Following it exactly matters, because a notice sent the wrong way may be ineffective.",
+        "A clause might require notices by courier to a named address, with a copy by email.",
+    ),
+    (
+        "waiver clause",
+        "A waiver clause, often called a no-waiver clause, provides that a party does not give up a right merely by failing or delaying to enforce it.",
+        "It lets a party be flexible on one occasion without losing the right to insist on strict performance later.",
+        "A supplier that accepts one late payment can still charge interest on the next one.",
+    ),
+    (
+        "change of control clause",
+        "A change of control clause gives a party rights, typically to consent or to terminate, if ownership or control of the other party changes.",
+        "It protects a party from suddenly finding itself in a relationship with a competitor or an unknown owner.",
+        "Such clauses are reviewed carefully during mergers and acquisitions, because they can allow key customers to walk away.",
+    ),
+    (
+        "survival clause",
+        "A survival clause lists the obligations that continue to apply after the contract ends, such as confidentiality, indemnities and payment of accrued fees.",
+        "It avoids arguments about whether those obligations ended with the contract.",
+        "A clause may provide that confidentiality survives for five years after termination.",
+    ),
+    (
+        "counterparts clause",
+        "A counterparts clause allows the contract to be signed in separate copies, each signed by one or more parties, which together form one agreement.",
+        "It makes signing practical when the parties are in different places.",
+        "Most counterparts clauses also confirm that electronically delivered signatures are binding.",
+    ),
+    (
+        "statute of limitations",
+        "A statute of limitations is a law that sets the maximum time after an event within which legal proceedings may be started.",
+        "It protects defendants from stale claims and encourages claimants to act promptly.",
+        "In many places a claim on a written contract must be brought within about six years of the breach.",
+    ),
+    (
+        "consideration",
+        "Consideration is something of value that each party gives or promises in exchange for the other's promise, and it is required for a contract to be binding in common law systems.",
+        "It distinguishes an enforceable bargain from a gratuitous promise.",
+        "A promise to pay for a service is consideration for the promise to provide it.",
+    ),
+    (
+        "promissory estoppel",
+        "Promissory estoppel is a doctrine that can make a promise enforceable, even without consideration, when the other party reasonably relied on it to their detriment.",
+        "It prevents injustice where someone changed their position because of a clear promise.",
+        "A landlord who promised to reduce rent may be prevented from claiming the full rent for the period the tenant relied on that promise.",
+    ),
+    (
+        "breach of contract",
+        "A breach of contract occurs when a party fails to perform an obligation under the contract without a lawful excuse.",
+        "The injured party may claim damages and, for a serious breach, may be entitled to terminate.",
+        "Delivering goods that do not match the agreed specification is a common example.",
+    ),
+    (
+        "material breach",
+        "A material breach is a failure to perform that goes to the root of the contract and substantially deprives the other party of what it bargained for.",
+        "It usually entitles the innocent party to terminate as well as claim damages.",
+        "Contracts often give the breaching party a cure period before termination for material breach is allowed.",
+    ),
+    (
+        "fiduciary duty",
+        "A fiduciary duty is an obligation to act loyally and in the best interests of another person, such as the duty a director owes to a company.",
+        "It prohibits conflicts of interest and secret profits.",
+        "A trustee who buys trust property for himself without approval breaches his fiduciary duty.",
+    ),
+    (
+        "summary judgment",
+        "Summary judgment is a court decision made without a full trial because there is no genuine dispute about the material facts and one party is entitled to judgment as a matter of law.",
+        "It saves time and cost when a trial would serve no purpose.",
+        "A defendant may obtain summary judgment by showing the claim is time-barred.",
+    ),
+    (
+        "injunction",
+        "An injunction is a court order requiring a party to do, or to stop doing, a particular act.",
+        "It is used when money damages would not adequately remedy the harm.",
+        "A company may seek an interim injunction to stop a former employee from using its trade secrets.",
+    ),
+    (
+        "tort",
+        "A tort is a civil wrong, other than a breach of contract, that causes harm to another person and gives rise to a claim for damages.",
+        "Tort law compensates injured people and deters careless or harmful conduct.",
+        "Negligence, defamation and trespass are common torts.",
+    ),
+    (
+        "negligence",
+        "Negligence is the failure to take the care that a reasonable person would take in the circumstances, causing foreseeable harm to someone to whom a duty of care is owed.",
+        "A claimant must prove duty, breach, causation and damage.",
+        "A driver who causes an accident while texting may be liable in negligence.",
+    ),
+    (
+        "statute of frauds",
+        "The statute of frauds requires certain kinds of contracts, such as contracts for the sale of land, to be in writing and signed to be enforceable.",
+        "It reduces the risk of fraudulent claims about important agreements.",
+        "Courts increasingly accept emails with typed names as sufficient writings.",
+    ),
+    (
+        "data breach notification law",
+        "A data breach notification law requires organisations that lose control of personal information to tell the affected people, and often a regulator, within a set time.",
+        "It lets individuals protect themselves, for example by freezing their credit.",
+        "Many laws require notice without unreasonable delay and set a maximum number of days.",
+    ),
+    (
+        "security deposit statute",
+        "A security deposit statute limits how much a landlord may take as a deposit and sets rules for holding and returning it.",
+        "It protects tenants from unfair deductions at the end of a lease.",
+        "Landlords are often required to return the deposit with an itemised list of deductions within a fixed number of days.",
+    ),
+    (
+        "mediation",
+        "Mediation is a voluntary process in which a neutral mediator helps the parties negotiate a settlement of their dispute.",
+        "It is usually cheaper and faster than litigation, and the outcome is decided by the parties themselves.",
+        "Many contracts require mediation before either side may start arbitration or court proceedings.",
+    ),
+    (
+        "power of attorney",
+        "A power of attorney is a legal document in which one person authorises another to act on their behalf in legal or financial matters.",
+        "It allows affairs to be managed when the person is unavailable or loses capacity.",
+        "A lasting or durable power of attorney continues to operate if the person later loses mental capacity.",
+    ),
+    (
+        "jury waiver",
+        "A jury waiver is a contract term in which the parties give up their right to have a dispute decided by a jury.",
+        "Parties use it to obtain a decision by a judge, which they may consider more predictable in complex commercial cases.",
+        "Such waivers are usually printed in capital letters so that they are conspicuous.",
+    ),
 ]
 LEGAL_QUESTIONS = [
-    ("What does {a} {x} do?", "what"), ("Explain what {a} {x} is in plain English.", "plain"), ("Why would a contract include {a} {x}?", "why"),
+    ("What does {a} {x} do?", "what"),
+    ("Explain what {a} {x} is in plain English.", "plain"),
+    ("Why would a contract include {a} {x}?", "why"),
 ]
-LEGAL_TERM_QUESTIONS = [("What is {x}?", "what"), ("Can you explain {x} with an example?", "example"), ("Why does {x} matter?", "why")]
-LEGAL_TERMS = {"statute of limitations", "consideration", "promissory estoppel", "breach of contract", "material breach",
-               "fiduciary duty", "summary judgment", "tort", "negligence", "statute of frauds", "mediation", "warranty", "injunction"}
+LEGAL_TERM_QUESTIONS = [
+    ("What is {x}?", "what"),
+    ("Can you explain {x} with an example?", "example"),
+    ("Why does {x} matter?", "why"),
+]
+LEGAL_TERMS = {
+    "statute of limitations",
+    "consideration",
+    "promissory estoppel",
+    "breach of contract",
+    "material breach",
+    "fiduciary duty",
+    "summary judgment",
+    "tort",
+    "negligence",
+    "statute of frauds",
+    "mediation",
+    "warranty",
+    "injunction",
+}
 
 MEDICAL_TERMS = [
-    ("BID", "BID is an abbreviation of the Latin bis in die and means twice a day.", "It is common on prescriptions, for example amoxicillin 500 mg BID."),
-    ("PRN", "PRN, from the Latin pro re nata, means as needed.", "A PRN medicine is taken only when symptoms occur, within a stated maximum dose."),
-    ("NPO", "NPO means nothing by mouth, from the Latin nil per os.", "Patients are often kept NPO for several hours before surgery to reduce the risk of aspiration."),
-    ("HbA1c", "HbA1c is glycated haemoglobin, a blood test that reflects average blood glucose over the previous two to three months.", "It is used to diagnose diabetes and to monitor how well it is controlled."),
-    ("INR", "The INR, or international normalised ratio, is a standardised measure of how long blood takes to clot.", "It is used to adjust warfarin doses; a common target range is 2 to 3."),
-    ("CURB-65", "CURB-65 is a score used to assess the severity of community-acquired pneumonia, counting confusion, urea, respiratory rate, blood pressure and age 65 or over.", "A higher score suggests a higher risk of death and supports hospital or intensive care admission."),
-    ("CHA2DS2-VASc", "CHA2DS2-VASc is a score that estimates stroke risk in patients with atrial fibrillation.", "It helps decide whether anticoagulation is recommended."),
-    ("SOAP note", "A SOAP note is a structured clinical note with four parts: subjective, objective, assessment and plan.", "It makes notes consistent and easy for other clinicians to follow."),
-    ("discharge summary", "A discharge summary is a document written when a patient leaves hospital that records the diagnosis, treatment given, medication changes and follow-up plan.", "It is the main way the hospital team hands over care to the patient's general practitioner."),
-    ("eGFR", "eGFR, the estimated glomerular filtration rate, is a calculation based on blood creatinine that estimates how well the kidneys filter blood.", "Many drug doses, such as metformin and nitrofurantoin, are adjusted or stopped when the eGFR is low."),
-    ("sepsis", "Sepsis is a life-threatening organ dysfunction caused by a dysregulated response to infection.", "Early recognition, antibiotics and fluids within the first hour improve survival."),
-    ("atrial fibrillation", "Atrial fibrillation is an irregular and often fast heart rhythm caused by disorganised electrical activity in the atria.", "It increases the risk of stroke, so many patients need anticoagulation as well as rate or rhythm control."),
-    ("deep vein thrombosis", "A deep vein thrombosis is a blood clot in a deep vein, usually in the leg.", "It can travel to the lungs and cause a pulmonary embolism, so it is treated with anticoagulants."),
-    ("COPD", "COPD, chronic obstructive pulmonary disease, is a long-term lung condition with persistent airflow limitation, usually caused by smoking.", "Treatment includes stopping smoking, inhalers, pulmonary rehabilitation and vaccinations."),
-    ("acute kidney injury", "Acute kidney injury is a sudden fall in kidney function, shown by a rise in creatinine or a fall in urine output.", "Common causes include dehydration, sepsis and certain medicines, which may need to be paused."),
-    ("hypoglycaemia", "Hypoglycaemia is a blood glucose level that is too low, usually below 4 mmol/L.", "Symptoms include shaking, sweating and confusion; it is treated promptly with fast-acting glucose."),
-    ("informed consent", "Informed consent is a patient's voluntary agreement to a treatment after being told its nature, benefits, risks and alternatives.", "It must be given by a person with capacity and can be withdrawn at any time."),
-    ("triage", "Triage is the process of sorting patients by the urgency of their condition so that the sickest are treated first.", "It is used in emergency departments and at major incidents."),
-    ("red flag symptoms", "Red flag symptoms are warning signs that suggest a serious underlying cause and need urgent assessment.", "For back pain they include loss of bladder control, numbness around the groin and unexplained weight loss."),
-    ("safety-netting", "Safety-netting means telling a patient which symptoms should make them seek help again and how quickly.", "It is an important part of the plan whenever a patient is managed at home."),
+    (
+        "BID",
+        "BID is an abbreviation of the Latin bis in die and means twice a day.",
+        "It is common on prescriptions, for example amoxicillin 500 mg BID.",
+    ),
+    (
+        "PRN",
+        "PRN, from the Latin pro re nata, means as needed.",
+        "A PRN medicine is taken only when symptoms occur, within a stated maximum dose.",
+    ),
+    (
+        "NPO",
+        "NPO means nothing by mouth, from the Latin nil per os.",
+        "Patients are often kept NPO for several hours before surgery to reduce the risk of aspiration.",
+    ),
+    (
+        "HbA1c",
+        "HbA1c is glycated haemoglobin, a blood test that reflects average blood glucose over the previous two to three months.",
+        "It is used to diagnose diabetes and to monitor how well it is controlled.",
+    ),
+    (
+        "INR",
+        "The INR, or international normalised ratio, is a standardised measure of how long blood takes to clot.",
+        "It is used to adjust warfarin doses; a common target range is 2 to 3.",
+    ),
+    (
+        "CURB-65",
+        "CURB-65 is a score used to assess the severity of community-acquired pneumonia, counting confusion, urea, respiratory rate, blood pressure and age 65 or over.",
+        "A higher score suggests a higher risk of death and supports hospital or intensive care admission.",
+    ),
+    (
+        "CHA2DS2-VASc",
+        "CHA2DS2-VASc is a score that estimates stroke risk in patients with atrial fibrillation.",
+        "It helps decide whether anticoagulation is recommended.",
+    ),
+    (
+        "SOAP note",
+        "A SOAP note is a structured clinical note with four parts: subjective, objective, assessment and plan.",
+        "It makes notes consistent and easy for other clinicians to follow.",
+    ),
+    (
+        "discharge summary",
+        "A discharge summary is a document written when a patient leaves hospital that records the diagnosis, treatment given, medication changes and follow-up plan.",
+        "It is the main way the hospital team hands over care to the patient's general practitioner.",
+    ),
+    (
+        "eGFR",
+        "eGFR, the estimated glomerular filtration rate, is a calculation based on blood creatinine that estimates how well the kidneys filter blood.",
+        "Many drug doses, such as metformin and nitrofurantoin, are adjusted or stopped when the eGFR is low.",
+    ),
+    (
+        "sepsis",
+        "Sepsis is a life-threatening organ dysfunction caused by a dysregulated response to infection.",
+        "Early recognition, antibiotics and fluids within the first hour improve survival.",
+    ),
+    (
+        "atrial fibrillation",
+        "Atrial fibrillation is an irregular and often fast heart rhythm caused by disorganised electrical activity in the atria.",
+        "It increases the risk of stroke, so many patients need anticoagulation as well as rate or rhythm control.",
+    ),
+    (
+        "deep vein thrombosis",
+        "A deep vein thrombosis is a blood clot in a deep vein, usually in the leg.",
+        "It can travel to the lungs and cause a pulmonary embolism, so it is treated with anticoagulants.",
+    ),
+    (
+        "COPD",
+        "COPD, chronic obstructive pulmonary disease, is a long-term lung condition with persistent airflow limitation, usually caused by smoking.",
+        "Treatment includes stopping smoking, inhalers, pulmonary rehabilitation and vaccinations.",
+    ),
+    (
+        "acute kidney injury",
+        "Acute kidney injury is a sudden fall in kidney function, shown by a rise in creatinine or a fall in urine output.",
+        "Common causes include dehydration, sepsis and certain medicines, which may need to be paused.",
+    ),
+    (
+        "hypoglycaemia",
+        "Hypoglycaemia is a blood glucose level that is too low, usually below 4 mmol/L.",
+        "Symptoms include shaking, sweating and confusion; it is treated promptly with fast-acting glucose.",
+    ),
+    (
+        "informed consent",
+        "Informed consent is a patient's voluntary agreement to a treatment after being told its nature, benefits, risks and alternatives.",
+        "It must be given by a person with capacity and can be withdrawn at any time.",
+    ),
+    (
+        "triage",
+        "Triage is the process of sorting patients by the urgency of their condition so that the sickest are treated first.",
+        "It is used in emergency departments and at major incidents.",
+    ),
+    (
+        "red flag symptoms",
+        "Red flag symptoms are warning signs that suggest a serious underlying cause and need urgent assessment.",
+        "For back pain they include loss of bladder control, numbness around the groin and unexplained weight loss.",
+    ),
+    (
+        "safety-netting",
+        "Safety-netting means telling a patient which symptoms should make them seek help again and how quickly.",
+        "It is an important part of the plan whenever a patient is managed at home.",
+    ),
 ]
 DRUG_QUESTIONS = [
-    ("What is {drug} used for?", "use"), ("What are the common side effects of {drug}?", "side"), ("Who should not take {drug}?", "avoid"),
+    ("What is {drug} used for?", "use"),
+    ("What are the common side effects of {drug}?", "side"),
+    ("Who should not take {drug}?", "avoid"),
 ]
 TERM_QUESTIONS = [("What does {x} mean?", "what"), ("Why is {x} important in clinical practice?", "why")]
 
 LEGAL_SYSTEM = "You are a careful legal information assistant. You explain legal concepts clearly and remind users that this is not legal advice."
 MEDICAL_SYSTEM = "You are a careful medical information assistant. You explain clinical terms and medicines clearly and advise users to consult a clinician."
-LEGAL_CAVEAT = ["", " The exact effect always depends on the wording of the particular contract and the governing law.", " For a specific situation, a qualified lawyer should review the document."]
-MEDICAL_CAVEAT = ["", " Always follow the advice of your own doctor or pharmacist.", " This is general information, not a substitute for individual medical advice."]
+LEGAL_CAVEAT = [
+    "",
+    " The exact effect always depends on the wording of the particular contract and the governing law.",
+    " For a specific situation, a qualified lawyer should review the document.",
+]
+MEDICAL_CAVEAT = [
+    "",
+    " Always follow the advice of your own doctor or pharmacist.",
+    " This is general information, not a substitute for individual medical advice.",
+]
 
 
 def legal_instructions(rng: random.Random) -> list[dict]:
@@ -834,23 +1932,33 @@ def legal_instructions(rng: random.Random) -> list[dict]:
     for name, what, why, example in LEGAL_CONCEPTS:
         questions = LEGAL_TERM_QUESTIONS if name in LEGAL_TERMS else LEGAL_QUESTIONS
         for template, kind in questions:
-            answer = {"what": f"{what} {why}", "plain": f"{what} In short: {why[0].lower() + why[1:]}",
-                      "why": f"{why} {what}", "example": f"{what} For example: {example[0].lower() + example[1:]}"}[kind]
+            answer = {
+                "what": f"{what} {why}",
+                "plain": f"{what} In short: {why[0].lower() + why[1:]}",
+                "why": f"{why} {what}",
+                "example": f"{what} For example: {example[0].lower() + example[1:]}",
+            }[kind]
             if kind in ("what", "why") and rng.random() < 0.5:
                 answer += f" {example}"
             article = "an" if name[0] in "aeiou" else "a"
-            pairs.append({"prompt": template.format(x=name, a=article), "completion": answer + rng.choice(LEGAL_CAVEAT)})
+            pairs.append(
+                {"prompt": template.format(x=name, a=article), "completion": answer + rng.choice(LEGAL_CAVEAT)}
+            )
     return pairs
 
 
 def medical_instructions(rng: random.Random) -> list[dict]:
     pairs = []
     for name, klass, uses, side, avoid, dose, advice in DRUGS:
-        answers = {"use": f"{name} is {klass}. It is used for {uses}. The usual adult dose is {dose}.",
-                   "side": f"Common side effects of {name} include {side}. {advice}",
-                   "avoid": f"{name} should not be taken if {avoid}. Tell the prescriber about all other medicines you take."}
+        answers = {
+            "use": f"{name} is {klass}. It is used for {uses}. The usual adult dose is {dose}.",
+            "side": f"Common side effects of {name} include {side}. {advice}",
+            "avoid": f"{name} should not be taken if {avoid}. Tell the prescriber about all other medicines you take.",
+        }
         for template, kind in DRUG_QUESTIONS:
-            pairs.append({"prompt": template.format(drug=name), "completion": answers[kind] + rng.choice(MEDICAL_CAVEAT)})
+            pairs.append(
+                {"prompt": template.format(drug=name), "completion": answers[kind] + rng.choice(MEDICAL_CAVEAT)}
+            )
     for name, what, why in MEDICAL_TERMS:
         for template, kind in TERM_QUESTIONS:
             answer = f"{what} {why}" if kind == "what" else f"{why} {what}"
@@ -909,7 +2017,9 @@ def build_corpora(seed: int = 0) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "data"), help="output data directory")
+    parser.add_argument(
+        "--out", default=str(Path(__file__).resolve().parents[1] / "data"), help="output data directory"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (0 reproduces the committed files)")
     args = parser.parse_args(argv)
     for rel, content in build_corpora(args.seed).items():

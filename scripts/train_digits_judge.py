@@ -54,9 +54,7 @@ def accuracy(model: DigitsCNN, x: torch.Tensor, labels: torch.Tensor) -> float:
     return float((model(x).argmax(-1) == labels).float().mean())
 
 
-def train(
-    cfg: JudgeConfig, epochs: int, batch_size: int, lr: float, noise: float, seed: int
-) -> tuple[DigitsCNN, dict]:
+def train(cfg: JudgeConfig, epochs: int, batch_size: int, lr: float, noise: float, seed: int) -> tuple[DigitsCNN, dict]:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = DigitsCNN(cfg)
@@ -126,8 +124,13 @@ def main(argv: list[str] | None = None) -> None:
         "features": "64-d hidden layer before its ReLU (DigitsCNN.features), the FID/KID embedding",
         "normalisation": "grey = mean over RGB of [-1,1] input; bilinear antialiased resize to input_size; "
         "(grey - pixel_mean) / pixel_std",
-        "training": {**hparams, "seconds": round(seconds, 1), "threads": torch.get_num_threads(),
-                     "render_sizes": RENDER_SIZES, "params": sum(p.numel() for p in model.parameters())},
+        "training": {
+            **hparams,
+            "seconds": round(seconds, 1),
+            "threads": torch.get_num_threads(),
+            "render_sizes": RENDER_SIZES,
+            "params": sum(p.numel() for p in model.parameters()),
+        },
     }
     save_judge(args.out, model, cfg, info)
     print(f"saved {args.out}")

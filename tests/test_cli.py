@@ -32,20 +32,31 @@ def user_env(**extra: str) -> dict:
 
 
 def finetune_cmd(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([FINETUNE, *args], env=env or user_env(), capture_output=True, text=True, timeout=300, cwd=ROOT)
+    return subprocess.run(
+        [FINETUNE, *args], env=env or user_env(), capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
 
 
 @pytest.fixture(scope="module")
 def lm_config(tiny, tmp_path_factory):  # noqa: F811
     """A recipe YAML for the tiny LLaMA: two steps, as a user would write one."""
     path = tmp_path_factory.mktemp("cfg") / "tiny_lm.yaml"
-    path.write_text(json.dumps({  # JSON is YAML
-        "model": {"name_or_path": str(tiny / "model")},
-        "data": {"train_file": str(tiny / "train.jsonl"), "validation_file": str(tiny / "val.jsonl"),
-                 "general_validation_file": str(tiny / "general.jsonl"), "max_length": 128},
-        "train": {"batch_size": 4, "max_steps": 2, "tensorboard": False, "log_every": 1},
-        "scheduler": {"warmup_steps": 1}, "eval": {"batch_size": 16},
-    }))
+    path.write_text(
+        json.dumps(
+            {  # JSON is YAML
+                "model": {"name_or_path": str(tiny / "model")},
+                "data": {
+                    "train_file": str(tiny / "train.jsonl"),
+                    "validation_file": str(tiny / "val.jsonl"),
+                    "general_validation_file": str(tiny / "general.jsonl"),
+                    "max_length": 128,
+                },
+                "train": {"batch_size": 4, "max_steps": 2, "tensorboard": False, "log_every": 1},
+                "scheduler": {"warmup_steps": 1},
+                "eval": {"batch_size": 16},
+            }
+        )
+    )
     return path
 
 
@@ -62,7 +73,9 @@ def test_train_runs_the_recipe_under_accelerate_quietly_and_verbose_brings_the_n
     quiet = finetune_cmd("train", "lm", "--config", str(lm_config), f"train.output_dir={tmp_path / 'q'}")
     assert quiet.returncode == 0, quiet.stderr[-3000:]
     summary = json.loads((tmp_path / "q" / "summary.json").read_text())
-    assert summary["perplexity_after"]["validation"] > 0 and (tmp_path / "q" / "adapter" / "adapter_config.json").is_file()
+    assert (
+        summary["perplexity_after"]["validation"] > 0 and (tmp_path / "q" / "adapter" / "adapter_config.json").is_file()
+    )
     noise = ["is_gradient_checkpointing", "Loading weights"]
     for text in noise:
         assert text not in quiet.stdout + quiet.stderr
@@ -72,11 +85,17 @@ def test_train_runs_the_recipe_under_accelerate_quietly_and_verbose_brings_the_n
         assert text in loud.stdout + loud.stderr
 
 
-def test_train_uses_the_accelerate_config_given_and_refuses_a_bad_one_or_no_recipes_in_one_line(lm_config, tmp_path, monkeypatch):
+def test_train_uses_the_accelerate_config_given_and_refuses_a_bad_one_or_no_recipes_in_one_line(
+    lm_config, tmp_path, monkeypatch
+):
     fp16 = tmp_path / "fp16.yaml"  # honoured: the recipe sees fp16 and refuses it on the CPU, through the launcher
-    fp16.write_text((ROOT / "accelerate_config.yaml").read_text().replace("mixed_precision: bf16", "mixed_precision: fp16"))
+    fp16.write_text(
+        (ROOT / "accelerate_config.yaml").read_text().replace("mixed_precision: bf16", "mixed_precision: fp16")
+    )
     proc = finetune_cmd("train", "lm", "--config", str(lm_config), "--accelerate-config", str(fp16))
-    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "fp16 needs a GPU" in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "fp16 needs a GPU" in proc.stderr, (
+        proc.stderr
+    )
     bad = tmp_path / "acc.yaml"
     bad.write_text("distributed_type: NO_SUCH_TYPE\n")
     proc = finetune_cmd("train", "lm", "--config", str(lm_config), "--accelerate-config", str(bad))
@@ -96,7 +115,9 @@ def adapters(tiny, tmp_path_factory):  # noqa: F811
 
     root = tmp_path_factory.mktemp("adapters")
     for seed in (0, 1):
-        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny / "model"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+        model = get_peft_model(
+            AutoModelForCausalLM.from_pretrained(tiny / "model"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+        )
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for name, p in model.named_parameters():
@@ -169,7 +190,19 @@ def test_eval_reports_the_library_perplexity_of_the_file(tiny, capsys):  # noqa:
     from finetune.metrics.perplexity import dataset_batches, perplexity
     from finetune.models.causal_lm import LMModelConfig, load_causal_lm
 
-    main(["eval", "--model", str(tiny / "model"), "--data", str(tiny / "val.jsonl"), "--max-length", "128", "--batch-size", "3"])
+    main(
+        [
+            "eval",
+            "--model",
+            str(tiny / "model"),
+            "--data",
+            str(tiny / "val.jsonl"),
+            "--max-length",
+            "128",
+            "--batch-size",
+            "3",
+        ]
+    )
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     model, tokenizer = load_causal_lm(LMModelConfig(name_or_path=str(tiny / "model")))
     data = TextDataConfig(train_file=str(tiny / "val.jsonl"), max_length=128, pack=False)

@@ -1,7 +1,7 @@
 """Strict configs: unknown keys, wrong types and bad files fail at once with one clear line."""
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 import pytest
 
@@ -21,7 +21,7 @@ class Cfg:
     optim: Optim = field(default_factory=Optim)
     steps: int = 10  # steps
     out: str = "x"  # output dir
-    resume: Optional[str] = None  # resume
+    resume: str | None = None  # resume
     flag: bool = False  # a flag
 
 
@@ -32,7 +32,9 @@ def write(tmp_path, text):
 
 
 def test_yaml_and_overrides(tmp_path):
-    cfg = load_config(Cfg, write(tmp_path, "steps: 5\noptim:\n  lr: 1e-3\n"), ["optim.betas=[0.5, 0.99]", "resume=latest"])
+    cfg = load_config(
+        Cfg, write(tmp_path, "steps: 5\noptim:\n  lr: 1e-3\n"), ["optim.betas=[0.5, 0.99]", "resume=latest"]
+    )
     assert cfg.steps == 5 and cfg.optim.lr == 1e-3 and cfg.optim.betas == [0.5, 0.99] and cfg.resume == "latest"
     cfg = load_config(Cfg, None, ["optim.lr=3e-2", "flag=true", "resume=null"])
     assert cfg.optim.lr == pytest.approx(0.03) and cfg.flag is True and cfg.resume is None

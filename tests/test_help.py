@@ -32,8 +32,9 @@ def recipe_help(stem: str, capsys) -> str:
 
 
 def test_a_recipe_script_help_lists_a_key_with_type_default_and_meaning():
-    out = subprocess.run([sys.executable, "recipes/train_lm.py", "--help"], cwd=ROOT, capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "recipes/train_lm.py", "--help"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
     assert "  lora.r (int; default 8): rank of the low-rank update B@A" in out
     assert "  method (one of 'lora', 'prompt', 'full'; default \"lora\"): what trains" in out
     assert "  data.train_file (str; required): JSONL training file" in out
@@ -46,7 +47,9 @@ def test_every_key_of_every_recipe_has_its_meaning(stem, capsys):
     lines = key_lines(recipe_help(stem, capsys))
     assert len(lines) > 10
     undocumented = [line.split(" (", 1)[0].strip() for line in lines if not line.split("): ", 1)[-1].strip()]
-    assert not undocumented, f"write a `# meaning` comment after these fields of recipes/{stem}.py's config: {undocumented}"
+    assert not undocumented, (
+        f"write a `# meaning` comment after these fields of recipes/{stem}.py's config: {undocumented}"
+    )
 
 
 def test_finetune_train_recipe_help_shows_the_recipes_own_key_list(capsys):
@@ -101,7 +104,9 @@ class Child(Base):
 
 def test_field_comments_come_from_the_source_inherited_and_overridden():
     assert field_comments(Child) == {
-        "lr": "base learning rate", "kind": "which kind (the child's default)", "inner": "a section with its own default",
+        "lr": "base learning rate",
+        "kind": "which kind (the child's default)",
+        "inner": "a section with its own default",
         "maybe": "an optional section",
     }
     assert field_comments(Inner) == {"size": "how big", "names": "names, as a list"}

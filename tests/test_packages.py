@@ -12,9 +12,7 @@ import pytest
 import finetune
 from tests.conftest import ROOT
 
-PACKAGES = ["finetune"] + sorted(
-    m.name for m in pkgutil.iter_modules(finetune.__path__, "finetune.") if m.ispkg
-)
+PACKAGES = ["finetune"] + sorted(m.name for m in pkgutil.iter_modules(finetune.__path__, "finetune.") if m.ispkg)
 
 
 def test_the_packages_the_readme_names_are_all_checked():
@@ -39,8 +37,10 @@ def test_an_unknown_name_is_an_attribute_error_naming_it():
 
 
 def test_the_lm_path_does_not_import_diffusers():
-    code = ("import sys; from finetune.data import build_text_datasets; from finetune.models import load_causal_lm; "
-            "from finetune.methods import LM_METHODS; print('diffusers' in sys.modules)")
+    code = (
+        "import sys; from finetune.data import build_text_datasets; from finetune.models import load_causal_lm; "
+        "from finetune.methods import LM_METHODS; print('diffusers' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

@@ -17,10 +17,23 @@ SD_NOISE = ["requires torchvision", "kept in float32: []"]
 
 def run_sd(tmp_path, name: str, **env: str) -> str:
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / "train_sd.py"), *BASE, f"train.output_dir={tmp_path / name}",
-         f"data.instance_dir={write_images(tmp_path / 'inst', 2)}", f"data.instance_prompt={PROMPT}",
-         "train.max_steps=1", "train.batch_size=1", "validation.grids=false"],
-        env=user_env(**env), capture_output=True, text=True, timeout=300, cwd=ROOT)
+        [
+            sys.executable,
+            str(ROOT / "recipes" / "train_sd.py"),
+            *BASE,
+            f"train.output_dir={tmp_path / name}",
+            f"data.instance_dir={write_images(tmp_path / 'inst', 2)}",
+            f"data.instance_prompt={PROMPT}",
+            "train.max_steps=1",
+            "train.batch_size=1",
+            "validation.grids=false",
+        ],
+        env=user_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout + proc.stderr
 
@@ -38,8 +51,14 @@ def test_only_the_known_message_is_dropped(monkeypatch):
     filter_known_log_noise()
     logger = logging.getLogger("diffusers.models.modeling_utils")
     record = lambda msg: logger.makeRecord(logger.name, logging.WARNING, __file__, 0, msg, (), None)  # noqa: E731
-    assert not logger.filter(record("There are modules in UNet2DConditionModel that should be kept in float32: []. Casting"))
-    assert logger.filter(record("There are modules in UNet2DConditionModel that should be kept in float32: ['norm']. Casting"))
+    assert not logger.filter(
+        record("There are modules in UNet2DConditionModel that should be kept in float32: []. Casting")
+    )
+    assert logger.filter(
+        record("There are modules in UNet2DConditionModel that should be kept in float32: ['norm']. Casting")
+    )
     assert logger.filter(record("Some other warning"))
     monkeypatch.setenv("FINETUNE_VERBOSE", "1")
-    assert logger.filter(record("There are modules in UNet2DConditionModel that should be kept in float32: []. Casting"))
+    assert logger.filter(
+        record("There are modules in UNet2DConditionModel that should be kept in float32: []. Casting")
+    )

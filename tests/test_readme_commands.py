@@ -40,26 +40,40 @@ class NotRun:
 TINY_LM = {"smollm2-135m-instruct": "{tiny}/model", "outputs/legal_lora/adapter": "{tmp}/outputs/legal_lora/adapter"}
 # the main job (legal_lora.yaml: SmolLM2, 60 steps, compiled layers) on the tiny LLaMA for 2 steps, same code path
 # (overwrite: the README shows the main job twice, through accelerate launch and finetune train; the last one wins)
-MAIN_JOB_TINY = ["model.name_or_path={tiny}/model", "model.compile_layers=false", "train.max_steps=2",
-                 "train.output_dir={tmp}/outputs/legal_lora", "train.overwrite_output_dir=true",
-                 "train.tensorboard=false", "train.progress_bar=false", "eval.max_batches=1"]
+MAIN_JOB_TINY = [
+    "model.name_or_path={tiny}/model",
+    "model.compile_layers=false",
+    "train.max_steps=2",
+    "train.output_dir={tmp}/outputs/legal_lora",
+    "train.overwrite_output_dir=true",
+    "train.tensorboard=false",
+    "train.progress_bar=false",
+    "eval.max_batches=1",
+]
 
 COMMANDS: dict[str, Tiny | NotRun] = {
     "make demo": NotRun("sets up .venv and runs the main job for minutes; the main job's own command is the next row"),
     "make test": NotRun("runs this test suite"),
-    "accelerate launch --config_file accelerate_config.yaml recipes/train_lm.py --config recipes/configs/legal_lora.yaml":
-        Tiny(extra=MAIN_JOB_TINY),
+    "accelerate launch --config_file accelerate_config.yaml recipes/train_lm.py --config recipes/configs/legal_lora.yaml": Tiny(
+        extra=MAIN_JOB_TINY
+    ),
     "finetune train lm --config recipes/configs/legal_lora.yaml": Tiny(extra=MAIN_JOB_TINY),
     "finetune inspect-data recipes/configs/legal_lora.yaml": Tiny(extra=["model.name_or_path={tiny}/model"]),
-    "finetune eval --model smollm2-135m-instruct --adapter outputs/legal_lora/adapter --data data/legal/test.jsonl":
-        Tiny(replace=TINY_LM),
-    "finetune generate --model smollm2-135m-instruct --adapter outputs/legal_lora/adapter --prompt 'The Licensee shall'":
-        Tiny(replace=TINY_LM, extra=["--max-new-tokens", "8"]),
-    "finetune export merge --model smollm2-135m-instruct --adapter outputs/legal_lora/adapter --out merged/":
-        Tiny(replace={**TINY_LM, "merged/": "{tmp}/merged/"}),
-    "finetune export kohya --lora out/pytorch_lora_weights.safetensors --out lora_kohya.safetensors":
-        Tiny(replace={"out/pytorch_lora_weights.safetensors": "{tmp}/out/pytorch_lora_weights.safetensors",
-                      "lora_kohya.safetensors": "{tmp}/lora_kohya.safetensors"}),
+    "finetune eval --model smollm2-135m-instruct --adapter outputs/legal_lora/adapter --data data/legal/test.jsonl": Tiny(
+        replace=TINY_LM
+    ),
+    "finetune generate --model smollm2-135m-instruct --adapter outputs/legal_lora/adapter --prompt 'The Licensee shall'": Tiny(
+        replace=TINY_LM, extra=["--max-new-tokens", "8"]
+    ),
+    "finetune export merge --model smollm2-135m-instruct --adapter outputs/legal_lora/adapter --out merged/": Tiny(
+        replace={**TINY_LM, "merged/": "{tmp}/merged/"}
+    ),
+    "finetune export kohya --lora out/pytorch_lora_weights.safetensors --out lora_kohya.safetensors": Tiny(
+        replace={
+            "out/pytorch_lora_weights.safetensors": "{tmp}/out/pytorch_lora_weights.safetensors",
+            "lora_kohya.safetensors": "{tmp}/lora_kohya.safetensors",
+        }
+    ),
 }
 
 

@@ -31,9 +31,11 @@ def recipe_of(path: Path) -> str:
     """The recipe a config's header comment runs it with; a config that names none fails."""
     recipes = [recipe for recipe, name in COMMAND.findall(path.read_text()) if name == path.name]
     if not recipes:
-        pytest.fail(f"{path.name} names no recipe: give it a header comment line "
-                    f"'#   accelerate launch --config_file accelerate_config.yaml recipes/<recipe>.py "
-                    f"--config recipes/configs/{path.name}'")
+        pytest.fail(
+            f"{path.name} names no recipe: give it a header comment line "
+            f"'#   accelerate launch --config_file accelerate_config.yaml recipes/<recipe>.py "
+            f"--config recipes/configs/{path.name}'"
+        )
     return recipes[0]
 
 

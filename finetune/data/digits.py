@@ -12,7 +12,7 @@ import functools
 import io
 import json
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import numpy as np
 import torch
@@ -56,17 +56,13 @@ def split_indices(split: Split, seed: int = 0) -> np.ndarray:
     if split == "all":
         all_idx.setflags(write=False)
         return all_idx
-    train_idx, test_idx = train_test_split(
-        all_idx, test_size=TEST_FRACTION, stratify=labels, random_state=seed
-    )
+    train_idx, test_idx = train_test_split(all_idx, test_size=TEST_FRACTION, stratify=labels, random_state=seed)
     idx = np.sort(train_idx if split == "train" else test_idx)
     idx.setflags(write=False)  # cached: callers must not change it
     return idx
 
 
-def load_digits_images(
-    size: int = 16, split: Split = "all", seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
+def load_digits_images(size: int = 16, split: Split = "all", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Digits of `split` as (float images N x 3 x size x size in [-1, 1], LongTensor labels).
 
     The 8x8 originals (ink 0..16) are scaled to [-1, 1] (background -1), upsampled bilinearly to
@@ -128,7 +124,7 @@ def write_digits_imagefolder(
     size: int = 16,
     split: Split = "train",
     seed: int = 0,
-    extra: Optional[tuple[torch.Tensor, list[str]]] = None,
+    extra: tuple[torch.Tensor, list[str]] | None = None,
 ) -> Path:
     """Write `n_per_class` digits of each class as PNGs plus metadata.jsonl; returns `out_dir`.
 

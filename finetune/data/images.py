@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -46,7 +46,9 @@ def open_image(path: str | Path) -> Image.Image:
             img = ImageOps.exif_transpose(img)
             return _to_rgb(img)
     except _READ_ERRORS as e:
-        raise UserError(f"cannot read image {path} ({type(e).__name__}: {e}); re-export it or remove it from the folder") from e
+        raise UserError(
+            f"cannot read image {path} ({type(e).__name__}: {e}); re-export it or remove it from the folder"
+        ) from e
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -61,7 +63,9 @@ def image_size(path: str | Path) -> tuple[int, int]:
                 width, height = height, width
             return width, height
     except _READ_ERRORS as e:
-        raise UserError(f"cannot read image {path} ({type(e).__name__}: {e}); re-export it or remove it from the folder") from e
+        raise UserError(
+            f"cannot read image {path} ({type(e).__name__}: {e}); re-export it or remove it from the folder"
+        ) from e
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -170,12 +174,18 @@ def list_images(root: str | Path, what: str = "image") -> list[Path]:
 
 def _log_skipped(root: Path) -> None:
     """One warning counting the files that are neither images nor captions/metadata."""
-    skipped = sorted(p.name for p in root.iterdir() if p.is_file() and not _is_image(p) and p.suffix.lower() not in (".txt", ".jsonl"))
+    skipped = sorted(
+        p.name
+        for p in root.iterdir()
+        if p.is_file() and not _is_image(p) and p.suffix.lower() not in (".txt", ".jsonl")
+    )
     if skipped:
         logger.warning("%s: skipped %d non-image file(s), e.g. %s", root, len(skipped), skipped[0])
 
 
-def scan_caption_folder(root: str | Path, caption_column: str = "text", cache_dir: Optional[str] = None) -> list[ImageRecord]:
+def scan_caption_folder(
+    root: str | Path, caption_column: str = "text", cache_dir: str | None = None
+) -> list[ImageRecord]:
     """Images with captions from metadata.jsonl (datasets' "imagefolder" layout) or same-name .txt files.
 
     A .txt caption without its image is skipped with a logged warning; images without a caption get "".
@@ -189,24 +199,33 @@ def scan_caption_folder(root: str | Path, caption_column: str = "text", cache_di
     return [ImageRecord(path, caption, image_size(path)) for path, caption in pairs]
 
 
-def _pairs_from_metadata(root: Path, caption_column: str, cache_dir: Optional[str]) -> list[tuple[Path, str]]:
+def _pairs_from_metadata(root: Path, caption_column: str, cache_dir: str | None) -> list[tuple[Path, str]]:
     import datasets
 
     try:
         ds = datasets.load_dataset("imagefolder", data_dir=str(root), split="train", cache_dir=cache_dir)
     except (ValueError, OSError, datasets.exceptions.DatasetGenerationError) as e:
-        raise UserError(f"cannot read {root / 'metadata.jsonl'} ({type(e).__name__}: {e}); each line needs "
-                        f'{{"file_name": ..., "{caption_column}": ...}}') from e
+        raise UserError(
+            f"cannot read {root / 'metadata.jsonl'} ({type(e).__name__}: {e}); each line needs "
+            f'{{"file_name": ..., "{caption_column}": ...}}'
+        ) from e
     if caption_column not in ds.column_names:
-        raise UserError(f"{root / 'metadata.jsonl'} has no {caption_column!r} field (fields: {ds.column_names}); "
-                        "rename it or set caption_column")
+        raise UserError(
+            f"{root / 'metadata.jsonl'} has no {caption_column!r} field (fields: {ds.column_names}); "
+            "rename it or set caption_column"
+        )
     _log_skipped(root)
     ds = ds.cast_column("image", datasets.Image(decode=False))  # we decode ourselves: EXIF, 16-bit, alpha
     pairs = [(Path(row["image"]["path"]), row[caption_column] or "") for row in ds]
     listed = {p.resolve() for p, _ in pairs}
     unlisted = [p for p in root.iterdir() if _is_image(p) and p.resolve() not in listed]
     if unlisted:
-        logger.warning("%s: %d image(s) have no metadata.jsonl line and are not used, e.g. %s", root, len(unlisted), unlisted[0].name)
+        logger.warning(
+            "%s: %d image(s) have no metadata.jsonl line and are not used, e.g. %s",
+            root,
+            len(unlisted),
+            unlisted[0].name,
+        )
     if not pairs:
         raise UserError(f"{root / 'metadata.jsonl'} lists no images; add lines or remove it to use .txt captions")
     return pairs
@@ -217,7 +236,9 @@ def _pairs_from_txt(root: Path) -> list[tuple[Path, str]]:
     stems = {p.stem for p in images}
     orphans = sorted(p.name for p in root.glob("*.txt") if p.stem not in stems)
     if orphans:
-        logger.warning("%s: skipped %d caption file(s) with no image of the same name, e.g. %s", root, len(orphans), orphans[0])
+        logger.warning(
+            "%s: skipped %d caption file(s) with no image of the same name, e.g. %s", root, len(orphans), orphans[0]
+        )
     return [(p, _read_caption(p.with_suffix(".txt"))) for p in images]
 
 
@@ -252,7 +273,9 @@ def assign_bucket(size: tuple[int, int], buckets: Sequence[tuple[int, int]]) -> 
 class BucketBatchSampler(torch.utils.data.Sampler):
     """Batches of indices that all share one bucket; order deterministic in (seed, epoch)."""
 
-    def __init__(self, bucket_ids: Sequence[int], batch_size: int, seed: int = 0, shuffle: bool = True, drop_last: bool = False):
+    def __init__(
+        self, bucket_ids: Sequence[int], batch_size: int, seed: int = 0, shuffle: bool = True, drop_last: bool = False
+    ):
         if batch_size <= 0:
             raise UserError(f"batch_size={batch_size} must be positive")
         self.bucket_ids, self.batch_size, self.seed = list(bucket_ids), batch_size, seed
@@ -269,7 +292,7 @@ class BucketBatchSampler(torch.utils.data.Sampler):
             if self.shuffle:
                 members = [members[j] for j in torch.randperm(len(members), generator=generator).tolist()]
             for start in range(0, len(members), self.batch_size):
-                batch = members[start:start + self.batch_size]
+                batch = members[start : start + self.batch_size]
                 if len(batch) == self.batch_size or not self.drop_last:
                     batches.append(batch)
         if self.shuffle:
@@ -297,8 +320,15 @@ class CaptionedImageFolder(torch.utils.data.Dataset):
     """
 
     def __init__(
-        self, root: str | Path, resolution: int, center_crop: bool = True, random_flip: bool = False,
-        seed: int = 0, bucket_multiple: Optional[int] = None, caption_column: str = "text", cache_dir: Optional[str] = None,
+        self,
+        root: str | Path,
+        resolution: int,
+        center_crop: bool = True,
+        random_flip: bool = False,
+        seed: int = 0,
+        bucket_multiple: int | None = None,
+        caption_column: str = "text",
+        cache_dir: str | None = None,
     ):
         check_resolution(resolution)
         self.records = scan_caption_folder(root, caption_column, cache_dir)
@@ -334,9 +364,16 @@ class DreamBoothDataset(torch.utils.data.Dataset):
     """
 
     def __init__(
-        self, instance_dir: str | Path, instance_prompt: str, resolution: int, class_dir: Optional[str | Path] = None,
-        class_prompt: Optional[str] = None, center_crop: bool = True, random_flip: bool = False, seed: int = 0,
-        class_items: Optional[Sequence[tuple[str | Path, str]]] = None,
+        self,
+        instance_dir: str | Path,
+        instance_prompt: str,
+        resolution: int,
+        class_dir: str | Path | None = None,
+        class_prompt: str | None = None,
+        center_crop: bool = True,
+        random_flip: bool = False,
+        seed: int = 0,
+        class_items: Sequence[tuple[str | Path, str]] | None = None,
     ):
         check_resolution(resolution)
         if not instance_prompt.strip():
@@ -347,12 +384,16 @@ class DreamBoothDataset(torch.utils.data.Dataset):
         self.class_prompt = class_prompt
         if class_dir is not None:
             if not class_prompt:
-                raise UserError('class_dir is set but class_prompt is empty; set it to the class alone, e.g. "a photo of a dog"')
+                raise UserError(
+                    'class_dir is set but class_prompt is empty; set it to the class alone, e.g. "a photo of a dog"'
+                )
             self.class_images = list_images(class_dir, "class image")
         self.class_prompts = [class_prompt] * len(self.class_images)  # the prompt of each class image
         if class_items is not None:
             if class_dir is not None or not class_items:
-                raise UserError("give class images either as class_dir + class_prompt or as (image, prompt) class_items, not both or none")
+                raise UserError(
+                    "give class images either as class_dir + class_prompt or as (image, prompt) class_items, not both or none"
+                )
             self.class_images = [Path(path) for path, _ in class_items]
             self.class_prompts = [prompt for _, prompt in class_items]
         for path in self.instance_images + self.class_images:
@@ -383,4 +424,3 @@ class DreamBoothDataset(torch.utils.data.Dataset):
     def class_prompt_of(self, index: int) -> str:
         """The class prompt paired with item `index`."""
         return self.class_prompts[index % len(self.class_prompts)]
-

@@ -53,9 +53,13 @@ def check_split(name: str, split: TokenizedSplit, cfg: TextDataConfig, eos_id: i
     if s.sequences == 0 or s.tokens == 0:
         raise UserError(f"{name} split is empty; add records to its file")
     if s.truncated and s.truncated == s.documents:
-        raise UserError(f"{name}: all {s.documents} records are longer than data.max_length={cfg.max_length} and were truncated; raise data.max_length")
+        raise UserError(
+            f"{name}: all {s.documents} records are longer than data.max_length={cfg.max_length} and were truncated; raise data.max_length"
+        )
     if s.trained_tokens == 0:
-        raise UserError(f"{name}: no token is trained (every label is masked); check the format and that answers fit in data.max_length={cfg.max_length}")
+        raise UserError(
+            f"{name}: no token is trained (every label is masked); check the format and that answers fit in data.max_length={cfg.max_length}"
+        )
     if not eos_trained(split, eos_id):
         raise UserError(
             f"{name}: the EOS token is never trained, so the model will not learn to stop; "

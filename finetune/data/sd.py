@@ -24,7 +24,9 @@ from finetune.models.sd import encode_tokens, tokenize_prompts
 @dataclass
 class SDDataConfig:
     instance_dir: str = ""  # DreamBooth / textual inversion: folder with the subject's images
-    instance_prompt: str = ""  # DreamBooth: prompt with the identifier, e.g. "a photo of sks dog" (unused by textual inversion)
+    instance_prompt: str = (
+        ""  # DreamBooth: prompt with the identifier, e.g. "a photo of sks dog" (unused by textual inversion)
+    )
     caption_dir: str = ""  # text-to-image LoRA/full: folder of images with metadata.jsonl or same-name .txt captions
     caption_column: str = "text"  # caption field of metadata.jsonl
     caption_dropout: float = 0.0  # probability of training on the empty prompt (enables classifier-free guidance)
@@ -35,32 +37,57 @@ class SDDataConfig:
 
 def validate_data(cfg: SDDataConfig, method: str) -> None:
     if bool(cfg.instance_dir) == bool(cfg.caption_dir):
-        raise UserError("set exactly one of data.instance_dir (DreamBooth / textual inversion) and data.caption_dir (captioned folder)")
+        raise UserError(
+            "set exactly one of data.instance_dir (DreamBooth / textual inversion) and data.caption_dir (captioned folder)"
+        )
     if method == "textual_inversion" and not cfg.instance_dir:
-        raise UserError("method=textual_inversion trains on data.instance_dir (prompts come from templates); set it instead of data.caption_dir")
+        raise UserError(
+            "method=textual_inversion trains on data.instance_dir (prompts come from templates); set it instead of data.caption_dir"
+        )
     if cfg.instance_dir and method != "textual_inversion" and not cfg.instance_prompt.strip():
-        raise UserError('data.instance_prompt is empty; DreamBooth needs an identifier prompt, e.g. "a photo of sks dog"')
+        raise UserError(
+            'data.instance_prompt is empty; DreamBooth needs an identifier prompt, e.g. "a photo of sks dog"'
+        )
     if not 0.0 <= cfg.caption_dropout < 1.0:
         raise UserError(f"data.caption_dropout must be in [0, 1), got {cfg.caption_dropout}")
     if cfg.aspect_buckets and not cfg.caption_dir:
         raise UserError("data.aspect_buckets only applies to data.caption_dir folders")
 
 
-def build_image_dataset(cfg: SDDataConfig, resolution: int, seed: int, class_dir: str = "", class_prompt: str = "",
-                        bucket_multiple: int = 64, instance_prompt: str = "", class_items=None):
+def build_image_dataset(
+    cfg: SDDataConfig,
+    resolution: int,
+    seed: int,
+    class_dir: str = "",
+    class_prompt: str = "",
+    bucket_multiple: int = 64,
+    instance_prompt: str = "",
+    class_items=None,
+):
     """The raw image dataset (finetune.data.images); bad folders and unreadable images fail here, before training.
 
     `instance_prompt` overrides data.instance_prompt (textual inversion's fixed validation prompt); `class_items`,
     (image, prompt) pairs, replaces class_dir + class_prompt (several class prompts)."""
     if cfg.caption_dir:
         return CaptionedImageFolder(
-            cfg.caption_dir, resolution, center_crop=cfg.center_crop, random_flip=cfg.random_flip, seed=seed,
-            bucket_multiple=bucket_multiple if cfg.aspect_buckets else None, caption_column=cfg.caption_column,
+            cfg.caption_dir,
+            resolution,
+            center_crop=cfg.center_crop,
+            random_flip=cfg.random_flip,
+            seed=seed,
+            bucket_multiple=bucket_multiple if cfg.aspect_buckets else None,
+            caption_column=cfg.caption_column,
         )
     return DreamBoothDataset(
-        cfg.instance_dir, instance_prompt or cfg.instance_prompt, resolution,
-        class_dir=class_dir or None, class_prompt=class_prompt or None,
-        center_crop=cfg.center_crop, random_flip=cfg.random_flip, seed=seed, class_items=class_items,
+        cfg.instance_dir,
+        instance_prompt or cfg.instance_prompt,
+        resolution,
+        class_dir=class_dir or None,
+        class_prompt=class_prompt or None,
+        center_crop=cfg.center_crop,
+        random_flip=cfg.random_flip,
+        seed=seed,
+        class_items=class_items,
     )
 
 
@@ -97,8 +124,10 @@ def split_validation(n: int, holdout: int, loss_images: int, batch_size: int) ->
     train_idx = list(range(n - holdout))
     val_idx = list(range(len(train_idx) if holdout else 0, n))[:loss_images]
     if holdout < 0 or len(train_idx) < (batch_size if holdout else 1) or not val_idx:
-        raise UserError(f"validation.holdout={holdout} / loss_images={loss_images} do not fit {n} images "
-                        f"with batch_size {batch_size}; lower them")
+        raise UserError(
+            f"validation.holdout={holdout} / loss_images={loss_images} do not fit {n} images "
+            f"with batch_size {batch_size}; lower them"
+        )
     return train_idx, val_idx
 
 
@@ -108,8 +137,9 @@ def split_validation(n: int, holdout: int, loss_images: int, batch_size: int) ->
 
 
 @torch.no_grad()
-def cache_latents(vae, dataset, items: list[dict], device, batch_size: int = 8,
-                  dataset_indices: list[int] | None = None) -> None:
+def cache_latents(
+    vae, dataset, items: list[dict], device, batch_size: int = 8, dataset_indices: list[int] | None = None
+) -> None:
     """Encode every item's image(s) once and store the latent distribution (mean, std) in `items`, on the CPU.
 
     items[k] belongs to dataset[dataset_indices[k]] (default: dataset[k]). Each step then samples
@@ -118,10 +148,12 @@ def cache_latents(vae, dataset, items: list[dict], device, batch_size: int = 8,
     """
     dataset.set_epoch(0)
     dataset_indices = dataset_indices if dataset_indices is not None else list(range(len(items)))
-    keys = [("pixel_values", "latent")] + ([("class_pixel_values", "class_latent")] if "class_prompt" in items[0] else [])
+    keys = [("pixel_values", "latent")] + (
+        [("class_pixel_values", "class_latent")] if "class_prompt" in items[0] else []
+    )
     order = sorted(range(len(items)), key=lambda i: items[i]["bucket"])
     for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
+        chunk = order[start : start + batch_size]
         chunk_groups: dict[int, list[int]] = {}
         for i in chunk:
             chunk_groups.setdefault(items[i]["bucket"], []).append(i)
@@ -134,8 +166,9 @@ def cache_latents(vae, dataset, items: list[dict], device, batch_size: int = 8,
                     items[i][f"{name}_mean"], items[i][f"{name}_std"] = mean.clone(), std.clone()
 
 
-def cache_all_latents(vae, dataset, items: list[dict], val_idx: list[int], device, every_item: bool,
-                      batch_size: int = 8) -> list[dict]:
+def cache_all_latents(
+    vae, dataset, items: list[dict], val_idx: list[int], device, every_item: bool, batch_size: int = 8
+) -> list[dict]:
     """Cache every item's latents (`every_item`), or only the validation items' (on copies, so training still
     encodes live); returns the validation items. The recipe passes its training batch size: encoding more images at
     once than a step trains on would make the VAE's activations (GBs for SD at 512 px) the run's memory peak."""
@@ -155,7 +188,7 @@ class PromptEmbeddings:
         self.table: dict[str, torch.Tensor] = {}
         with torch.no_grad():
             for start in range(0, len(unique), batch_size):
-                chunk = unique[start:start + batch_size]
+                chunk = unique[start : start + batch_size]
                 for prompt, emb in zip(chunk, encode_tokens(text_encoder, tokenizer, chunk, device)):
                     self.table[prompt] = emb.to("cpu", dtype).clone()
 
@@ -184,8 +217,12 @@ class TrainItems(torch.utils.data.Dataset):
         return {**item, **self.dataset[self.indices[i]]}
 
 
-def make_collate(tokenizer, embeddings: PromptEmbeddings | None, prompt_fn: Callable[[str], str] | None = None,
-                 caption_dropout: float = 0.0):
+def make_collate(
+    tokenizer,
+    embeddings: PromptEmbeddings | None,
+    prompt_fn: Callable[[str], str] | None = None,
+    caption_dropout: float = 0.0,
+):
     """Collate training items into one batch: instance examples first, then class examples.
 
     Batch keys: "latent_mean"/"latent_std" (cached) or "pixel_values"; "embeds" (cached text) or "input_ids";
@@ -207,11 +244,14 @@ def make_collate(tokenizer, embeddings: PromptEmbeddings | None, prompt_fn: Call
         batch: dict = {"num_instance": len(examples)}
         if "latent_mean" in examples[0]:
             for stat in ("mean", "std"):
-                batch[f"latent_{stat}"] = torch.stack([e[f"latent_{stat}"] for e in examples]
-                                                      + ([e[f"class_latent_{stat}"] for e in examples] if prior else []))
+                batch[f"latent_{stat}"] = torch.stack(
+                    [e[f"latent_{stat}"] for e in examples]
+                    + ([e[f"class_latent_{stat}"] for e in examples] if prior else [])
+                )
         else:
-            batch["pixel_values"] = torch.stack([e["pixel_values"] for e in examples]
-                                                + ([e["class_pixel_values"] for e in examples] if prior else []))
+            batch["pixel_values"] = torch.stack(
+                [e["pixel_values"] for e in examples] + ([e["class_pixel_values"] for e in examples] if prior else [])
+            )
         if embeddings is not None:
             batch["embeds"] = embeddings(prompts)
         else:
@@ -233,6 +273,12 @@ def fixed_validation_batches(items: list[dict], noise_scheduler, seed: int) -> l
     batches = []
     for indices in groups.values():
         means = torch.stack([items[i]["latent_mean"] for i in indices])
-        batches.append({"latent_mean": means, "noise": torch.randn(means.shape, generator=g), "timesteps": timesteps[indices],
-                        "prompts": [items[i]["prompt"] for i in indices]})
+        batches.append(
+            {
+                "latent_mean": means,
+                "noise": torch.randn(means.shape, generator=g),
+                "timesteps": timesteps[indices],
+                "prompts": [items[i]["prompt"] for i in indices],
+            }
+        )
     return batches

@@ -74,7 +74,9 @@ def draw_symbol(strokes: tuple[str, ...], rng: np.random.Generator) -> np.ndarra
     return ink / max(float(ink.max()), 1e-6)
 
 
-def symbol_images(combos: list[tuple[str, ...]], per_symbol: int, seed: int = 0, size: int = 16) -> tuple[torch.Tensor, list[str]]:
+def symbol_images(
+    combos: list[tuple[str, ...]], per_symbol: int, seed: int = 0, size: int = 16
+) -> tuple[torch.Tensor, list[str]]:
     """`per_symbol` jittered drawings of each combination, and their captions (combination-major order)."""
     rng = np.random.default_rng(seed)
     inks, captions = [], []
@@ -85,7 +87,9 @@ def symbol_images(combos: list[tuple[str, ...]], per_symbol: int, seed: int = 0,
     return ink_to_images(torch.from_numpy(np.stack(inks)), size), captions
 
 
-def nearest_symbol(images: torch.Tensor, combos: list[tuple[str, ...]], per_symbol: int = 20, seed: int = 99) -> torch.Tensor:
+def nearest_symbol(
+    images: torch.Tensor, combos: list[tuple[str, ...]], per_symbol: int = 20, seed: int = 99
+) -> torch.Tensor:
     """Index into `combos` of the symbol each image (N x 3 x H x W) looks most like: the nearest mean 8x8 ink of
     `per_symbol` fresh drawings of each. A check of what a generator drew, not a judge of quality: it tells
     neighbours apart (98% of fresh drawings of the pretraining symbols plus the triangle land on their own)."""

@@ -19,7 +19,7 @@ import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import torch
 
@@ -37,14 +37,18 @@ FORMAT_EXAMPLES = {
 @dataclass
 class TextDataConfig:
     train_file: str  # JSONL training file, one JSON object per line
-    format: Literal["text", "instruction", "chat"] = "text"  # record shape: {"text"}, {"prompt","completion"} or {"messages"}
-    validation_file: Optional[str] = None  # JSONL validation file (same format as train); None: see validation_fraction
-    test_file: Optional[str] = None  # JSONL test file (same format as train), evaluated at the end
-    general_validation_file: Optional[str] = None  # general-domain {"text"} JSONL used to measure forgetting
+    format: Literal["text", "instruction", "chat"] = (
+        "text"  # record shape: {"text"}, {"prompt","completion"} or {"messages"}
+    )
+    validation_file: str | None = None  # JSONL validation file (same format as train); None: see validation_fraction
+    test_file: str | None = None  # JSONL test file (same format as train), evaluated at the end
+    general_validation_file: str | None = None  # general-domain {"text"} JSONL used to measure forgetting
     text_field: str = "text"  # key of the document in "text" records (and in the general validation file)
     max_length: int = 256  # block size when packing; otherwise the longest sequence (longer ones are truncated)
     pack: bool = True  # "text" only: concatenate documents (EOS after each) into full blocks of max_length tokens
-    packed_attention: Literal["block_mask", "position_ids", "none"] = "block_mask"  # how packed documents are kept apart (see collate_text)
+    packed_attention: Literal["block_mask", "position_ids", "none"] = (
+        "block_mask"  # how packed documents are kept apart (see collate_text)
+    )
     validation_fraction: float = 0.0  # with no validation_file: fraction of train documents held out as validation
     seed: int = 0  # seed of the validation_fraction split
 
@@ -87,10 +91,12 @@ def check_config(cfg: TextDataConfig) -> None:
         raise UserError("data.validation_fraction and data.validation_file are both set; keep only one of them")
 
 
-def _record_problem(rec: Any, fmt: str, text_field: str) -> Optional[str]:
+def _record_problem(rec: Any, fmt: str, text_field: str) -> str | None:
     """Why a parsed JSONL record is unusable for `fmt` (with the fix), or None when it is fine."""
     if not isinstance(rec, dict):
-        return f"line is a JSON {type(rec).__name__}, not an object; write one object per line like {FORMAT_EXAMPLES[fmt]}"
+        return (
+            f"line is a JSON {type(rec).__name__}, not an object; write one object per line like {FORMAT_EXAMPLES[fmt]}"
+        )
     if fmt == "text":
         return _string_field_problem(rec, text_field, "set data.text_field to the key holding the text")
     if fmt == "instruction":
@@ -104,7 +110,7 @@ def _record_problem(rec: Any, fmt: str, text_field: str) -> Optional[str]:
     return _chat_problem(rec)
 
 
-def _string_field_problem(rec: dict, key: str, fix: str) -> Optional[str]:
+def _string_field_problem(rec: dict, key: str, fix: str) -> str | None:
     if key not in rec:
         return f"missing field '{key}' (found {sorted(rec)}); {fix}"
     if not isinstance(rec[key], str):
@@ -114,7 +120,7 @@ def _string_field_problem(rec: dict, key: str, fix: str) -> Optional[str]:
     return None
 
 
-def _chat_problem(rec: dict) -> Optional[str]:
+def _chat_problem(rec: dict) -> str | None:
     messages = rec.get("messages")
     if not isinstance(messages, list) or not messages:
         return f"missing or empty 'messages' list; each line needs {FORMAT_EXAMPLES['chat']}"
@@ -148,7 +154,9 @@ def read_jsonl(path: str, fmt: str, text_field: str = "text") -> list[int]:
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{lineno}: line is not valid JSON ({e.msg}, column {e.colno}); fix or remove the line") from None
+                    raise UserError(
+                        f"{path}:{lineno}: line is not valid JSON ({e.msg}, column {e.colno}); fix or remove the line"
+                    ) from None
                 problem = _record_problem(rec, fmt, text_field)
                 if problem:
                     raise UserError(f"{path}:{lineno}: {problem}")
@@ -171,7 +179,9 @@ def load_jsonl_dataset(path: str, fmt: str, text_field: str = "text"):
         ds = datasets.load_dataset("json", data_files={"data": str(path)}, split="data")
     except Exception as e:  # pyarrow rejects e.g. a field that is a number on one line and a string on another
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path}: datasets could not load the file ({first}); give each field one type on every line") from None
+        raise UserError(
+            f"{path}: datasets could not load the file ({first}); give each field one type on every line"
+        ) from None
     finally:
         if bars:
             datasets.enable_progress_bars()
@@ -294,13 +304,17 @@ def tokenize_text_split(ds, cfg: TextDataConfig, tokenizer, text_field: str) -> 
 def tokenize_chat_split(ds, cfg: TextDataConfig, tokenizer, path: str) -> TokenizedSplit:
     """Instruction or chat records -> one sequence each, truncated to cfg.max_length."""
     if not getattr(tokenizer, "chat_template", None):
-        raise UserError(f"the tokenizer has no chat template, needed for data.format={cfg.format}; use an instruct/chat tokenizer or data.format=text")
+        raise UserError(
+            f"the tokenizer has no chat template, needed for data.format={cfg.format}; use an instruct/chat tokenizer or data.format=text"
+        )
     examples, truncated = [], 0
     for row in ds:
         try:
             ids, labels = tokenize_conversation(_messages_of(row, cfg.format), tokenizer)
         except Exception as e:  # the template itself rejected the conversation (e.g. role order)
-            raise UserError(f"{path}:{row['__line__']}: the chat template cannot render this record ({e}); fix the roles/order of its messages") from None
+            raise UserError(
+                f"{path}:{row['__line__']}: the chat template cannot render this record ({e}); fix the roles/order of its messages"
+            ) from None
         example, cut = _truncate(ids, labels, cfg.max_length)
         examples.append(example)
         truncated += cut

@@ -21,8 +21,8 @@ import json
 import math
 import re
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping, Optional, Union
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -33,32 +33,66 @@ from finetune.io import atomic_write_bytes
 
 # component name in a diffusers pipeline -> kohya key prefix (SD1.x/2.x; SDXL's first encoder is "lora_te1_")
 KOHYA_PREFIX = {"unet": "lora_unet_", "text_encoder": "lora_te_", "text_encoder_2": "lora_te2_"}
-_PREFIX_TO_COMPONENT = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2"}
+_PREFIX_TO_COMPONENT = {
+    "lora_unet_": "unet",
+    "lora_te_": "text_encoder",
+    "lora_te1_": "text_encoder",
+    "lora_te2_": "text_encoder_2",
+}
 
 ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # where save_lora_weights stores each component's LoraConfig
 _FLAT_CLIP_HEADS = ("embeddings.", "encoder.", "final_layer_norm")  # CLIP text modules once under "text_model."
 _PEFT_KEY = re.compile(r"^(unet|text_encoder|text_encoder_2)\.(.+)\.(lora_A|lora_B|lora\.down|lora\.up)\.weight$")
-_KOHYA_KEY = re.compile(r"^(lora_unet_|lora_te1_|lora_te2_|lora_te_)([A-Za-z0-9_]+)\.(lora_down\.weight|lora_up\.weight|alpha)$")
+_KOHYA_KEY = re.compile(
+    r"^(lora_unet_|lora_te1_|lora_te2_|lora_te_)([A-Za-z0-9_]+)\.(lora_down\.weight|lora_up\.weight|alpha)$"
+)
 
 # Multi-word module names in SD's UNet and CLIP text encoder, used to undo kohya's "." -> "_" when no model is
 # at hand (longest first, so "time_emb_proj" wins over shorter matches).
 _COMPOUNDS = sorted(
     [
-        "time_emb_proj", "add_k_proj", "add_v_proj", "add_q_proj", "encoder_hid_proj", "down_blocks", "up_blocks",
-        "mid_block", "transformer_blocks", "to_q", "to_k", "to_v", "to_out", "proj_in", "proj_out", "conv_shortcut",
-        "conv_in", "conv_out", "time_embedding", "linear_1", "linear_2", "add_embedding", "class_embedding",
-        "text_model", "self_attn", "q_proj", "k_proj", "v_proj", "out_proj", "token_embedding",
-        "position_embedding", "text_projection",
+        "time_emb_proj",
+        "add_k_proj",
+        "add_v_proj",
+        "add_q_proj",
+        "encoder_hid_proj",
+        "down_blocks",
+        "up_blocks",
+        "mid_block",
+        "transformer_blocks",
+        "to_q",
+        "to_k",
+        "to_v",
+        "to_out",
+        "proj_in",
+        "proj_out",
+        "conv_shortcut",
+        "conv_in",
+        "conv_out",
+        "time_embedding",
+        "linear_1",
+        "linear_2",
+        "add_embedding",
+        "class_embedding",
+        "text_model",
+        "self_attn",
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "out_proj",
+        "token_embedding",
+        "position_embedding",
+        "text_projection",
     ],
     key=lambda c: -c.count("_"),
 )
 
 
 # one lora_alpha for every module, or {"unet.<module>": alpha, ...} (module_alphas) when they differ
-Alpha = Union[float, Mapping[str, float]]
+Alpha = float | Mapping[str, float]
 
 
-def to_kohya(state_dict: Mapping[str, torch.Tensor], alpha: Alpha, rank: Optional[int] = None) -> dict[str, torch.Tensor]:
+def to_kohya(state_dict: Mapping[str, torch.Tensor], alpha: Alpha, rank: int | None = None) -> dict[str, torch.Tensor]:
     """diffusers/PEFT LoRA keys -> kohya keys, with one `.alpha` scalar per module (the LoraConfig's lora_alpha).
 
     Per-module alphas are written as one alpha (the most common) with each other module's ratio folded into its up
@@ -82,7 +116,7 @@ def to_kohya(state_dict: Mapping[str, torch.Tensor], alpha: Alpha, rank: Optiona
     return out
 
 
-def read_diffusers_lora(path: str | Path) -> tuple[dict[str, torch.Tensor], Optional[dict]]:
+def read_diffusers_lora(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | None]:
     """A `pytorch_lora_weights.safetensors` -> (state dict, its parsed `lora_adapter_metadata`, None if absent)."""
     path = Path(path)
     if not path.is_file() or path.suffix != ".safetensors":
@@ -92,7 +126,9 @@ def read_diffusers_lora(path: str | Path) -> tuple[dict[str, torch.Tensor], Opti
             raw = (f.metadata() or {}).get(ADAPTER_METADATA_KEY)
             state = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError) as e:  # e.g. a pickle renamed .safetensors: never unpickled, refused
-        raise UserError(f"'{path}' is not a readable safetensors file ({e}); pass the LoRA file the recipe wrote") from None
+        raise UserError(
+            f"'{path}' is not a readable safetensors file ({e}); pass the LoRA file the recipe wrote"
+        ) from None
     try:
         return state, (json.loads(raw) if raw else None)
     except json.JSONDecodeError:
@@ -110,23 +146,28 @@ def module_alphas(state_dict: Mapping[str, torch.Tensor], adapter_metadata: Mapp
     alphas = {}
     for key, rank in _ranks(state_dict).items():
         component, name, _ = _parse_peft_key(key)
-        cfg = {k[len(component) + 1:]: v for k, v in adapter_metadata.items() if k.startswith(component + ".")}
+        cfg = {k[len(component) + 1 :]: v for k, v in adapter_metadata.items() if k.startswith(component + ".")}
         if "r" not in cfg or "lora_alpha" not in cfg:
-            raise UserError(f"the LoRA file's {ADAPTER_METADATA_KEY} has no LoraConfig for the {component}; "
-                            "pass --rank and --alpha")
+            raise UserError(
+                f"the LoRA file's {ADAPTER_METADATA_KEY} has no LoraConfig for the {component}; pass --rank and --alpha"
+            )
         if cfg.get("use_dora"):
-            raise UserError("the LoRA is DoRA (use_dora), which kohya/A1111 LoRA files cannot hold; export it as diffusers LoRA")
+            raise UserError(
+                "the LoRA is DoRA (use_dora), which kohya/A1111 LoRA files cannot hold; export it as diffusers LoRA"
+            )
         rank_pattern, alpha_pattern = cfg.get("rank_pattern") or {}, cfg.get("alpha_pattern") or {}
         r = int(rank_pattern.get(get_pattern_key(rank_pattern.keys(), name), cfg["r"]))
         if r != rank:
-            raise UserError(f"{component}.{name} has rank {rank} but the file's metadata says r={r}; the file is inconsistent")
+            raise UserError(
+                f"{component}.{name} has rank {rank} but the file's metadata says r={r}; the file is inconsistent"
+            )
         alpha = float(alpha_pattern.get(get_pattern_key(alpha_pattern.keys(), name), cfg["lora_alpha"]))
         alphas[f"{component}.{name}"] = alpha * math.sqrt(r) if cfg.get("use_rslora") else alpha
     return alphas
 
 
 def from_kohya(
-    state_dict: Mapping[str, torch.Tensor], components: Optional[Mapping[str, torch.nn.Module]] = None
+    state_dict: Mapping[str, torch.Tensor], components: Mapping[str, torch.nn.Module] | None = None
 ) -> tuple[dict[str, torch.Tensor], float]:
     """kohya keys -> (diffusers/PEFT keys, lora_alpha).
 
@@ -136,7 +177,9 @@ def from_kohya(
     """
     groups = _group_kohya(state_dict)
     name_maps = {c: _kohya_name_map(m) for c, m in (components or {}).items()}
-    alphas = {name: float(g.get("alpha", torch.tensor(float(g["lora_down.weight"].shape[0])))) for name, g in groups.items()}
+    alphas = {
+        name: float(g.get("alpha", torch.tensor(float(g["lora_down.weight"].shape[0])))) for name, g in groups.items()
+    }
     alpha = Counter(sorted(alphas.values())).most_common(1)[0][0]
     out: dict[str, torch.Tensor] = {}
     for name, group in groups.items():
@@ -157,11 +200,13 @@ def _clip_is_flat() -> bool:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     with torch.device("meta"):
-        model = CLIPTextModel(CLIPTextConfig(hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=1))
+        model = CLIPTextModel(
+            CLIPTextConfig(hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=1)
+        )
     return not hasattr(model, "text_model")
 
 
-def kohya_metadata(alpha: float, rank: int | str, base_model_version: Optional[str] = None) -> dict[str, str]:
+def kohya_metadata(alpha: float, rank: int | str, base_model_version: str | None = None) -> dict[str, str]:
     """The `ss_*` safetensors metadata kohya's tools write and A1111 / civitai read ("Dynamic": differs per module)."""
     meta = {"ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_network_alpha": str(alpha)}
     if base_model_version:
@@ -170,8 +215,11 @@ def kohya_metadata(alpha: float, rank: int | str, base_model_version: Optional[s
 
 
 def save_kohya(
-    path: str | Path, state_dict: Mapping[str, torch.Tensor], alpha: Alpha, rank: Optional[int] = None,
-    base_model_version: Optional[str] = "sd_v1",
+    path: str | Path,
+    state_dict: Mapping[str, torch.Tensor],
+    alpha: Alpha,
+    rank: int | None = None,
+    base_model_version: str | None = "sd_v1",
 ) -> Path:
     """Write a diffusers/PEFT LoRA as one kohya-format .safetensors file (A1111/ComfyUI loadable)."""
     path = Path(path)
@@ -186,7 +234,9 @@ def save_kohya(
     return path
 
 
-def load_kohya(path: str | Path, components: Optional[Mapping[str, torch.nn.Module]] = None) -> tuple[dict[str, torch.Tensor], float]:
+def load_kohya(
+    path: str | Path, components: Mapping[str, torch.nn.Module] | None = None
+) -> tuple[dict[str, torch.Tensor], float]:
     """Read a kohya-format .safetensors LoRA back as (diffusers/PEFT state dict, lora_alpha)."""
     path = Path(path)
     if not path.is_file() or path.suffix != ".safetensors":
@@ -196,13 +246,15 @@ def load_kohya(path: str | Path, components: Optional[Mapping[str, torch.nn.Modu
     return from_kohya(tensors, components)
 
 
-def _check_rank(state_dict: Mapping[str, torch.Tensor], rank: Optional[int]) -> None:
+def _check_rank(state_dict: Mapping[str, torch.Tensor], rank: int | None) -> None:
     ranks = _ranks(state_dict)
     if not ranks:
         raise UserError("the LoRA state dict has no lora_A / lora.down weights; nothing to export")
     if rank is not None and set(ranks.values()) != {rank}:
         odd = next(k for k, r in ranks.items() if r != rank)
-        raise UserError(f"rank={rank} does not match the weights ({odd} has rank {ranks[odd]}); pass the LoraConfig's r")
+        raise UserError(
+            f"rank={rank} does not match the weights ({odd} has rank {ranks[odd]}); pass the LoraConfig's r"
+        )
 
 
 def _ranks(state_dict: Mapping[str, torch.Tensor]) -> dict[str, int]:
@@ -213,8 +265,10 @@ def _parse_peft_key(key: str) -> tuple[str, str, str]:
     """'unet.<module>.lora_A.weight' -> ("unet", "<module>", "lora_A")."""
     match = _PEFT_KEY.match(key)
     if match is None:
-        raise UserError(f"LoRA key {key!r} is not in diffusers format (expected 'unet.<module>.lora_A.weight' as "
-                        "save_lora_weights writes it); DoRA and non-LoRA adapters cannot be exported to kohya")
+        raise UserError(
+            f"LoRA key {key!r} is not in diffusers format (expected 'unet.<module>.lora_A.weight' as "
+            "save_lora_weights writes it); DoRA and non-LoRA adapters cannot be exported to kohya"
+        )
     return match.groups()
 
 
@@ -223,8 +277,10 @@ def _group_kohya(state_dict: Mapping[str, torch.Tensor]) -> dict[str, dict[str, 
     for key, tensor in state_dict.items():
         match = _KOHYA_KEY.match(key)
         if match is None:
-            raise UserError(f"key {key!r} is not a kohya LoRA key ('lora_unet_<module>.lora_down.weight'); "
-                            "LyCORIS (LoHa/LoKr), DoRA and other formats are not supported")
+            raise UserError(
+                f"key {key!r} is not a kohya LoRA key ('lora_unet_<module>.lora_down.weight'); "
+                "LyCORIS (LoHa/LoKr), DoRA and other formats are not supported"
+            )
         groups.setdefault(match.group(1) + match.group(2), {})[match.group(3)] = tensor
     for name, group in groups.items():
         if "lora_down.weight" not in group or "lora_up.weight" not in group:
@@ -235,7 +291,7 @@ def _group_kohya(state_dict: Mapping[str, torch.Tensor]) -> dict[str, dict[str, 
 def _split_prefix(name: str) -> tuple[str, str]:
     for prefix in ("lora_unet_", "lora_te1_", "lora_te2_", "lora_te_"):
         if name.startswith(prefix):
-            return prefix, name[len(prefix):]
+            return prefix, name[len(prefix) :]
     raise AssertionError(name)  # _KOHYA_KEY only admits these prefixes
 
 
@@ -251,11 +307,13 @@ def _kohya_name_map(module: torch.nn.Module) -> dict[str, str]:
     return names
 
 
-def _module_name(flat: str, name_map: Optional[dict[str, str]], kohya_name: str, component: str) -> str:
+def _module_name(flat: str, name_map: dict[str, str] | None, kohya_name: str, component: str) -> str:
     if name_map is not None:
         if flat not in name_map:
-            raise UserError(f"kohya LoRA module {kohya_name} matches no module of the target model; "
-                            "the LoRA was trained for a different architecture")
+            raise UserError(
+                f"kohya LoRA module {kohya_name} matches no module of the target model; "
+                "the LoRA was trained for a different architecture"
+            )
         return name_map[flat]
     module = _unflatten(flat)
     if component != "unet" and _clip_is_flat():
@@ -269,7 +327,7 @@ def _unflatten(flat: str) -> str:
     while i < len(tokens):
         for compound in _COMPOUNDS:
             n = compound.count("_") + 1
-            if "_".join(tokens[i:i + n]) == compound:
+            if "_".join(tokens[i : i + n]) == compound:
                 parts.append(compound)
                 i += n
                 break

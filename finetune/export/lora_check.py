@@ -10,7 +10,8 @@ adapter name, or PEFT's `base_model.model.` prefix) and kohya keys (`lora_unet_<
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -50,7 +51,9 @@ def _components(model: Any) -> dict[str, torch.nn.Module]:
     found = {name: getattr(model, name, None) for name in _COMPONENTS}
     found = {name: m for name, m in found.items() if isinstance(m, torch.nn.Module)}
     if not found:
-        raise TypeError(f"check_lora_state_dict needs an nn.Module, a mapping of them, or an object with .unet; got {type(model)}")
+        raise TypeError(
+            f"check_lora_state_dict needs an nn.Module, a mapping of them, or an object with .unet; got {type(model)}"
+        )
     return found
 
 
@@ -66,8 +69,10 @@ def _check_targets(modules: set[str], components: dict[str, torch.nn.Module]) ->
     missing = sorted(m for m in modules if not _matches(m, names))
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise UserError(f"{len(missing)} of {len(modules)} LoRA modules match no module of the target model ({shown}); "
-                        "the LoRA was made for another base model or its key prefix is wrong")
+        raise UserError(
+            f"{len(missing)} of {len(modules)} LoRA modules match no module of the target model ({shown}); "
+            "the LoRA was made for another base model or its key prefix is wrong"
+        )
 
 
 def _matches(path: str, names: dict[str, set[str]]) -> bool:
@@ -90,11 +95,15 @@ def _matches_exactly(path: str, names: dict[str, set[str]]) -> bool:
 def _check_values(state_dict: Mapping[str, torch.Tensor]) -> None:
     bad = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
-        raise UserError(f"LoRA weight {bad[0]} has NaN/inf values ({len(bad)} tensors); training diverged, "
-                        "lower the learning rate or use fp32/bf16 instead of fp16")
+        raise UserError(
+            f"LoRA weight {bad[0]} has NaN/inf values ({len(bad)} tensors); training diverged, "
+            "lower the learning rate or use fp32/bf16 instead of fp16"
+        )
     ups = [v for k, v in state_dict.items() if _UP.search(k)]
     if not ups:
         raise UserError("the LoRA has no up (lora_B / lora_up) weights; the state dict is incomplete")
     if all(not torch.any(v) for v in ups):
-        raise UserError(f"all {len(ups)} LoRA up (B) matrices are zero, so the adapter changes nothing: training never "
-                        "moved it (check the learning rate, that LoRA params reach the optimizer, and that steps ran)")
+        raise UserError(
+            f"all {len(ups)} LoRA up (B) matrices are zero, so the adapter changes nothing: training never "
+            "moved it (check the learning rate, that LoRA params reach the optimizer, and that steps ran)"
+        )

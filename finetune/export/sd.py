@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 import torch
 from safetensors.torch import save as safetensors_save
@@ -32,9 +31,15 @@ EMBEDDING_FILE = "learned_embeds.safetensors"
 PIPELINE_DIR = "pipeline"
 
 
-def save_sd_lora(out_dir: str | Path, unet_layers: dict[str, torch.Tensor], unet_config: dict,
-                 text_encoder_layers: Optional[dict[str, torch.Tensor]] = None, text_encoder_config: Optional[dict] = None,
-                 components: Optional[dict] = None, kohya: bool = False) -> list[Path]:
+def save_sd_lora(
+    out_dir: str | Path,
+    unet_layers: dict[str, torch.Tensor],
+    unet_config: dict,
+    text_encoder_layers: dict[str, torch.Tensor] | None = None,
+    text_encoder_config: dict | None = None,
+    components: dict | None = None,
+    kohya: bool = False,
+) -> list[Path]:
     """Write the diffusers LoRA file (and the kohya file with `kohya`) into `out_dir`; returns the paths.
 
     `*_layers` are PEFT state dicts without component prefix, `*_config` the LoraConfig dicts (metadata).
@@ -50,8 +55,11 @@ def save_sd_lora(out_dir: str | Path, unet_layers: dict[str, torch.Tensor], unet
     # named as finetune/io.py names its temporaries, so a run that starts after a kill here removes the leftover
     with tempfile.TemporaryDirectory(dir=_existing_parent(out_dir), prefix=f".{LORA_FILE}.", suffix=".tmp") as tmp:
         StableDiffusionPipeline.save_lora_weights(
-            tmp, unet_lora_layers=unet_layers, text_encoder_lora_layers=text_encoder_layers or None,
-            unet_lora_adapter_metadata=unet_config, text_encoder_lora_adapter_metadata=text_encoder_config,
+            tmp,
+            unet_lora_layers=unet_layers,
+            text_encoder_lora_layers=text_encoder_layers or None,
+            unet_lora_adapter_metadata=unet_config,
+            text_encoder_lora_adapter_metadata=text_encoder_config,
             safe_serialization=True,
         )
         atomic_write_bytes(out_dir / LORA_FILE, (Path(tmp) / LORA_FILE).read_bytes())
@@ -59,8 +67,11 @@ def save_sd_lora(out_dir: str | Path, unet_layers: dict[str, torch.Tensor], unet
     if kohya:
         if text_encoder_config and text_encoder_config["lora_alpha"] != unet_config["lora_alpha"]:
             raise UserError("a kohya file holds one alpha; the UNet and text-encoder LoRA alphas differ")
-        paths.append(save_kohya(out_dir / KOHYA_FILE, prefixed, alpha=float(unet_config["lora_alpha"]),
-                                rank=int(unet_config["r"])))
+        paths.append(
+            save_kohya(
+                out_dir / KOHYA_FILE, prefixed, alpha=float(unet_config["lora_alpha"]), rank=int(unet_config["r"])
+            )
+        )
     return paths
 
 

@@ -9,7 +9,6 @@ diffusers keeps them inline in its example scripts rather than in the library.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -22,7 +21,9 @@ PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 @dataclass
 class DiffusionLossConfig:
     snr_gamma: float = 0.0  # min-SNR-gamma loss weights (5.0 is the paper's choice); 0 disables
-    noise_offset: float = 0.0  # offset-noise strength (0.05-0.1 lets the model learn very dark/bright images); 0 disables
+    noise_offset: float = (
+        0.0  # offset-noise strength (0.05-0.1 lets the model learn very dark/bright images); 0 disables
+    )
 
 
 def _check_prediction_type(prediction_type: str) -> None:
@@ -74,19 +75,23 @@ def snr_weights(scheduler, timesteps: Tensor, gamma: float, prediction_type: str
     return clipped
 
 
-def diffusion_loss(model_pred: Tensor, target: Tensor, weights: Optional[Tensor] = None) -> Tensor:
+def diffusion_loss(model_pred: Tensor, target: Tensor, weights: Tensor | None = None) -> Tensor:
     """MSE per sample (mean over non-batch dims, in fp32), then the mean over the batch, weighted if `weights` (shape (B,)) is given."""
     if model_pred.shape != target.shape:
-        raise UserError(f"model output {tuple(model_pred.shape)} and target {tuple(target.shape)} differ in shape; check prediction_type and the model's out_channels")
+        raise UserError(
+            f"model output {tuple(model_pred.shape)} and target {tuple(target.shape)} differ in shape; check prediction_type and the model's out_channels"
+        )
     per_sample = ((model_pred.float() - target.float()) ** 2).reshape(model_pred.shape[0], -1).mean(dim=1)
     if weights is None:
         return per_sample.mean()
     if weights.shape != per_sample.shape:
-        raise UserError(f"loss weights have shape {tuple(weights.shape)}; expected one weight per sample, {tuple(per_sample.shape)}")
+        raise UserError(
+            f"loss weights have shape {tuple(weights.shape)}; expected one weight per sample, {tuple(per_sample.shape)}"
+        )
     return (per_sample * weights.to(per_sample)).mean()
 
 
-def offset_noise(latents_shape_like: Tensor, noise_offset: float, generator: Optional[torch.Generator] = None) -> Tensor:
+def offset_noise(latents_shape_like: Tensor, noise_offset: float, generator: torch.Generator | None = None) -> Tensor:
     """Gaussian noise shaped like the latents plus noise_offset * randn(B, C, 1, ..., 1) (a per-channel shift).
 
     The shift lets the model learn to change an image's mean brightness (Guttenberg 2023, "offset noise").

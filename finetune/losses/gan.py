@@ -10,7 +10,7 @@ few lines are written by hand from the papers cited on each function.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,9 @@ from finetune.errors import UserError
 
 def _check_label(real_label: float) -> None:
     if not 0.0 < real_label <= 1.0:
-        raise UserError(f"real_label={real_label} is outside (0, 1]; use 1.0, or e.g. 0.9 for one-sided label smoothing")
+        raise UserError(
+            f"real_label={real_label} is outside (0, 1]; use 1.0, or e.g. 0.9 for one-sided label smoothing"
+        )
 
 
 def d_minimax(real_logits: Tensor, fake_logits: Tensor, real_label: float = 1.0) -> Tensor:
@@ -93,7 +95,7 @@ def gradient_penalty(
     critic: Callable[[Tensor], Tensor],
     real: Tensor,
     fake: Tensor,
-    generator: Optional[torch.Generator] = None,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """WGAN-GP penalty (Gulrajani et al. 2017): mean over samples of (||grad_xhat critic(xhat)||_2 - 1)^2.
 
@@ -102,7 +104,9 @@ def gradient_penalty(
     The caller multiplies by its lambda (10 in the paper).
     """
     if real.shape != fake.shape:
-        raise UserError(f"gradient_penalty needs real and fake batches of one shape, got {tuple(real.shape)} and {tuple(fake.shape)}")
+        raise UserError(
+            f"gradient_penalty needs real and fake batches of one shape, got {tuple(real.shape)} and {tuple(fake.shape)}"
+        )
     eps_shape = (real.shape[0],) + (1,) * (real.dim() - 1)
     eps = torch.rand(eps_shape, generator=generator, device=real.device, dtype=real.dtype)
     xhat = (eps * real.detach() + (1.0 - eps) * fake.detach()).requires_grad_(True)

@@ -59,7 +59,7 @@ def _shifted_labels(labels: Tensor, ignore_index: int, device) -> Tensor:
 
 
 def _reduce(total: Tensor, shift_labels: Tensor, ignore_index: int, reduction: str) -> Tensor:
-    """"sum": the summed token NLL; "mean": over the trained tokens (0 when there are none, rather than NaN)."""
+    """ "sum": the summed token NLL; "mean": over the trained tokens (0 when there are none, rather than NaN)."""
     if reduction == "sum":
         return total
     return total / (shift_labels != ignore_index).sum().clamp(min=1)
@@ -111,7 +111,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         w = _in_dtype(weight, compute_dtype)
         want_grad = any(ctx.needs_input_grad[:2])  # False in evaluation: the loss only
         grad_hidden = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device) if want_grad else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] else None
+        grad_weight = (
+            torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] else None
+        )
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, rows, chunk):
             h = hidden[start : start + chunk].to(compute_dtype)
@@ -167,6 +169,7 @@ def fused_linear_cross_entropy(
     compute_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
     shift_labels = _shifted_labels(labels, ignore_index, hidden.device)
     with torch.autocast(device, enabled=False):
-        total = _LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, shift_labels, compute_dtype,
-                                          ignore_index)
+        total = _LinearCrossEntropy.apply(
+            hidden.reshape(-1, hidden.shape[-1]), weight, shift_labels, compute_dtype, ignore_index
+        )
     return _reduce(total, shift_labels, ignore_index, reduction)

@@ -38,9 +38,13 @@ def elbo(
     loss = recon_term + beta * kl_term (beta > 1 is the beta-VAE).
     """
     if recon_logits_or_mean.shape != x.shape:
-        raise UserError(f"elbo: decoder output shape {tuple(recon_logits_or_mean.shape)} != data shape {tuple(x.shape)}")
+        raise UserError(
+            f"elbo: decoder output shape {tuple(recon_logits_or_mean.shape)} != data shape {tuple(x.shape)}"
+        )
     if mu.shape != logvar.shape or mu.shape[0] != x.shape[0]:
-        raise UserError(f"elbo: mu {tuple(mu.shape)} and logvar {tuple(logvar.shape)} must match and share the batch size of x")
+        raise UserError(
+            f"elbo: mu {tuple(mu.shape)} and logvar {tuple(logvar.shape)} must match and share the batch size of x"
+        )
     if beta < 0:
         raise UserError(f"elbo: beta={beta} must be >= 0")
     if recon == "bce":

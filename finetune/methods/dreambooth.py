@@ -36,8 +36,12 @@ class PriorConfig:
     enabled: bool = False  # DreamBooth prior preservation: also train on class images with the class prompt
     class_dir: str = ""  # folder of class images; topped up with base-model samples when short (kept for reuse)
     class_prompt: str = ""  # the class alone, without the identifier, e.g. "a photo of a dog"
-    class_prompts: list[str] = field(default_factory=list)  # instead of class_prompt: several class prompts, num_class_images EACH, every image trained with its own prompt
-    num_class_images: int = 100  # class images wanted in class_dir, per prompt (the paper uses 200-300 per instance set)
+    class_prompts: list[str] = field(
+        default_factory=list
+    )  # instead of class_prompt: several class prompts, num_class_images EACH, every image trained with its own prompt
+    num_class_images: int = (
+        100  # class images wanted in class_dir, per prompt (the paper uses 200-300 per instance set)
+    )
     loss_weight: float = 1.0  # lambda in loss = instance loss + lambda * prior loss
     sample_steps: int = 25  # denoising steps when generating class images
     guidance_scale: float = 7.5  # classifier-free guidance when generating class images
@@ -48,7 +52,9 @@ def validate_prior(cfg: PriorConfig) -> None:
     if not cfg.enabled:
         return
     if not cfg.class_dir:
-        raise UserError("prior.enabled=true needs prior.class_dir (a folder for class images; it is created and filled if empty)")
+        raise UserError(
+            "prior.enabled=true needs prior.class_dir (a folder for class images; it is created and filled if empty)"
+        )
     if cfg.class_prompt.strip() and cfg.class_prompts:
         raise UserError("set prior.class_prompt (one class prompt) or prior.class_prompts (several), not both")
     if cfg.class_prompts:
@@ -57,8 +63,10 @@ def validate_prior(cfg: PriorConfig) -> None:
         if len(set(cfg.class_prompts)) != len(cfg.class_prompts):
             raise UserError(f"prior.class_prompts lists a prompt twice: {cfg.class_prompts}")
     elif not cfg.class_prompt.strip():
-        raise UserError('prior.enabled=true needs prior.class_prompt, the class without the identifier, e.g. "a photo of a dog" '
-                        "(or prior.class_prompts, a list of several)")
+        raise UserError(
+            'prior.enabled=true needs prior.class_prompt, the class without the identifier, e.g. "a photo of a dog" '
+            "(or prior.class_prompts, a list of several)"
+        )
     if cfg.num_class_images < 1:
         raise UserError(f"prior.num_class_images must be >= 1, got {cfg.num_class_images}")
     if cfg.loss_weight < 0:
@@ -71,7 +79,9 @@ def count_class_images(class_dir: str | Path) -> int:
     root = Path(class_dir)
     if not root.is_dir():
         return 0
-    return sum(1 for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    return sum(
+        1 for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    )
 
 
 def prompt_tag(prompt: str) -> str:
@@ -84,8 +94,11 @@ def _images_of_prompt(class_dir: str | Path, prompt: str) -> list[Path]:
     root, prefix = Path(class_dir), f"class-{prompt_tag(prompt)}-"
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                  and p.name.lstrip("x").startswith(prefix))
+    return sorted(
+        p
+        for p in root.iterdir()
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and p.name.lstrip("x").startswith(prefix)
+    )
 
 
 def ensure_class_images(pipeline, cfg: PriorConfig, resolution: int, seed: int, autocast=None) -> int:
@@ -94,8 +107,10 @@ def ensure_class_images(pipeline, cfg: PriorConfig, resolution: int, seed: int, 
     folder equals a freshly made one, whatever the order of the prompts."""
     if not cfg.class_prompts:
         return _top_up(pipeline, cfg, cfg.class_prompt, count_class_images(cfg.class_dir), resolution, seed, autocast)
-    return sum(_top_up(pipeline, cfg, prompt, len(_images_of_prompt(cfg.class_dir, prompt)), resolution, seed, autocast)
-               for prompt in cfg.class_prompts)
+    return sum(
+        _top_up(pipeline, cfg, prompt, len(_images_of_prompt(cfg.class_dir, prompt)), resolution, seed, autocast)
+        for prompt in cfg.class_prompts
+    )
 
 
 def class_image_prompts(cfg: PriorConfig) -> list[tuple[Path, str]]:
@@ -106,10 +121,20 @@ def class_image_prompts(cfg: PriorConfig) -> list[tuple[Path, str]]:
         from finetune.data.images import list_images
 
         return [(path, cfg.class_prompt) for path in list_images(cfg.class_dir, "class image")]
-    pairs = [(path, prompt) for prompt in cfg.class_prompts for path in _images_of_prompt(cfg.class_dir, prompt)[:cfg.num_class_images]]
-    ignored = count_class_images(cfg.class_dir) - sum(len(_images_of_prompt(cfg.class_dir, p)) for p in cfg.class_prompts)
+    pairs = [
+        (path, prompt)
+        for prompt in cfg.class_prompts
+        for path in _images_of_prompt(cfg.class_dir, prompt)[: cfg.num_class_images]
+    ]
+    ignored = count_class_images(cfg.class_dir) - sum(
+        len(_images_of_prompt(cfg.class_dir, p)) for p in cfg.class_prompts
+    )
     if ignored:
-        logger.warning("prior preservation: %d image(s) in %s belong to none of prior.class_prompts; not used", ignored, cfg.class_dir)
+        logger.warning(
+            "prior preservation: %d image(s) in %s belong to none of prior.class_prompts; not used",
+            ignored,
+            cfg.class_dir,
+        )
     return pairs
 
 
@@ -126,10 +151,14 @@ def _top_up(pipeline, cfg: PriorConfig, prompt: str, have: int, resolution: int,
     for start in range(have, cfg.num_class_images, cfg.sample_batch_size):
         indices = list(range(start, min(start + cfg.sample_batch_size, cfg.num_class_images)))
         generators = [torch.Generator(device=device).manual_seed(seed + k) for k in indices]
-        with torch.no_grad(), (autocast() if autocast else _nullcontext()):
+        with torch.no_grad(), autocast() if autocast else _nullcontext():
             images = pipeline(
-                [prompt] * len(indices), num_inference_steps=cfg.sample_steps, guidance_scale=cfg.guidance_scale,
-                height=resolution, width=resolution, generator=generators,
+                [prompt] * len(indices),
+                num_inference_steps=cfg.sample_steps,
+                guidance_scale=cfg.guidance_scale,
+                height=resolution,
+                width=resolution,
+                generator=generators,
             ).images
         for k, image in zip(indices, images):
             buf = io.BytesIO()

@@ -25,8 +25,9 @@ Note on depth: with factor 2.6 and one layer per group, layer 0 of a 30-layer mo
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable, Literal, Optional
+from typing import Literal
 
 import torch
 
@@ -35,12 +36,18 @@ from finetune.errors import UserError
 
 @dataclass
 class FullMethodConfig:
-    freeze_first_n_layers: int = 0  # decoder layers (from the bottom, plus untied input embeddings below them) that never train
-    unfreeze: Literal["none", "steps", "epochs", "plateau"] = "none"  # gradual unfreezing schedule; none: all non-static-frozen groups train from the start
+    freeze_first_n_layers: int = (
+        0  # decoder layers (from the bottom, plus untied input embeddings below them) that never train
+    )
+    unfreeze: Literal["none", "steps", "epochs", "plateau"] = (
+        "none"  # gradual unfreezing schedule; none: all non-static-frozen groups train from the start
+    )
     unfreeze_every: int = 100  # "steps"/"epochs": optimizer steps or epochs between unfreezing the next group down
     plateau_patience: int = 1  # "plateau": evaluations without improvement before the next group unfreezes
     layers_per_group: int = 1  # consecutive decoder layers per layer group
-    discriminative_factor: float = 2.6  # lr of group i = lr / factor**(groups above it); ULMFiT's 2.6; 1.0 = one lr for all
+    discriminative_factor: float = (
+        2.6  # lr of group i = lr / factor**(groups above it); ULMFiT's 2.6; 1.0 = one lr for all
+    )
     start_unfrozen_groups: int = 1  # groups (counted from the top) that train from step 0 under gradual unfreezing
 
 
@@ -128,18 +135,20 @@ def _decoder_layers(model) -> tuple[str, int]:
         if isinstance(module, torch.nn.ModuleList) and len(module) > best_len:
             best_name, best_len = name, len(module)
     if best_name is None:
-        raise UserError(f"cannot find the decoder layers (an nn.ModuleList) of {type(model).__name__}; full/unfreeze needs a layered model")
+        raise UserError(
+            f"cannot find the decoder layers (an nn.ModuleList) of {type(model).__name__}; full/unfreeze needs a layered model"
+        )
     return best_name, best_len
 
 
-def _layer_index(name: str, prefix: str) -> Optional[int]:
+def _layer_index(name: str, prefix: str) -> int | None:
     if not name.startswith(prefix + "."):
         return None
     head = name[len(prefix) + 1 :].split(".", 1)[0]
     return int(head) if head.isdigit() else None
 
 
-def _tied_output_weight(model) -> Optional[torch.nn.Parameter]:
+def _tied_output_weight(model) -> torch.nn.Parameter | None:
     """The lm_head weight when it is the same tensor as the input embedding, else None."""
     get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
     if get_in is None or get_out is None:
@@ -200,7 +209,9 @@ class GradualUnfreezer:
     ):
         _validate(cfg)
         if set_requires_grad and _world_size() > 1:
-            raise UserError("set_requires_grad=True is for single-process runs; under DDP keep it False (grads are masked)")
+            raise UserError(
+                "set_requires_grad=True is for single-process runs; under DDP keep it False (grads are masked)"
+            )
         self.cfg = cfg
         self.set_requires_grad = set_requires_grad
         self.log = log
@@ -232,7 +243,7 @@ class GradualUnfreezer:
         return self._unfreeze_to(min(target, self.max_unfrozen))
 
     def on_eval(self, improved: bool) -> bool:
-        """"plateau" mode: after `plateau_patience` evals without improvement, unfreeze the next group."""
+        """ "plateau" mode: after `plateau_patience` evals without improvement, unfreeze the next group."""
         if self.cfg.unfreeze != "plateau":
             return False
         self.bad_evals = 0 if improved else self.bad_evals + 1
@@ -293,7 +304,9 @@ class GradualUnfreezer:
         total = len(self.groups)
         for count in range(self.unfrozen + 1, target + 1):  # top-down, one line per group
             index = total - count
-            self.log(f"unfreeze: group {index} ({self.groups[index].label}) now trains; {count}/{total} groups trainable")
+            self.log(
+                f"unfreeze: group {index} ({self.groups[index].label}) now trains; {count}/{total} groups trainable"
+            )
         self.unfrozen = target
         self._apply()
         return True
@@ -329,7 +342,9 @@ def _validate(cfg: FullMethodConfig) -> None:
     if cfg.freeze_first_n_layers < 0:
         raise UserError(f"freeze_first_n_layers must be >= 0, got {cfg.freeze_first_n_layers}")
     if cfg.discriminative_factor <= 0:
-        raise UserError(f"discriminative_factor must be > 0, got {cfg.discriminative_factor}; 2.6 is ULMFiT's, 1.0 disables it")
+        raise UserError(
+            f"discriminative_factor must be > 0, got {cfg.discriminative_factor}; 2.6 is ULMFiT's, 1.0 disables it"
+        )
     if cfg.unfreeze in ("steps", "epochs") and cfg.unfreeze_every < 1:
         raise UserError(f"unfreeze_every must be >= 1, got {cfg.unfreeze_every}")
     if cfg.unfreeze == "plateau" and cfg.plateau_patience < 1:

@@ -23,8 +23,12 @@ class LoraMethodConfig:
     r: int = 8  # rank of the low-rank update B@A; more rank = more capacity and parameters (lr ~2e-4 works for r 8..64)
     alpha: int = 16  # lora_alpha: the update is scaled by alpha / r
     dropout: float = 0.05  # dropout on the adapter's input during training
-    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])  # ["all-linear"] (every linear but lm_head) or module names, e.g. ["q_proj", "v_proj"]
-    use_dora: bool = False  # DoRA: learn a per-column magnitude on top of LoRA's direction (slower, often better at low rank)
+    target_modules: list[str] = field(
+        default_factory=lambda: ["all-linear"]
+    )  # ["all-linear"] (every linear but lm_head) or module names, e.g. ["q_proj", "v_proj"]
+    use_dora: bool = (
+        False  # DoRA: learn a per-column magnitude on top of LoRA's direction (slower, often better at low rank)
+    )
     bias: Literal["none", "all", "lora_only"] = "none"  # which biases train along with the adapter
 
 

@@ -44,7 +44,9 @@ class PromptMethodConfig:
     init: Literal["text", "random"] = "text"  # prompt_tuning only: start from the embeddings of init_text, or random
     init_text: str = "Read the text and answer the question about it accurately and concisely."  # text whose token embeddings initialise the prompt (repeated or cut to fit)
     encoder_hidden_size: int = 128  # hidden width of p-tuning's prompt encoder MLP and of prefix tuning's projection
-    prefix_projection: bool = False  # prefix_tuning only: produce the prefixes through an MLP (more parameters, often steadier)
+    prefix_projection: bool = (
+        False  # prefix_tuning only: produce the prefixes through an MLP (more parameters, often steadier)
+    )
 
 
 def recommended_lr(method: str) -> float:

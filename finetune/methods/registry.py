@@ -96,27 +96,42 @@ def _check_prompt(cfg) -> None:
 
 
 def _describe_lora(lora: dict) -> str:
-    return (f"LoRA{' (DoRA)' if lora['use_dora'] else ''}: r={lora['r']}, alpha={lora['alpha']}, "
-            f"dropout={lora['dropout']}, target modules {', '.join(lora['target_modules'])}, bias {lora['bias']}")
+    return (
+        f"LoRA{' (DoRA)' if lora['use_dora'] else ''}: r={lora['r']}, alpha={lora['alpha']}, "
+        f"dropout={lora['dropout']}, target modules {', '.join(lora['target_modules'])}, bias {lora['bias']}"
+    )
 
 
 def _describe_full(full: dict) -> str:
-    return (f"full fine-tuning: unfreeze={full['unfreeze']}, first {full['freeze_first_n_layers']} layers frozen, "
-            f"discriminative lr factor {full['discriminative_factor']}")
+    return (
+        f"full fine-tuning: unfreeze={full['unfreeze']}, first {full['freeze_first_n_layers']} layers frozen, "
+        f"discriminative lr factor {full['discriminative_factor']}"
+    )
 
 
 LM_METHODS: dict[str, LMMethod] = {
     "lora": LMMethod(
-        section="lora", config=LoraMethodConfig, apply=_apply_lora, export="adapter", describe=_describe_lora,
+        section="lora",
+        config=LoraMethodConfig,
+        apply=_apply_lora,
+        export="adapter",
+        describe=_describe_lora,
         mergeable=True,
     ),
     "prompt": LMMethod(
-        section="prompt", config=PromptMethodConfig, apply=_apply_prompt, export="adapter",
+        section="prompt",
+        config=PromptMethodConfig,
+        apply=_apply_prompt,
+        export="adapter",
         describe=lambda prompt: f"{prompt['kind']}: {prompt['num_virtual_tokens']} virtual tokens",
-        check=_check_prompt, virtual_tokens=lambda prompt: prompt.num_virtual_tokens,
+        check=_check_prompt,
+        virtual_tokens=lambda prompt: prompt.num_virtual_tokens,
     ),
     "full": LMMethod(
-        section="full", config=FullMethodConfig, apply=_apply_full, export="model", describe=_describe_full,
+        section="full",
+        config=FullMethodConfig,
+        apply=_apply_full,
+        export="model",
+        describe=_describe_full,
     ),
 }
-

@@ -25,8 +25,12 @@ class SDLoraConfig:
     rank: int = 4  # r of each low-rank update B @ A; 4..32 is usual for SD
     alpha: float = 4.0  # lora_alpha: the update is scaled by alpha / rank; stored in the saved file's metadata
     dropout: float = 0.0  # dropout on the adapter input while training
-    target_modules: list[str] = field(default_factory=lambda: list(UNET_TARGETS))  # UNet module names (suffixes) that get LoRA
-    text_encoder_target_modules: list[str] = field(default_factory=lambda: list(TEXT_ENCODER_TARGETS))  # text-encoder modules, when it trains with LoRA
+    target_modules: list[str] = field(
+        default_factory=lambda: list(UNET_TARGETS)
+    )  # UNet module names (suffixes) that get LoRA
+    text_encoder_target_modules: list[str] = field(
+        default_factory=lambda: list(TEXT_ENCODER_TARGETS)
+    )  # text-encoder modules, when it trains with LoRA
 
 
 def validate_sd_lora(cfg: SDLoraConfig) -> None:
@@ -45,7 +49,10 @@ def lora_config(cfg: SDLoraConfig, targets: list[str]):
     from peft import LoraConfig
 
     return LoraConfig(
-        r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, init_lora_weights="gaussian",
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        init_lora_weights="gaussian",
         target_modules=list(targets),
     )
 
@@ -68,4 +75,3 @@ def lora_layers(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
 
     state = {k: v.detach().float().contiguous() for k, v in get_peft_model_state_dict(model).items()}
     return state, model.peft_config["default"].to_dict()
-

@@ -20,16 +20,36 @@ import torch
 from finetune.errors import UserError
 
 OBJECT_TEMPLATES = [
-    "a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
-    "a photo of a clean {}", "a photo of a dirty {}", "a dark photo of the {}", "a photo of my {}",
-    "a bright photo of the {}", "a close-up photo of a {}", "a good photo of the {}", "a photo of one {}",
-    "a rendition of the {}", "a photo of the nice {}", "a photo of a small {}", "a photo of a large {}",
+    "a photo of a {}",
+    "a rendering of a {}",
+    "a cropped photo of the {}",
+    "the photo of a {}",
+    "a photo of a clean {}",
+    "a photo of a dirty {}",
+    "a dark photo of the {}",
+    "a photo of my {}",
+    "a bright photo of the {}",
+    "a close-up photo of a {}",
+    "a good photo of the {}",
+    "a photo of one {}",
+    "a rendition of the {}",
+    "a photo of the nice {}",
+    "a photo of a small {}",
+    "a photo of a large {}",
 ]
 STYLE_TEMPLATES = [
-    "a painting in the style of {}", "a rendering in the style of {}", "a cropped painting in the style of {}",
-    "the painting in the style of {}", "a clean painting in the style of {}", "a dark painting in the style of {}",
-    "a picture in the style of {}", "a cool painting in the style of {}", "a bright painting in the style of {}",
-    "a good painting in the style of {}", "a close-up painting in the style of {}", "a small painting in the style of {}",
+    "a painting in the style of {}",
+    "a rendering in the style of {}",
+    "a cropped painting in the style of {}",
+    "the painting in the style of {}",
+    "a clean painting in the style of {}",
+    "a dark painting in the style of {}",
+    "a picture in the style of {}",
+    "a cool painting in the style of {}",
+    "a bright painting in the style of {}",
+    "a good painting in the style of {}",
+    "a close-up painting in the style of {}",
+    "a small painting in the style of {}",
 ]
 
 
@@ -38,8 +58,12 @@ class TextualInversionConfig:
     placeholder_token: str = "<concept>"  # the new word prompts use for the concept; must not exist in the tokenizer
     initializer_token: str = "object"  # an existing single-token word whose embedding starts every new vector
     num_vectors: int = 1  # embedding vectors learned for the concept (more = more capacity)
-    template: Literal["object", "style"] = "object"  # prompt templates: "a photo of a {}" or "a painting in the style of {}"
-    templates: list[str] = field(default_factory=list)  # your own prompt templates, each with one "{}" (replace `template`'s set)
+    template: Literal["object", "style"] = (
+        "object"  # prompt templates: "a photo of a {}" or "a painting in the style of {}"
+    )
+    templates: list[str] = field(
+        default_factory=list
+    )  # your own prompt templates, each with one "{}" (replace `template`'s set)
 
 
 def placeholder_tokens(cfg: TextualInversionConfig) -> list[str]:
@@ -58,19 +82,27 @@ def check_placeholder(tokenizer, cfg: TextualInversionConfig) -> None:
     if cfg.num_vectors < 1:
         raise UserError(f"textual_inversion.num_vectors must be >= 1, got {cfg.num_vectors}")
     if not token or any(c.isspace() for c in token):
-        raise UserError(f"textual_inversion.placeholder_token {token!r} must be one word without spaces, e.g. '<my-cat>'")
+        raise UserError(
+            f"textual_inversion.placeholder_token {token!r} must be one word without spaces, e.g. '<my-cat>'"
+        )
     vocab = tokenizer.get_vocab()
     existing = [t for t in placeholder_tokens(cfg) if t in vocab or f"{t}</w>" in vocab]
     if existing:
-        raise UserError(f"textual_inversion.placeholder_token {existing[0]!r} already exists in the tokenizer; "
-                        "choose a new word such as '<my-concept>'")
+        raise UserError(
+            f"textual_inversion.placeholder_token {existing[0]!r} already exists in the tokenizer; "
+            "choose a new word such as '<my-concept>'"
+        )
     bad = [t for t in cfg.templates if t.count("{}") != 1]
     if bad:
-        raise UserError(f"textual_inversion.templates {bad[0]!r} must contain exactly one '{{}}' where the concept goes, "
-                        "e.g. 'a drawing of a {}'")
+        raise UserError(
+            f"textual_inversion.templates {bad[0]!r} must contain exactly one '{{}}' where the concept goes, "
+            "e.g. 'a drawing of a {}'"
+        )
     if len(_word_ids(tokenizer, cfg.initializer_token)) != 1:
-        raise UserError(f"textual_inversion.initializer_token {cfg.initializer_token!r} is not a single token; "
-                        "choose one common word (e.g. 'dog', 'toy', 'painting')")
+        raise UserError(
+            f"textual_inversion.initializer_token {cfg.initializer_token!r} is not a single token; "
+            "choose one common word (e.g. 'dog', 'toy', 'painting')"
+        )
 
 
 def add_placeholder_tokens(tokenizer, text_encoder, cfg: TextualInversionConfig) -> list[int]:
@@ -78,8 +110,10 @@ def add_placeholder_tokens(tokenizer, text_encoder, cfg: TextualInversionConfig)
     check_placeholder(tokenizer, cfg)
     tokens = placeholder_tokens(cfg)
     if tokenizer.add_tokens(tokens) != len(tokens):
-        raise UserError(f"textual_inversion.placeholder_token {cfg.placeholder_token!r} already exists in the tokenizer; "
-                        "choose a new word such as '<my-concept>'")
+        raise UserError(
+            f"textual_inversion.placeholder_token {cfg.placeholder_token!r} already exists in the tokenizer; "
+            "choose a new word such as '<my-concept>'"
+        )
     ids = tokenizer.convert_tokens_to_ids(tokens)
     init_id = _word_ids(tokenizer, cfg.initializer_token)[0]
     text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # rows are set below

@@ -10,7 +10,7 @@ judge's (finetune.metrics.judge), and `judge_images` scores generated digits aga
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import scipy.linalg
@@ -108,10 +108,7 @@ def kid(
         raise UserError(f"feature sets differ in width: {a.shape[1]} vs {b.shape[1]}")
     m = min(subset_size, len(a), len(b))
     if m < 2 or subsets < 1:
-        raise UserError(
-            f"KID needs subsets >= 1 and at least 2 samples per subset, got subsets={subsets}, "
-            f"size={m}"
-        )
+        raise UserError(f"KID needs subsets >= 1 and at least 2 samples per subset, got subsets={subsets}, size={m}")
     rng = np.random.default_rng(seed)
     scores = []
     for _ in range(subsets):
@@ -129,8 +126,7 @@ def inception_score(probs: ArrayLike, splits: int = 10) -> tuple[float, float]:
     p = _as_2d(probs, "probs")
     if (p < 0).any() or not np.allclose(p.sum(axis=1), 1.0, atol=1e-3):
         raise UserError(
-            "inception_score needs class probabilities (non-negative rows summing to 1), "
-            "e.g. judge.probs(images)"
+            "inception_score needs class probabilities (non-negative rows summing to 1), e.g. judge.probs(images)"
         )
     if not 1 <= splits <= len(p):
         raise UserError(f"splits must be between 1 and the number of samples ({len(p)}), got {splits}")
@@ -150,17 +146,12 @@ def per_class_accuracy(pred: ArrayLike, target_labels: ArrayLike) -> tuple[dict[
     """Accuracy of predictions per target class (classes present in target) and overall."""
     pred, target = _as_labels(pred), _as_labels(target_labels)
     if len(pred) != len(target) or len(pred) == 0:
-        raise UserError(
-            "need one prediction per target label, "
-            f"got {len(pred)} predictions and {len(target)} labels"
-        )
+        raise UserError(f"need one prediction per target label, got {len(pred)} predictions and {len(target)} labels")
     per_class = {int(k): float((pred[target == k] == k).mean()) for k in np.unique(target)}
     return per_class, float((pred == target).mean())
 
 
-def judge_images(
-    judge, images: torch.Tensor, prompt_labels: ArrayLike | None = None, reference: str = "test"
-) -> dict:
+def judge_images(judge, images: torch.Tensor, prompt_labels: ArrayLike | None = None, reference: str = "test") -> dict:
     """Score generated digit images with a DigitsJudge against the real digits of split `reference`.
 
     Returns fid, kid (+ kid_std), is (+ is_std) and n; with `prompt_labels` (the digit each image was
@@ -180,14 +171,18 @@ def judge_images(
     feats = judge.features(images).numpy()
     kid_mean, kid_std = kid(feats, ref, subsets=100, subset_size=1000, seed=0)
     is_mean, is_std = inception_score(logits.softmax(-1).numpy(), splits=max(1, min(10, n // 50)))
-    out = {"n": int(n), "reference": reference, "fid": fid(feats, ref), "kid": kid_mean, "kid_std": kid_std,
-           "is": is_mean, "is_std": is_std}
+    out = {
+        "n": int(n),
+        "reference": reference,
+        "fid": fid(feats, ref),
+        "kid": kid_mean,
+        "kid_std": kid_std,
+        "is": is_mean,
+        "is_std": is_std,
+    }
     if prompt_labels is not None:
         labels = _as_labels(prompt_labels)
         if len(labels) != n:
-            raise UserError(
-                f"prompt_labels has {len(labels)} entries for {n} images; "
-                "give one digit per image"
-            )
+            raise UserError(f"prompt_labels has {len(labels)} entries for {n} images; give one digit per image")
         out["per_class_accuracy"], out["accuracy"] = per_class_accuracy(logits.argmax(-1).numpy(), labels)
     return out

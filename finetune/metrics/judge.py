@@ -82,20 +82,13 @@ def check_images(images: torch.Tensor) -> None:
     n, c, h, w = images.shape
     if c not in (1, 3) or h < 8 or w < 8 or n == 0:
         raise UserError(
-            "judge expects N >= 1 images of 1 or 3 channels and H, W >= 8, "
-            f"got shape {tuple(images.shape)}"
+            f"judge expects N >= 1 images of 1 or 3 channels and H, W >= 8, got shape {tuple(images.shape)}"
         )
     if not images.is_floating_point():
-        raise UserError(
-            f"judge expects float images in [-1, 1], got dtype {images.dtype}; "
-            "use x / 127.5 - 1 for uint8"
-        )
+        raise UserError(f"judge expects float images in [-1, 1], got dtype {images.dtype}; use x / 127.5 - 1 for uint8")
     lo, hi = float(images.min()), float(images.max())
     if lo < -1 - RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
-        raise UserError(
-            f"judge expects images in [-1, 1], got values in [{lo:.3g}, {hi:.3g}]; "
-            "rescale them first"
-        )
+        raise UserError(f"judge expects images in [-1, 1], got values in [{lo:.3g}, {hi:.3g}]; rescale them first")
 
 
 class DigitsJudge:

@@ -49,8 +49,9 @@ def summed_nll(model, batch: Mapping[str, torch.Tensor], fused: bool = True) -> 
     return fused_linear_cross_entropy(out, head_weight, labels, reduction="sum")
 
 
-def dataset_batches(dataset: Sequence, collate: Callable[[list], dict], batch_size: int,
-                    max_batches: int = 0) -> Iterator[dict]:
+def dataset_batches(
+    dataset: Sequence, collate: Callable[[list], dict], batch_size: int, max_batches: int = 0
+) -> Iterator[dict]:
     """`dataset` in order, `batch_size` items a batch, at most `max_batches` batches (0: the whole dataset)."""
     for b, start in enumerate(range(0, len(dataset), batch_size)):
         if max_batches and b >= max_batches:
@@ -60,15 +61,21 @@ def dataset_batches(dataset: Sequence, collate: Callable[[list], dict], batch_si
 
 def _checked(batch) -> Mapping[str, torch.Tensor]:
     if not isinstance(batch, Mapping) or "input_ids" not in batch:
-        raise UserError("perplexity batches must be mappings with 'input_ids' (and optional 'attention_mask', 'labels')")
+        raise UserError(
+            "perplexity batches must be mappings with 'input_ids' (and optional 'attention_mask', 'labels')"
+        )
     labels = batch_labels(batch)
     if labels.shape != batch["input_ids"].shape:
-        raise UserError(f"labels shape {tuple(labels.shape)} differs from input_ids shape "
-                        f"{tuple(batch['input_ids'].shape)}; give one label per token")
+        raise UserError(
+            f"labels shape {tuple(labels.shape)} differs from input_ids shape "
+            f"{tuple(batch['input_ids'].shape)}; give one label per token"
+        )
     return batch
 
 
-def nll_and_tokens(model, batches: Iterable[Mapping[str, torch.Tensor]], fused: bool = True, device=None) -> tuple[float, int]:
+def nll_and_tokens(
+    model, batches: Iterable[Mapping[str, torch.Tensor]], fused: bool = True, device=None
+) -> tuple[float, int]:
     """(summed token NLL, scored tokens) of `model` over `batches`, each moved to `device` (default: the model's)."""
     device = device if device is not None else next(model.parameters()).device
     was_training = model.training

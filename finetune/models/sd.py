@@ -16,7 +16,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import diffusers
 import torch
@@ -49,12 +49,18 @@ SD_SCHEDULER_CONFIG: dict[str, Any] = {
 @dataclass
 class SDModelConfig:
     pretrained: str = ""  # "" with tiny=True, a diffusers directory, a hub id, or a single-file .safetensors checkpoint
-    tiny: bool = False  # build a tiny randomly initialised SD from small configs (tests, digits world); ignores `pretrained`
-    prediction_type: Optional[str] = None  # override the model's objective: "epsilon" or "v_prediction"; None keeps the model's
-    revision: Optional[str] = None  # hub revision (branch, tag or commit) when `pretrained` is a hub id
-    variant: Optional[str] = None  # weight variant file to load, e.g. "fp16"; None loads the default weights
+    tiny: bool = (
+        False  # build a tiny randomly initialised SD from small configs (tests, digits world); ignores `pretrained`
+    )
+    prediction_type: str | None = (
+        None  # override the model's objective: "epsilon" or "v_prediction"; None keeps the model's
+    )
+    revision: str | None = None  # hub revision (branch, tag or commit) when `pretrained` is a hub id
+    variant: str | None = None  # weight variant file to load, e.g. "fp16"; None loads the default weights
     resolution: int = 512  # training image side in pixels; must be a multiple of 8 (the VAE downsamples by 8)
-    single_file_config: Optional[str] = None  # diffusers dir or hub id with component configs for a single-file checkpoint (offline use)
+    single_file_config: str | None = (
+        None  # diffusers dir or hub id with component configs for a single-file checkpoint (offline use)
+    )
 
 
 @dataclass
@@ -86,14 +92,20 @@ class SDParts:
 def load_sd_components(cfg: SDModelConfig, torch_dtype: torch.dtype = torch.float32) -> SDParts:
     """Load (or, with cfg.tiny, build) the SD parts described by `cfg`, validated early."""
     if cfg.prediction_type is not None and cfg.prediction_type not in PREDICTION_TYPES:
-        raise UserError(f"prediction_type={cfg.prediction_type!r} is unknown; use one of {PREDICTION_TYPES} or leave it unset")
+        raise UserError(
+            f"prediction_type={cfg.prediction_type!r} is unknown; use one of {PREDICTION_TYPES} or leave it unset"
+        )
     if cfg.resolution <= 0 or cfg.resolution % 8 != 0:
-        raise UserError(f"resolution={cfg.resolution} must be a positive multiple of 8 (e.g. {max(8, cfg.resolution // 8 * 8)})")
+        raise UserError(
+            f"resolution={cfg.resolution} must be a positive multiple of 8 (e.g. {max(8, cfg.resolution // 8 * 8)})"
+        )
     if cfg.tiny:
         parts = build_tiny_sd(sample_size=cfg.resolution // 2)
         parts = _to_dtype(parts, torch_dtype)
     elif not cfg.pretrained:
-        raise UserError("model.pretrained is empty; set it to a diffusers directory, a hub id or a .safetensors file, or set model.tiny=true")
+        raise UserError(
+            "model.pretrained is empty; set it to a diffusers directory, a hub id or a .safetensors file, or set model.tiny=true"
+        )
     else:
         parts = _load_pretrained(cfg, torch_dtype)
     return _with_prediction_type(parts, cfg.prediction_type)
@@ -107,7 +119,9 @@ def _load_pretrained(cfg: SDModelConfig, torch_dtype: torch.dtype) -> SDParts:
         _check_diffusers_dir(path)
         return _load_diffusers(str(path), cfg, torch_dtype)
     if _looks_like_path(cfg.pretrained):
-        raise UserError(f"model path {cfg.pretrained} does not exist; point model.pretrained at a diffusers directory or a .safetensors file")
+        raise UserError(
+            f"model path {cfg.pretrained} does not exist; point model.pretrained at a diffusers directory or a .safetensors file"
+        )
     return _load_diffusers(cfg.pretrained, cfg, torch_dtype)  # a hub id
 
 
@@ -121,8 +135,10 @@ def _looks_like_path(name: str) -> bool:
 def _check_diffusers_dir(path: Path) -> None:
     index = path / "model_index.json"
     if not index.is_file() or not (path / "unet").is_dir():
-        raise UserError(f"{path} is not a diffusers Stable Diffusion directory (needs model_index.json and unet/); "
-                        "save one with pipeline.save_pretrained or pass a single-file .safetensors checkpoint")
+        raise UserError(
+            f"{path} is not a diffusers Stable Diffusion directory (needs model_index.json and unet/); "
+            "save one with pipeline.save_pretrained or pass a single-file .safetensors checkpoint"
+        )
     class_name = json.loads(index.read_text()).get("_class_name", "")
     if (path / "text_encoder_2").exists() or "XL" in class_name:
         raise UserError(f"{path} holds {class_name or 'an SDXL model'}; only SD1.x/SD2.x pipelines are supported here")
@@ -140,31 +156,43 @@ def _load_diffusers(name: str, cfg: SDModelConfig, torch_dtype: torch.dtype) -> 
         vae = AutoencoderKL.from_pretrained(name, subfolder="vae", **weights)
         unet = UNet2DConditionModel.from_pretrained(name, subfolder="unet", **weights)
     except (OSError, ValueError, KeyError) as e:  # missing files, no safetensors, no network for a hub id
-        raise UserError(f"could not load Stable Diffusion from {name!r} ({_first_line(e)}); check the path or hub id, "
-                        "that the weights are .safetensors (variant/revision if set), and network access for hub ids") from e
+        raise UserError(
+            f"could not load Stable Diffusion from {name!r} ({_first_line(e)}); check the path or hub id, "
+            "that the weights are .safetensors (variant/revision if set), and network access for hub ids"
+        ) from e
     if len(tokenizer) <= 256:  # transformers returns a specials-only tokenizer when the vocabulary files are missing
-        raise UserError(f"the tokenizer of {name!r} has no vocabulary ({len(tokenizer)} tokens); its tokenizer/ folder "
-                        "needs vocab.json + merges.txt or tokenizer.json")
+        raise UserError(
+            f"the tokenizer of {name!r} has no vocabulary ({len(tokenizer)} tokens); its tokenizer/ folder "
+            "needs vocab.json + merges.txt or tokenizer.json"
+        )
     return _assemble(vae, text_encoder, tokenizer, unet, scheduler_config)
 
 
 def _load_single_file(path: Path, cfg: SDModelConfig, torch_dtype: torch.dtype) -> SDParts:
     """A single A1111-style checkpoint, converted by diffusers' own single-file loader."""
     if path.suffix != ".safetensors":
-        raise UserError(f"{path} is not a .safetensors checkpoint; single files are read as .safetensors only "
-                        "(pickle .ckpt/.pt/.bin files can run code when loaded: convert them first)")
+        raise UserError(
+            f"{path} is not a .safetensors checkpoint; single files are read as .safetensors only "
+            "(pickle .ckpt/.pt/.bin files can run code when loaded: convert them first)"
+        )
     from diffusers.loaders.single_file_utils import SingleFileComponentError  # raised for a part missing from the file
 
     try:
         pipe = StableDiffusionPipeline.from_single_file(
-            str(path), dtype=torch_dtype, config=cfg.single_file_config,
+            str(path),
+            dtype=torch_dtype,
+            config=cfg.single_file_config,
             # No safety checker. (`load_safety_checker=False` would not do: diffusers treats any value of that
             # deprecated flag as a request and downloads CompVis/stable-diffusion-safety-checker from the hub.)
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
         )
     except (OSError, ValueError, KeyError, RuntimeError, TypeError, SingleFileComponentError) as e:
-        raise UserError(f"could not load single-file checkpoint {path} ({_first_line(e)}); it must be an SD1.x/SD2.x "
-                        "checkpoint, and offline you must set model.single_file_config to a diffusers dir with its configs") from e
+        raise UserError(
+            f"could not load single-file checkpoint {path} ({_first_line(e)}); it must be an SD1.x/SD2.x "
+            "checkpoint, and offline you must set model.single_file_config to a diffusers dir with its configs"
+        ) from e
     return _assemble(pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.unet, dict(pipe.scheduler.config))
 
 
@@ -181,7 +209,7 @@ def _assemble(vae, text_encoder, tokenizer, unet, scheduler_config: dict) -> SDP
     return SDParts(vae, text_encoder, tokenizer, unet, noise_scheduler, StableDiffusionPipeline, sample_config)
 
 
-def _with_prediction_type(parts: SDParts, prediction_type: Optional[str]) -> SDParts:
+def _with_prediction_type(parts: SDParts, prediction_type: str | None) -> SDParts:
     if prediction_type is None:
         return parts
     parts.noise_scheduler = DDPMScheduler.from_config(parts.noise_scheduler.config, prediction_type=prediction_type)
@@ -207,21 +235,36 @@ def tiny_sd_configs(sample_size: int = 8, vae_scale_factor: int = 2) -> dict[str
     if 2 ** (n_vae_blocks - 1) != vae_scale_factor:
         raise UserError(f"vae_scale_factor={vae_scale_factor} must be a power of two (1, 2, 4, 8)")
     vae = {
-        "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 1, "norm_num_groups": 8,
+        "in_channels": 3,
+        "out_channels": 3,
+        "latent_channels": 4,
+        "layers_per_block": 1,
+        "norm_num_groups": 8,
         "block_out_channels": [16] + [32] * (n_vae_blocks - 1),
         "down_block_types": ["DownEncoderBlock2D"] * n_vae_blocks,
         "up_block_types": ["UpDecoderBlock2D"] * n_vae_blocks,
         "sample_size": sample_size * vae_scale_factor,
     }
     unet = {
-        "sample_size": sample_size, "in_channels": 4, "out_channels": 4, "layers_per_block": 1,
-        "block_out_channels": [32, 64], "norm_num_groups": 8, "cross_attention_dim": 32, "attention_head_dim": 4,
+        "sample_size": sample_size,
+        "in_channels": 4,
+        "out_channels": 4,
+        "layers_per_block": 1,
+        "block_out_channels": [32, 64],
+        "norm_num_groups": 8,
+        "cross_attention_dim": 32,
+        "attention_head_dim": 4,
         "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
         "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
     }
     text = {
-        "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "projection_dim": 32, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "projection_dim": 32,
+        "max_position_embeddings": 77,
+        "hidden_act": "quick_gelu",
     }
     return {"vae": vae, "unet": unet, "text_encoder": text, "scheduler": dict(SD_SCHEDULER_CONFIG)}
 
@@ -229,26 +272,47 @@ def tiny_sd_configs(sample_size: int = 8, vae_scale_factor: int = 2) -> dict[str
 def sd15_configs() -> dict[str, dict]:
     """Stable Diffusion 1.5's component configs (for random-weight GPU benchmarks at real size)."""
     vae = {
-        "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 32,
-        "block_out_channels": [128, 256, 512, 512], "sample_size": 512, "scaling_factor": 0.18215,
-        "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+        "in_channels": 3,
+        "out_channels": 3,
+        "latent_channels": 4,
+        "layers_per_block": 2,
+        "norm_num_groups": 32,
+        "block_out_channels": [128, 256, 512, 512],
+        "sample_size": 512,
+        "scaling_factor": 0.18215,
+        "down_block_types": ["DownEncoderBlock2D"] * 4,
+        "up_block_types": ["UpDecoderBlock2D"] * 4,
     }
     unet = {
-        "sample_size": 64, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
-        "block_out_channels": [320, 640, 1280, 1280], "norm_num_groups": 32, "cross_attention_dim": 768,
+        "sample_size": 64,
+        "in_channels": 4,
+        "out_channels": 4,
+        "layers_per_block": 2,
+        "block_out_channels": [320, 640, 1280, 1280],
+        "norm_num_groups": 32,
+        "cross_attention_dim": 768,
         "attention_head_dim": 8,
         "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
         "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
     }
     text = {
-        "vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-        "num_attention_heads": 12, "projection_dim": 768, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
+        "vocab_size": 49408,
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "projection_dim": 768,
+        "max_position_embeddings": 77,
+        "hidden_act": "quick_gelu",
     }
     return {"vae": vae, "unet": unet, "text_encoder": text, "scheduler": dict(SD_SCHEDULER_CONFIG)}
 
 
 def build_sd_from_configs(
-    configs: dict[str, dict], seed: int = 0, tokenizer: Optional[CLIPTokenizer] = None, device: str | torch.device = "cpu"
+    configs: dict[str, dict],
+    seed: int = 0,
+    tokenizer: CLIPTokenizer | None = None,
+    device: str | torch.device = "cpu",
 ) -> SDParts:
     """Random-weight SD parts from component configs (tiny or real-sized), deterministic in `seed`.
 
@@ -256,7 +320,11 @@ def build_sd_from_configs(
     tokenizer = tokenizer if tokenizer is not None else build_tiny_tokenizer()
     text = dict(configs["text_encoder"])
     text["vocab_size"] = max(text.get("vocab_size", 0), len(tokenizer))
-    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    ids = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
     torch.manual_seed(seed)  # the three models draw their initial weights from the global RNG, in this fixed order
     with torch.device(device):
         vae = AutoencoderKL(**configs["vae"])
@@ -272,7 +340,9 @@ def build_tiny_sd(seed: int = 0, sample_size: int = 8, vae_scale_factor: int = 2
     return build_sd_from_configs(tiny_sd_configs(sample_size, vae_scale_factor), seed=seed)
 
 
-def build_pipeline(parts: SDParts, unet=None, text_encoder=None, show_progress: bool = False) -> StableDiffusionPipeline:
+def build_pipeline(
+    parts: SDParts, unet=None, text_encoder=None, show_progress: bool = False
+) -> StableDiffusionPipeline:
     """An inference pipeline over `parts` (optionally a trained unet/text encoder), with no safety checker."""
     scheduler_cls = getattr(diffusers, parts.sample_scheduler_config.get("_class_name", ""), DDIMScheduler)
     pipe = parts.pipeline_cls(
@@ -352,7 +422,7 @@ def _merge(syms: list[str], pair: tuple[str, str]) -> list[str]:
     return out
 
 
-def build_tiny_tokenizer(extra_words: Optional[list[str]] = None) -> CLIPTokenizer:
+def build_tiny_tokenizer(extra_words: list[str] | None = None) -> CLIPTokenizer:
     """A real CLIPTokenizer (byte-level BPE, CLIP's vocab layout) over ~200 words, built offline in memory.
 
     Every byte has a token, so any text tokenizes; listed words are single tokens. `add_tokens` works for

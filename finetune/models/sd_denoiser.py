@@ -28,20 +28,26 @@ class TextEncoderConfig:
 
 @dataclass
 class EfficiencyConfig:
-    cache_latents: bool = True  # encode every image with the frozen VAE once, before training (augmentations drawn once)
+    cache_latents: bool = (
+        True  # encode every image with the frozen VAE once, before training (augmentations drawn once)
+    )
     cache_text: bool = True  # encode every prompt once when the text encoder does not train
     offload_frozen: bool = True  # on GPUs, keep the cached-away VAE / text encoder in CPU memory (moved back to sample)
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, slower steps
     attention: Literal["sdpa", "classic"] = "sdpa"  # torch scaled_dot_product_attention, or diffusers' plain attention
     vae_fp32: bool = True  # keep the VAE in fp32 under mixed precision (SD1's VAE overflows in fp16)
     channels_last: bool = True  # UNet weights and activations in channels-last layout (oneDNN's and cuDNN's fast path)
-    conv_backend: Literal["auto", "onednn", "native"] = "auto"  # CPU convolution kernels; auto times one step under each
+    conv_backend: Literal["auto", "onednn", "native"] = (
+        "auto"  # CPU convolution kernels; auto times one step under each
+    )
     #                                                             (kept in conv_backend.json, reused on resume)
 
 
 @dataclass
 class ValidationConfig:
-    prompts: list[str] = field(default_factory=list)  # prompts of the sample grids (at train.eval_every and the end); [] = the instance prompt / first captions
+    prompts: list[str] = field(
+        default_factory=list
+    )  # prompts of the sample grids (at train.eval_every and the end); [] = the instance prompt / first captions
     num_images: int = 1  # images per prompt in each grid
     steps: int = 20  # denoising steps per validation image
     guidance_scale: float = 7.5  # classifier-free guidance of validation images
@@ -72,8 +78,15 @@ class SDDenoiser(torch.nn.Module):
         return self.unet(noisy_latents, timesteps, cond.to(dtype)).sample
 
 
-def step_probe(core: SDDenoiser, params: list[torch.nn.Parameter], cond_fn: Callable[[list[str]], torch.Tensor],
-               prompt: str, latent_shape: tuple, device, autocast) -> Callable[[], None]:
+def step_probe(
+    core: SDDenoiser,
+    params: list[torch.nn.Parameter],
+    cond_fn: Callable[[list[str]], torch.Tensor],
+    prompt: str,
+    latent_shape: tuple,
+    device,
+    autocast,
+) -> Callable[[], None]:
     """One forward + backward of `core` on zero latents of the training batch's shape, for timing kernels. It draws
     no random numbers, and the gradients it leaves on `params` are cleared, so training never sees it ran."""
     noisy = torch.zeros(latent_shape, device=device)
@@ -128,15 +141,30 @@ def sample_images(pipeline, prompts: list[str], cfg: ValidationConfig, resolutio
     """`cfg.num_images` images per prompt, each from its own fixed seed (the same at every validation)."""
     images = []
     for p, prompt in enumerate(prompts):
-        generators = [torch.Generator(device=pipeline.device).manual_seed(cfg.seed + 1000 * p + k) for k in range(cfg.num_images)]
+        generators = [
+            torch.Generator(device=pipeline.device).manual_seed(cfg.seed + 1000 * p + k) for k in range(cfg.num_images)
+        ]
         with torch.no_grad(), autocast():
-            images += pipeline([prompt] * cfg.num_images, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale,
-                               height=resolution, width=resolution, generator=generators).images
+            images += pipeline(
+                [prompt] * cfg.num_images,
+                num_inference_steps=cfg.steps,
+                guidance_scale=cfg.guidance_scale,
+                height=resolution,
+                width=resolution,
+                generator=generators,
+            ).images
     return images
 
 
-def fixed_noise_loss(core: SDDenoiser, vae, noise_scheduler, batches: list[dict], cond_fn: Callable[[list[str]], torch.Tensor],
-                     prediction_type: str, device) -> float:
+def fixed_noise_loss(
+    core: SDDenoiser,
+    vae,
+    noise_scheduler,
+    batches: list[dict],
+    cond_fn: Callable[[list[str]], torch.Tensor],
+    prediction_type: str,
+    device,
+) -> float:
     """The diffusion loss on `finetune.data.sd.fixed_validation_batches` (fixed latents, noise, timesteps): comparable
     across steps. `cond_fn(prompts)` gives the conditioning (cached embeddings or token ids)."""
     from finetune.losses.diffusion import diffusion_loss, diffusion_target

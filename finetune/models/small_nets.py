@@ -37,7 +37,9 @@ def check_image_size(arch: str, image_size: int) -> None:
     if image_size < 8:
         raise UserError(f"image_size={image_size} must be >= 8 (the digits are 8x8 originals)")
     if arch == "conv" and (image_size & (image_size - 1)) != 0:
-        raise UserError(f"image_size={image_size} must be a power of two (8, 16, 32) for arch=conv; use arch=mlp for other sizes")
+        raise UserError(
+            f"image_size={image_size} must be a power of two (8, 16, 32) for arch=conv; use arch=mlp for other sizes"
+        )
 
 
 class MLPGenerator(nn.Module):
@@ -47,9 +49,12 @@ class MLPGenerator(nn.Module):
         super().__init__()
         self.shape = (channels, image_size, image_size)
         self.net = nn.Sequential(
-            nn.Linear(latent_dim, hidden), nn.LeakyReLU(0.2),
-            nn.Linear(hidden, hidden), nn.LeakyReLU(0.2),
-            nn.Linear(hidden, math.prod(self.shape)), nn.Tanh(),
+            nn.Linear(latent_dim, hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(hidden, hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(hidden, math.prod(self.shape)),
+            nn.Tanh(),
         )
 
     def forward(self, z: Tensor) -> Tensor:
@@ -63,8 +68,10 @@ class MLPDiscriminator(nn.Module):
         super().__init__()
         self.net = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(channels * image_size * image_size, hidden), nn.LeakyReLU(0.2),
-            nn.Linear(hidden, hidden), nn.LeakyReLU(0.2),
+            nn.Linear(channels * image_size * image_size, hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(hidden, hidden),
+            nn.LeakyReLU(0.2),
             nn.Linear(hidden, 1),
         )
 
@@ -138,7 +145,9 @@ class DigitsVAE(nn.Module):
         self.shape = (channels, image_size, image_size)
         self.latent_dim = latent_dim
         n_pix = math.prod(self.shape)
-        self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(n_pix, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        self.encoder = nn.Sequential(
+            nn.Flatten(), nn.Linear(n_pix, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
+        )
         self.to_mu = nn.Linear(hidden, latent_dim)
         self.to_logvar = nn.Linear(hidden, latent_dim)
         self.decoder = nn.Sequential(
@@ -177,7 +186,7 @@ def image_grid_png(images: Tensor, nrow: int = 8, scale: int | None = None, pad:
     canvas = torch.ones((rows * (h + pad) + pad, cols * (w + pad) + pad) + tuple(x.shape[3:]))
     for i in range(n):
         r, c = divmod(i, cols)
-        canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = x[i]
+        canvas[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = x[i]
     pixels = ((canvas + 1.0) * 127.5).round().to(torch.uint8).numpy()
     img = Image.fromarray(pixels, mode="RGB" if pixels.ndim == 3 else "L")
     scale = scale or max(1, 32 // max(h, w))

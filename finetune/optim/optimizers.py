@@ -7,8 +7,9 @@ optionally, embeddings) and validates the user's settings before torch sees them
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal, Optional
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -28,7 +29,9 @@ class OptimConfig:
     momentum: float = 0.0  # momentum of SGD and RMSprop
     foreach: bool = False  # torch's multi-tensor update: fewer kernel launches for many small tensors (LoRA), a
     #                        temporary copy of the parameters' size in memory (avoid for full fine-tuning of big models)
-    fused: bool = False  # torch's fused update (adamw/adam/sgd): one kernel over all tensors, no temporaries; on the CPU,
+    fused: bool = (
+        False  # torch's fused update (adamw/adam/sgd): one kernel over all tensors, no temporaries; on the CPU,
+    )
     #                      where foreach falls back to a per-tensor loop, the fast choice for many small tensors (LoRA)
 
 
@@ -70,7 +73,7 @@ def is_no_decay(name: str, param: nn.Parameter, no_decay_embeddings: bool = Fals
 def param_groups(
     named_params: Iterable[tuple[str, nn.Parameter]],
     weight_decay: float,
-    lr: Optional[float] = None,
+    lr: float | None = None,
     *,
     no_decay_embeddings: bool = False,
     trainable_only: bool = True,

@@ -14,7 +14,7 @@ import functools
 import logging
 import math
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, ReduceLROnPlateau
@@ -23,7 +23,16 @@ from finetune.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-SCHEDULER_NAMES = ("constant", "linear", "cosine", "cosine_with_restarts", "step", "exponential", "polynomial", "plateau")
+SCHEDULER_NAMES = (
+    "constant",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "step",
+    "exponential",
+    "polynomial",
+    "plateau",
+)
 
 
 @dataclass
@@ -42,7 +51,7 @@ class SchedulerConfig:
     plateau_mode: Literal["min", "max"] = "min"  # plateau: "min" for a loss, "max" for an accuracy-like metric
 
 
-AnyScheduler = Union[LRScheduler, ReduceLROnPlateau]
+AnyScheduler = LRScheduler | ReduceLROnPlateau
 
 
 def validate_scheduler_config(cfg: SchedulerConfig, total_steps: int) -> None:
@@ -50,11 +59,15 @@ def validate_scheduler_config(cfg: SchedulerConfig, total_steps: int) -> None:
     if cfg.name not in SCHEDULER_NAMES:
         raise UserError(f"scheduler.name={cfg.name!r} is unknown; choose one of {', '.join(SCHEDULER_NAMES)}")
     if total_steps < 1:
-        raise UserError(f"total optimizer steps is {total_steps}; need at least 1 (check max_steps, epochs and the dataset size)")
+        raise UserError(
+            f"total optimizer steps is {total_steps}; need at least 1 (check max_steps, epochs and the dataset size)"
+        )
     if cfg.warmup_steps < 0:
         raise UserError(f"scheduler.warmup_steps={cfg.warmup_steps} must be >= 0 (0: no warmup)")
     if cfg.name == "plateau" and cfg.warmup_steps:
-        raise UserError("scheduler.name='plateau' has no warmup; set scheduler.warmup_steps=0 or choose another schedule")
+        raise UserError(
+            "scheduler.name='plateau' has no warmup; set scheduler.warmup_steps=0 or choose another schedule"
+        )
     if not 0.0 <= cfg.min_lr_ratio <= 1.0:
         raise UserError(f"scheduler.min_lr_ratio={cfg.min_lr_ratio} must be in [0, 1]")
     if cfg.num_cycles < 1:
@@ -132,8 +145,13 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, tota
     validate_scheduler_config(cfg, total_steps)
     warmup = warmup_for(cfg, total_steps)
     if warmup != cfg.warmup_steps:
-        logger.warning("scheduler.warmup_steps=%d is longer than the %d-step run; warming up for %d steps (a tenth "
-                       "of the run) instead", cfg.warmup_steps, total_steps, warmup)
+        logger.warning(
+            "scheduler.warmup_steps=%d is longer than the %d-step run; warming up for %d steps (a tenth "
+            "of the run) instead",
+            cfg.warmup_steps,
+            total_steps,
+            warmup,
+        )
     if cfg.name == "plateau":
         min_lrs = [g["lr"] * cfg.min_lr_ratio for g in optimizer.param_groups]
         return ReduceLROnPlateau(

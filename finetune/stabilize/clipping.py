@@ -8,14 +8,14 @@ their gradients (e.g. the GAN loop) and for logging.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Union
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor
 
 from finetune.errors import UserError
 
-Params = Union[Tensor, Iterable[Tensor]]
+Params = Tensor | Iterable[Tensor]
 
 
 def _grads(params: Params) -> list[Tensor]:

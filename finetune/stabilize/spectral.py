@@ -28,7 +28,9 @@ def apply_spectral_norm(module: nn.Module, types: tuple[type, ...] = DEFAULT_TYP
         spectral_norm(sub)
     if matched == 0:
         names = ", ".join(t.__name__ for t in types)
-        raise UserError(f"apply_spectral_norm found no {names} layer in {type(module).__name__}; pass the layer types it has")
+        raise UserError(
+            f"apply_spectral_norm found no {names} layer in {type(module).__name__}; pass the layer types it has"
+        )
     return module
 
 

@@ -14,6 +14,17 @@ from finetune.train.setup import build_accelerator, finished_run, start_run
 from finetune.train.timing import peak_memory, synced_clock
 
 __all__ = [
-    "Hooks", "NonFiniteTraining", "TrainConfig", "TrainResult", "build_accelerator", "cast_frozen",
-    "finished_run", "peak_memory", "start_run", "synced_clock", "train", "validate_train_config", "weight_dtype",
+    "Hooks",
+    "NonFiniteTraining",
+    "TrainConfig",
+    "TrainResult",
+    "build_accelerator",
+    "cast_frozen",
+    "finished_run",
+    "peak_memory",
+    "start_run",
+    "synced_clock",
+    "train",
+    "validate_train_config",
+    "weight_dtype",
 ]

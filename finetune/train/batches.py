@@ -46,8 +46,7 @@ def iterate_batches(
         mine = rank_batches(batches_fn(epoch), rank, world)
         if not mine:
             raise UserError(
-                "the training set is too small for one batch per process; "
-                "lower train.batch_size or add data"
+                "the training set is too small for one batch per process; lower train.batch_size or add data"
             )
         for pos in range(position, len(mine)):
             yield epoch, pos + 1, mine[pos]

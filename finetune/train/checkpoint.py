@@ -23,7 +23,7 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,15 +62,17 @@ class Checkpointed:
     models: list  # (prepared) modules: model.safetensors, model_1.safetensors, ...
     optimizers: list  # (prepared) optimizers: optimizer.safetensors, optimizer_1.safetensors, ...
     objects: dict[str, Any] = field(default_factory=dict)  # state_dict/load_state_dict objects equal on every process
-    rank_objects: dict[str, Any] = field(default_factory=dict)  # objects whose state differs per process (seeded per rank)
-    only: Optional[list] = None  # parameters to save (frozen ones come back from the base model); None: all + buffers
+    rank_objects: dict[str, Any] = field(
+        default_factory=dict
+    )  # objects whose state differs per process (seeded per rank)
+    only: list | None = None  # parameters to save (frozen ones come back from the base model); None: all + buffers
 
 
 def _indexed(base: str, i: int) -> str:
     return f"{base}.safetensors" if i == 0 else f"{base}_{i}.safetensors"
 
 
-def _saved_names(module: torch.nn.Module, only: Optional[list]) -> list[str]:
+def _saved_names(module: torch.nn.Module, only: list | None) -> list[str]:
     """State-dict keys a checkpoint holds: the chosen parameters (tied ones once), plus buffers when saving all."""
     ids = None if only is None else {id(p) for p in only}
     names = [n for n, p in module.named_parameters() if ids is None or id(p) in ids]
@@ -114,8 +116,11 @@ def params_finite(params) -> bool:
 
 def _rng_state() -> dict:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": (kind, keys.tolist(), pos, has_gauss, gauss),
-             "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": (kind, keys.tolist(), pos, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -134,16 +139,19 @@ def _check_supported(accelerator) -> None:
     """Sharded runs hold partial weights and optimizer states per process: this format stores whole ones."""
     kind = accelerator.distributed_type
     if kind in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
-        raise UserError(f"checkpoints support single-process and DDP runs, not {kind.value}; set train.save_every=0 "
-                        "and train.resume=null, or launch without sharding")
+        raise UserError(
+            f"checkpoints support single-process and DDP runs, not {kind.value}; set train.save_every=0 "
+            "and train.resume=null, or launch without sharding"
+        )
 
 
 def _scaler(accelerator):
     return getattr(accelerator, "scaler", None)  # accelerate's fp16 GradScaler, when it has one
 
 
-def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict, keep_last: int,
-                    what: Checkpointed) -> Path:
+def save_checkpoint(
+    accelerator, output_dir: str | Path, step: int, state: dict, keep_last: int, what: Checkpointed
+) -> Path:
     """Write `what` + trainer `state` as checkpoint-<step> (atomically); rotate old checkpoints."""
     _check_supported(accelerator)
     out = Path(output_dir)
@@ -156,8 +164,11 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict,
     rank = accelerator.process_index
     if accelerator.is_main_process:  # shared state: equal on every process under DDP
         for i, model in enumerate(what.models):
-            save_file(_model_weights(accelerator, model, what.only), str(tmp / _indexed("model", i)),
-                      metadata={"format": "pt"})
+            save_file(
+                _model_weights(accelerator, model, what.only),
+                str(tmp / _indexed("model", i)),
+                metadata={"format": "pt"},
+            )
         for i, opt in enumerate(what.optimizers):
             save_state_file(tmp / _indexed("optimizer", i), opt.state_dict())
         for name, obj in what.objects.items():
@@ -223,8 +234,10 @@ def _read_trainer_state(f: Path, world: int) -> dict:
     if not isinstance(state, dict) or not all(isinstance(state.get(k), int) and state[k] >= 0 for k in keys):
         raise _corrupt(f, f"lacks the non-negative integers {', '.join(keys)}")
     if state.get("world_size", world) != world:
-        raise UserError(f"checkpoint {f.parent} was written by {state['world_size']} processes, this run has {world}; "
-                        f"resume with --num_processes {state['world_size']} (the data order depends on it)")
+        raise UserError(
+            f"checkpoint {f.parent} was written by {state['world_size']} processes, this run has {world}; "
+            f"resume with --num_processes {state['world_size']} (the data order depends on it)"
+        )
     return state
 
 
@@ -233,23 +246,34 @@ def _check_weights(f: Path, saved: dict, module, only) -> None:
     expected = _saved_names(module, only)
     missing, extra = [n for n in expected if n not in saved], [n for n in saved if n not in expected]
     if missing or extra:
-        raise _corrupt(f, f"does not fit the model: {len(missing)} weights missing (e.g. {(missing or extra)[0]})"
-                          f"{f', {len(extra)} unknown' if extra else ''}; was the model or method config changed?")
+        raise _corrupt(
+            f,
+            f"does not fit the model: {len(missing)} weights missing (e.g. {(missing or extra)[0]})"
+            f"{f', {len(extra)} unknown' if extra else ''}; was the model or method config changed?",
+        )
     for n in expected:
         if saved[n].shape != live[n].shape:
-            raise _corrupt(f, f"does not fit the model: {n} has shape {list(saved[n].shape)}, the model's is "
-                              f"{list(live[n].shape)} (was the model or method config changed, e.g. lora.r?)")
+            raise _corrupt(
+                f,
+                f"does not fit the model: {n} has shape {list(saved[n].shape)}, the model's is "
+                f"{list(live[n].shape)} (was the model or method config changed, e.g. lora.r?)",
+            )
 
 
 def _check_optimizer(f: Path, saved: Any, optimizer) -> None:
     """The checks torch's load_state_dict skips: per-parameter state shapes (Adam moments, SGD momentum)."""
-    if not (isinstance(saved, dict) and isinstance(saved.get("state"), dict) and isinstance(saved.get("param_groups"), list)):
+    if not (
+        isinstance(saved, dict) and isinstance(saved.get("state"), dict) and isinstance(saved.get("param_groups"), list)
+    ):
         raise _corrupt(f, "is not an optimizer state (no 'state' and 'param_groups')")
     groups = optimizer.param_groups
     sizes = [len(g.get("params", [])) for g in saved["param_groups"] if isinstance(g, dict)]
     if sizes != [len(g["params"]) for g in groups]:
-        raise _corrupt(f, f"has parameter groups of sizes {sizes}, the optimizer {[len(g['params']) for g in groups]}; "
-                          "was the model, method or optimizer config changed?")
+        raise _corrupt(
+            f,
+            f"has parameter groups of sizes {sizes}, the optimizer {[len(g['params']) for g in groups]}; "
+            "was the model, method or optimizer config changed?",
+        )
     ids = [i for g in saved["param_groups"] for i in g["params"]]
     params = dict(zip(ids, (p for g in groups for p in g["params"])))
     for i, st in saved["state"].items():
@@ -257,14 +281,20 @@ def _check_optimizer(f: Path, saved: Any, optimizer) -> None:
             raise _corrupt(f, f"holds state for unknown parameter {i!r}")
         for k, v in st.items():
             if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape != params[i].shape:
-                raise _corrupt(f, f"holds {k} of shape {list(v.shape)} for a parameter of shape {list(params[i].shape)}")
+                raise _corrupt(
+                    f, f"holds {k} of shape {list(v.shape)} for a parameter of shape {list(params[i].shape)}"
+                )
 
 
 def _read_all(accelerator, path: Path, what: Checkpointed) -> dict:
     """Every file of `path`, read and checked against the live run; nothing is applied yet."""
     _refuse_pickles(path)
     rank = accelerator.process_index
-    loaded = {"state": _read_trainer_state(path / STATE_FILE, accelerator.num_processes), "models": [], "optimizers": []}
+    loaded = {
+        "state": _read_trainer_state(path / STATE_FILE, accelerator.num_processes),
+        "models": [],
+        "optimizers": [],
+    }
     for i, model in enumerate(what.models):
         f = path / _indexed("model", i)
         weights = _read(f, _read_weights)
@@ -331,8 +361,9 @@ def _warn(accelerator, message: str) -> None:
         print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
-def resume_checkpoint(accelerator, output_dir: str | Path, resume: str | None,
-                      what: Checkpointed) -> Optional[tuple[Path, dict]]:
+def resume_checkpoint(
+    accelerator, output_dir: str | Path, resume: str | None, what: Checkpointed
+) -> tuple[Path, dict] | None:
     """Restore `resume` (None, "latest" or a checkpoint path) into `what`: (path, trainer state), or None.
 
     "latest" skips checkpoints that are missing a file, truncated or no longer fit the model, newest
@@ -343,8 +374,10 @@ def resume_checkpoint(accelerator, output_dir: str | Path, resume: str | None,
     if resume != "latest":
         path = Path(resume)
         if not path.is_dir() or not (path / STATE_FILE).is_file():
-            raise UserError(f"resume checkpoint '{resume}' is not a complete checkpoint (no {STATE_FILE}); "
-                            "pass train.resume=latest or a checkpoint-<step> directory")
+            raise UserError(
+                f"resume checkpoint '{resume}' is not a complete checkpoint (no {STATE_FILE}); "
+                "pass train.resume=latest or a checkpoint-<step> directory"
+            )
         return path, load_checkpoint(accelerator, path, what)
     ckpts = list_checkpoints(output_dir)
     for path in reversed(ckpts):
@@ -353,8 +386,10 @@ def resume_checkpoint(accelerator, output_dir: str | Path, resume: str | None,
         except CorruptCheckpoint as e:
             _warn(accelerator, f"skipping {path.name}: {e.reason}; trying the checkpoint before it")
     if ckpts:
-        raise UserError(f"no usable checkpoint in {output_dir} ({len(ckpts)} tried, see the warnings); "
-                        "pass a checkpoint path as train.resume, or train.overwrite_output_dir=true to start again")
+        raise UserError(
+            f"no usable checkpoint in {output_dir} ({len(ckpts)} tried, see the warnings); "
+            "pass a checkpoint path as train.resume, or train.overwrite_output_dir=true to start again"
+        )
     return None  # nothing saved yet: start fresh
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import functools
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 

@@ -38,6 +38,7 @@ class MetricsLogger:
         also its evaluation at `step`, which the resumed run repeats)."""
         if not (self.enabled and self.path.is_file()):
             return
+
         def keep(r: dict) -> bool:
             at = r.get("step", 0)
             return at < step or (at == step and not (redo_eval and r.get("split") == "eval"))
@@ -85,11 +86,7 @@ def plot_loss_curve(output_dir: str | Path, keys: tuple[str, ...] = ("loss",)) -
     plotted = False
     for split in sorted({r["split"] for r in records}):
         for key in keys:
-            pts = [
-                (r["step"], r[key])
-                for r in records
-                if r["split"] == split and isinstance(r.get(key), (int, float))
-            ]
+            pts = [(r["step"], r[key]) for r in records if r["split"] == split and isinstance(r.get(key), (int, float))]
             if pts:
                 xs, ys = zip(*pts)
                 ax.plot(xs, ys, marker="." if len(pts) < 50 else None, label=f"{split} {key}")

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import torch
 from accelerate.utils import send_to_device
@@ -54,7 +54,7 @@ class TrainConfig:
     eval_every: int = 0  # evaluate every N steps (0: only at the end)
     save_every: int = 0  # checkpoint every N steps (0: no checkpoints)
     keep_last: int = 2  # complete checkpoints to keep (older ones are deleted)
-    resume: Optional[str] = None  # "latest" or a checkpoint-<step> directory to continue from
+    resume: str | None = None  # "latest" or a checkpoint-<step> directory to continue from
     overwrite_output_dir: bool = False  # allow replacing a directory that holds another run's checkpoints
     early_stopping_patience: int = 0  # evaluations without improvement before stopping (0: off)
     monitor: str = "val_loss"  # eval metric used for best model, early stopping and plateau schedulers
@@ -70,24 +70,26 @@ class TrainConfig:
 class Hooks:
     """Named points where a method changes the loop's behaviour (no callback framework)."""
 
-    before_step: Optional[Callable[[int, int], None]] = None  # (step, epoch): e.g. gradual unfreezing
-    before_optimizer_step: Optional[Callable[[int], None]] = None  # after backward, before clipping
-    after_optimizer_step: Optional[Callable[[int], None]] = None  # e.g. restore frozen embedding rows
-    on_eval: Optional[Callable[[int, dict, bool], None]] = None  # (step, metrics, improved)
+    before_step: Callable[[int, int], None] | None = None  # (step, epoch): e.g. gradual unfreezing
+    before_optimizer_step: Callable[[int], None] | None = None  # after backward, before clipping
+    after_optimizer_step: Callable[[int], None] | None = None  # e.g. restore frozen embedding rows
+    on_eval: Callable[[int, dict, bool], None] | None = None  # (step, metrics, improved)
 
 
 @dataclass
 class TrainResult:
     global_step: int = 0
-    best_metric: Optional[float] = None
-    best_step: Optional[int] = None
+    best_metric: float | None = None
+    best_step: int | None = None
     stopped_early: bool = False
     nonfinite_steps: int = 0
     last_eval: dict = field(default_factory=dict)
     trained_steps: int = 0  # optimizer steps this call ran: 0 when it resumed a run already at max_steps
-    step_seconds: list[float] = field(default_factory=list)  # each of those steps: data, forward, backward, update, hooks
+    step_seconds: list[float] = field(
+        default_factory=list
+    )  # each of those steps: data, forward, backward, update, hooks
     train_seconds: float = 0.0  # the loop's time over those steps (logging included), evaluations and checkpoints not
-    peak_memory: Optional[dict] = None  # after the last of them: GPU max_memory_allocated, or the process's peak RSS
+    peak_memory: dict | None = None  # after the last of them: GPU max_memory_allocated, or the process's peak RSS
 
 
 # The smallest value each loop counter can work with, and what the key means (for the error line). Below these
@@ -166,7 +168,7 @@ class Divergence:
         return False
 
 
-def eval_diverged(metrics: dict, monitor: str, best: Optional[float], mode: str, factor: float) -> Optional[str]:
+def eval_diverged(metrics: dict, monitor: str, best: float | None, mode: str, factor: float) -> str | None:
     """Why an evaluation says the weights diverged (a non-finite metric, or the monitored loss `factor` times the
     best one), or None."""
     for k, v in metrics.items():
@@ -178,7 +180,7 @@ def eval_diverged(metrics: dict, monitor: str, best: Optional[float], mode: str,
     return None
 
 
-def _improved(value: float, best: Optional[float], mode: str) -> bool:
+def _improved(value: float, best: float | None, mode: str) -> bool:
     if best is None:
         return True
     return value < best if mode == "min" else value > best
@@ -194,11 +196,11 @@ def train(
     collate_fn: Callable,
     step_fn: Callable[[Any], Any],
     cfg: TrainConfig,
-    eval_fn: Optional[Callable[[int], dict]] = None,
-    save_fn: Optional[Callable[[Path], None]] = None,
-    hooks: Optional[Hooks] = None,
-    count_items: Optional[Callable[[Any], int]] = None,
-    batches_fn: Optional[BatchesFn] = None,
+    eval_fn: Callable[[int], dict] | None = None,
+    save_fn: Callable[[Path], None] | None = None,
+    hooks: Hooks | None = None,
+    count_items: Callable[[Any], int] | None = None,
+    batches_fn: BatchesFn | None = None,
     checkpoint_objects: tuple = (),
 ) -> TrainResult:
     """Train `model` (already `accelerator.prepare`d with `optimizer`) for `cfg.max_steps` steps.
@@ -268,8 +270,10 @@ def train(
         logger.log(step, "eval", **metrics)
         if why := eval_diverged(metrics, cfg.monitor, result.best_metric, cfg.monitor_mode, cfg.divergence_factor):
             # never "best", never checkpointed or exported: the weights on disk stay the last ones that evaluated finite
-            raise NonFiniteTraining(f"the run diverged at step {step} ({why}); nothing was saved from these weights. "
-                                    "Lower optim.lr or enable train.max_grad_norm, then resume from the last checkpoint")
+            raise NonFiniteTraining(
+                f"the run diverged at step {step} ({why}); nothing was saved from these weights. "
+                "Lower optim.lr or enable train.max_grad_norm, then resume from the last checkpoint"
+            )
         result.last_eval = dict(metrics)
         value = metrics.get(cfg.monitor)
         improved = value is not None and _improved(float(value), result.best_metric, cfg.monitor_mode)
@@ -368,12 +372,22 @@ def train(
         if step % cfg.log_every == 0 or step == cfg.max_steps or skipped:
             extra_logs = {"loss_scale": scaler.get_scale()} if scaler is not None else {}
             logger.log(
-                step, "train", loss=loss_value, lr=lr, grad_norm=grad_norm, epoch=epoch,
-                skipped=skipped, nonfinite_steps=result.nonfinite_steps, **logged, **extra_logs,
+                step,
+                "train",
+                loss=loss_value,
+                lr=lr,
+                grad_norm=grad_norm,
+                epoch=epoch,
+                skipped=skipped,
+                nonfinite_steps=result.nonfinite_steps,
+                **logged,
+                **extra_logs,
             )
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
-        result.train_seconds += time.perf_counter() - started  # what follows, evaluation and checkpoint, is not training
+        result.train_seconds += (
+            time.perf_counter() - started
+        )  # what follows, evaluation and checkpoint, is not training
 
         stop = False
         is_last = step == cfg.max_steps
@@ -387,8 +401,10 @@ def train(
             save_checkpoint(accelerator, out, step, trainer_state(), cfg.keep_last, saved)
         if stop:
             result.stopped_early = True
-            accelerator.print(f"early stopping at step {step}: no {cfg.monitor} improvement "
-                              f"in {cfg.early_stopping_patience} evaluations")
+            accelerator.print(
+                f"early stopping at step {step}: no {cfg.monitor} improvement "
+                f"in {cfg.early_stopping_patience} evaluations"
+            )
             break
     if resumed_done and eval_fn is not None:
         # a kill during the final export, or a finished job re-run: the result is as complete as a normal end's
@@ -396,8 +412,10 @@ def train(
     bar.close()
     logger.close()
     if consecutive_bad and loss_bad:
-        raise NonFiniteTraining(f"training ended on {consecutive_bad} non-finite or exploding steps (loss {loss_value:.4g}): "
-                                "the weights diverged and were not exported; lower optim.lr or enable train.max_grad_norm")
+        raise NonFiniteTraining(
+            f"training ended on {consecutive_bad} non-finite or exploding steps (loss {loss_value:.4g}): "
+            "the weights diverged and were not exported; lower optim.lr or enable train.max_grad_norm"
+        )
     if accelerator.is_main_process:
         plot_loss_curve(out)
     return result

@@ -26,16 +26,18 @@ def build_accelerator(seed: int) -> Accelerator:
 
     # With no accelerator present, say so: accelerate then runs several launched processes as
     # MULTI_CPU over gloo (`accelerate launch --multi_gpu --num_processes 2` on a CPU machine).
-    has_accel = torch.cuda.is_available() or torch.backends.mps.is_available() or (
-        hasattr(torch, "xpu") and torch.xpu.is_available()
+    has_accel = (
+        torch.cuda.is_available()
+        or torch.backends.mps.is_available()
+        or (hasattr(torch, "xpu") and torch.xpu.is_available())
     )
-    accelerator = Accelerator(
-        cpu=not has_accel, gradient_accumulation_steps=1, step_scheduler_with_optimizer=False
-    )
+    accelerator = Accelerator(cpu=not has_accel, gradient_accumulation_steps=1, step_scheduler_with_optimizer=False)
     if accelerator.mixed_precision == "fp16" and not accelerator.native_amp:
         # accelerate turns fp16 on only for accelerators; on the CPU it would keep "fp16" as a name and run fp32
-        raise UserError("mixed_precision fp16 needs a GPU: on the CPU accelerate runs neither fp16 autocast nor loss "
-                        "scaling; use --mixed_precision bf16 (CPUs run bf16 autocast) or no")
+        raise UserError(
+            "mixed_precision fp16 needs a GPU: on the CPU accelerate runs neither fp16 autocast nor loss "
+            "scaling; use --mixed_precision bf16 (CPUs run bf16 autocast) or no"
+        )
     set_seed(seed)
     return accelerator
 
@@ -85,7 +87,9 @@ def start_run(accelerator, cfg, train_cfg) -> Path:
             out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, config)
         except OSError as e:
-            raise UserError(f"cannot write to train.output_dir '{out}' ({e.strerror}); choose a writable directory") from None
+            raise UserError(
+                f"cannot write to train.output_dir '{out}' ({e.strerror}); choose a writable directory"
+            ) from None
         if created:
             _provisional.append(on_user_error(lambda: shutil.rmtree(out, ignore_errors=True)))
         elif previous_config is not None:
@@ -155,10 +159,14 @@ def cpu_conv_backend(choice: str, probe, accelerator, record: Path, reuse: bool 
                         runs.append(time.perf_counter() - start)
                     seconds[name] = min(runs)
         choice = min(seconds, key=seconds.get)
-        accelerator.print("cpu conv backend: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in seconds.items()) + f" -> {choice}")
+        accelerator.print(
+            "cpu conv backend: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in seconds.items()) + f" -> {choice}"
+        )
         choice = broadcast_object_list([choice])[0] if accelerator.num_processes > 1 else choice
         if accelerator.is_main_process:
-            atomic_write_json(record, {"conv_backend": choice, "probe_ms": {k: round(v * 1e3, 2) for k, v in seconds.items()}})
+            atomic_write_json(
+                record, {"conv_backend": choice, "probe_ms": {k: round(v * 1e3, 2) for k, v in seconds.items()}}
+            )
     return choice
 
 

@@ -57,8 +57,10 @@ def split_state(obj: Any) -> tuple[dict[str, torch.Tensor], Any]:
             if all(isinstance(k, str) for k in x) and not (len(x) == 1 and next(iter(x)) in _TAGS):
                 return {k: enc(v, f"{path}/{k}") for k, v in x.items()}
             return {DICT: [[enc(k, f"{path}/<key>"), enc(v, f"{path}/{k}")] for k, v in x.items()]}
-        raise TypeError(f"cannot store a {type(x).__name__} at {path or '/'} in a checkpoint (tensors, numbers, "
-                        "strings, None, lists, tuples and dicts only)")
+        raise TypeError(
+            f"cannot store a {type(x).__name__} at {path or '/'} in a checkpoint (tensors, numbers, "
+            "strings, None, lists, tuples and dicts only)"
+        )
 
     return tensors, enc(obj, "")
 

@@ -184,7 +184,9 @@ def test_metadata_jsonl_folder_matches_datasets_imagefolder(tmp_path, caplog):
         ds = CaptionedImageFolder(root, resolution=16, cache_dir=str(tmp_path / "cache"))
     assert "1 image(s) have no metadata.jsonl line" in caplog.text
     assert "skipped 1 non-image file(s), e.g. .DS_Store" in caplog.text
-    reference = datasets.load_dataset("imagefolder", data_dir=str(root), split="train", cache_dir=str(tmp_path / "cache"))
+    reference = datasets.load_dataset(
+        "imagefolder", data_dir=str(root), split="train", cache_dir=str(tmp_path / "cache")
+    )
     assert [ds[i]["caption"] for i in range(len(ds))] == reference["text"]
     expected = image_to_tensor(reference[0]["image"].convert("RGB").resize((24, 16)).crop((4, 0, 20, 16)))
     assert torch.equal(ds[0]["pixel_values"], expected)
@@ -245,7 +247,9 @@ def test_dreambooth_user_errors(tmp_path):
         DreamBoothDataset(inst, " ", resolution=8)
     (tmp_path / "no_class").mkdir()
     with pytest.raises(UserError, match="class image folder .* has no images"):
-        DreamBoothDataset(inst, "a photo of sks dog", resolution=8, class_dir=tmp_path / "no_class", class_prompt="a dog")
+        DreamBoothDataset(
+            inst, "a photo of sks dog", resolution=8, class_dir=tmp_path / "no_class", class_prompt="a dog"
+        )
 
 
 # ---- aspect-ratio buckets ---------------------------------------------------------------------
@@ -287,8 +291,11 @@ def test_bucketed_folder_yields_bucket_sized_batches(tmp_path):
     make_folder(root, n=2, size=(48, 24))  # landscape 2:1
     gradient(16, 16, seed=9).save(root / "square.png")
     ds = CaptionedImageFolder(root, resolution=32, bucket_multiple=8)
-    loader = torch.utils.data.DataLoader(ds, batch_sampler=BucketBatchSampler(ds.bucket_ids, 2, seed=0),
-                                         collate_fn=lambda items: torch.stack([e["pixel_values"] for e in items]))
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_sampler=BucketBatchSampler(ds.bucket_ids, 2, seed=0),
+        collate_fn=lambda items: torch.stack([e["pixel_values"] for e in items]),
+    )
     shapes = sorted(tuple(b.shape) for b in loader)
     wide = ds.buckets[ds.bucket_ids[0]]
     assert wide[0] > wide[1] and wide[0] % 8 == 0 and wide[1] % 8 == 0

@@ -35,7 +35,9 @@ def texts(rel: str) -> list[str]:
 
 def test_committed_files_are_exactly_what_the_script_writes(corpora):
     for rel, content in corpora.items():
-        assert (DATA / rel).read_text(encoding="utf-8") == content, f"data/{rel} differs; rerun scripts/make_text_corpora.py"
+        assert (DATA / rel).read_text(encoding="utf-8") == content, (
+            f"data/{rel} differs; rerun scripts/make_text_corpora.py"
+        )
 
 
 def test_other_seed_gives_other_text(corpora):
@@ -61,8 +63,10 @@ def test_files_validate_and_total_size_is_small(corpora):
 
 
 def test_domains_use_their_own_vocabulary():
-    legal, medical, general = (" ".join(texts(f"{d}/{s}.jsonl")).lower() for d, s in
-                               (("legal", "train"), ("medical", "train"), ("general", "validation")))
+    legal, medical, general = (
+        " ".join(texts(f"{d}/{s}.jsonl")).lower()
+        for d, s in (("legal", "train"), ("medical", "train"), ("general", "validation"))
+    )
     assert legal.count("shall") > 300 and medical.count("shall") < 5
     assert medical.count("mg") > 300 and legal.count(" mg ") == 0
     assert general.count("shall") == 0 and general.count(" mg ") == 0
@@ -70,8 +74,10 @@ def test_domains_use_their_own_vocabulary():
 
 def test_legal_corpus_builds_with_all_splits(tok):
     cfg = TextDataConfig(
-        train_file=str(DATA / "legal/train.jsonl"), validation_file=str(DATA / "legal/validation.jsonl"),
-        test_file=str(DATA / "legal/test.jsonl"), general_validation_file=str(DATA / "general/validation.jsonl"),
+        train_file=str(DATA / "legal/train.jsonl"),
+        validation_file=str(DATA / "legal/validation.jsonl"),
+        test_file=str(DATA / "legal/test.jsonl"),
+        general_validation_file=str(DATA / "general/validation.jsonl"),
     )
     splits = build_text_datasets(cfg, tok)
     assert set(splits) == {"train", "validation", "test", "general_validation"}

@@ -149,8 +149,14 @@ def tiny_llama(vocab_size: int, attn: str):
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, attn_implementation=attn,
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        attn_implementation=attn,
     )
     return LlamaForCausalLM(config).eval()
 
@@ -164,7 +170,9 @@ def test_packed_logits_equal_logits_of_each_document_alone(attn):
     model = tiny_llama(100, attn)
     batch = collate_text([{k: torch.tensor(v) for k, v in block.items()}], pad_token_id=0)
     with torch.no_grad():
-        packed = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]).logits[0]
+        packed = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
+        ).logits[0]
         start, solo_loss_sum, n_targets = 0, 0.0, 0
         for doc in docs:
             alone = model(input_ids=torch.tensor([doc]), labels=torch.tensor([doc]))
@@ -185,7 +193,9 @@ def test_position_ids_mode_needs_no_mask_with_use_cache_false():
     eos = 2
     docs = [[5, 6, 7, eos], [8, 9, 10, 11, eos]]
     block = pack_documents(docs, block_size=64)[0]
-    batch = collate_text([{k: torch.tensor(v) for k, v in block.items()}], pad_token_id=0, packed_attention="position_ids")
+    batch = collate_text(
+        [{k: torch.tensor(v) for k, v in block.items()}], pad_token_id=0, packed_attention="position_ids"
+    )
     assert "attention_mask" not in batch
     model = tiny_llama(50, "sdpa")
     with torch.no_grad():
@@ -240,12 +250,19 @@ def trained_text(ids: list[int], labels: list[int], tok) -> list[str]:
 
 
 def test_instruction_labels_cover_exactly_answer_and_eos(tmp_path, tok):
-    rows = [{"prompt": "What does a force majeure clause do?", "completion": "It excuses performance during events beyond a party's control."}]
+    rows = [
+        {
+            "prompt": "What does a force majeure clause do?",
+            "completion": "It excuses performance during events beyond a party's control.",
+        }
+    ]
     path = write_jsonl(tmp_path / "i.jsonl", rows)
     train = build_text_datasets(TextDataConfig(train_file=path, format="instruction"), tok)["train"]
     e = train.examples[0]
     assert trained_text(e["input_ids"], e["labels"], tok) == [rows[0]["completion"] + tok.eos_token]
-    assert tok.decode(e["input_ids"]).endswith(rows[0]["completion"] + "<|im_end|>\n")  # the trailing newline is not trained
+    assert tok.decode(e["input_ids"]).endswith(
+        rows[0]["completion"] + "<|im_end|>\n"
+    )  # the trailing newline is not trained
     assert train.stats.trained_tokens == len(tok(rows[0]["completion"])["input_ids"]) + 1
 
 

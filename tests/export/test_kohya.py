@@ -48,8 +48,14 @@ def test_kohya_keys_alpha_and_exact_round_trip(trained):
     parts, state = trained
     kohya = to_kohya(state, alpha=ALPHA, rank=RANK)
     name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
-    assert torch.equal(kohya[f"{name}.lora_down.weight"], state["unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight"])
-    assert torch.equal(kohya[f"{name}.lora_up.weight"], state["unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_B.weight"])
+    assert torch.equal(
+        kohya[f"{name}.lora_down.weight"],
+        state["unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight"],
+    )
+    assert torch.equal(
+        kohya[f"{name}.lora_up.weight"],
+        state["unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_B.weight"],
+    )
     assert kohya[f"{name}.alpha"].item() == ALPHA and kohya[f"{name}.alpha"].dim() == 0
     # A1111 spells CLIP modules with transformers 4's "text_model." level, which transformers 5 dropped
     assert "lora_te_text_model_encoder_layers_1_self_attn_q_proj.lora_down.weight" in kohya
@@ -89,13 +95,17 @@ def test_save_lora_weights_loads_back_with_load_lora_weights(trained, tmp_path):
     unet_state = {k.removeprefix("unet."): v for k, v in state.items() if k.startswith("unet.")}
     te_state = {k.removeprefix("text_encoder."): v for k, v in state.items() if k.startswith("text_encoder.")}
     StableDiffusionPipeline.save_lora_weights(
-        tmp_path, unet_lora_layers=unet_state, text_encoder_lora_layers=te_state,
+        tmp_path,
+        unet_lora_layers=unet_state,
+        text_encoder_lora_layers=te_state,
         unet_lora_adapter_metadata=parts.unet.peft_config["default"].to_dict(),
         text_encoder_lora_adapter_metadata=parts.text_encoder.peft_config["default"].to_dict(),
     )
     pipe = build_pipeline(build_tiny_sd(seed=0))
     pipe.load_lora_weights(tmp_path)
-    for g, e in zip(outputs(pipe.unet, pipe.text_encoder, pipe.tokenizer), outputs(parts.unet, parts.text_encoder, parts.tokenizer)):
+    for g, e in zip(
+        outputs(pipe.unet, pipe.text_encoder, pipe.tokenizer), outputs(parts.unet, parts.text_encoder, parts.tokenizer)
+    ):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
 
 
@@ -116,7 +126,10 @@ def test_differing_alphas_are_folded_into_up_weights():
 
 
 def test_missing_alpha_means_alpha_equals_rank():
-    kohya = {"lora_unet_conv_in.lora_down.weight": torch.ones(3, 4), "lora_unet_conv_in.lora_up.weight": torch.ones(4, 3)}
+    kohya = {
+        "lora_unet_conv_in.lora_down.weight": torch.ones(3, 4),
+        "lora_unet_conv_in.lora_up.weight": torch.ones(4, 3),
+    }
     state, alpha = from_kohya(kohya)
     assert alpha == 3.0 and set(state) == {"unet.conv_in.lora_A.weight", "unet.conv_in.lora_B.weight"}
 
@@ -125,8 +138,14 @@ def test_missing_alpha_means_alpha_equals_rank():
     "flat, dotted",
     [
         ("down_blocks_1_resnets_0_time_emb_proj", "down_blocks.1.resnets.0.time_emb_proj"),
-        ("mid_block_attentions_0_transformer_blocks_0_ff_net_0_proj", "mid_block.attentions.0.transformer_blocks.0.ff.net.0.proj"),
-        ("up_blocks_2_attentions_1_transformer_blocks_0_attn2_to_out_0", "up_blocks.2.attentions.1.transformer_blocks.0.attn2.to_out.0"),
+        (
+            "mid_block_attentions_0_transformer_blocks_0_ff_net_0_proj",
+            "mid_block.attentions.0.transformer_blocks.0.ff.net.0.proj",
+        ),
+        (
+            "up_blocks_2_attentions_1_transformer_blocks_0_attn2_to_out_0",
+            "up_blocks.2.attentions.1.transformer_blocks.0.attn2.to_out.0",
+        ),
         ("text_model_encoder_layers_11_self_attn_out_proj", "text_model.encoder.layers.11.self_attn.out_proj"),
         ("down_blocks_0_downsamplers_0_conv", "down_blocks.0.downsamplers.0.conv"),
         ("time_embedding_linear_1", "time_embedding.linear_1"),
@@ -147,8 +166,13 @@ def test_format_errors_are_user_errors(trained):
     with pytest.raises(UserError, match="lacks its lora_down or lora_up"):
         from_kohya({"lora_unet_conv_in.lora_down.weight": torch.zeros(2, 2)})
     with pytest.raises(UserError, match="matches no module"):
-        from_kohya({"lora_unet_not_a_block_to_q.lora_down.weight": torch.zeros(2, 2),
-                    "lora_unet_not_a_block_to_q.lora_up.weight": torch.zeros(2, 2)}, {"unet": parts.unet})
+        from_kohya(
+            {
+                "lora_unet_not_a_block_to_q.lora_down.weight": torch.zeros(2, 2),
+                "lora_unet_not_a_block_to_q.lora_up.weight": torch.zeros(2, 2),
+            },
+            {"unet": parts.unet},
+        )
     with pytest.raises(UserError, match=r"must end in \.safetensors"):
         save_kohya("lora.pt", state, alpha=ALPHA)
 
@@ -188,9 +212,21 @@ def test_cli_exports_a_recipe_lora_with_the_alpha_it_records_and_diffusers_loads
     AcceleratorState._reset_state(reset_partial_state=True)  # an in-process recipe run builds its own Accelerator
     GradientState._reset_state()
     out, kohya = tmp_path / "run", tmp_path / "lora_kohya.safetensors"
-    train_sd([*BASE, f"train.output_dir={out}", f"data.instance_dir={write_images(tmp_path / 'inst', 2)}",
-              f"data.instance_prompt={PROMPT}", "train.max_steps=2", "train.batch_size=1", "lora.rank=4", "lora.alpha=8",
-              "text_encoder.train=true", "optim.lr=5e-3", "validation.grids=false"])
+    train_sd(
+        [
+            *BASE,
+            f"train.output_dir={out}",
+            f"data.instance_dir={write_images(tmp_path / 'inst', 2)}",
+            f"data.instance_prompt={PROMPT}",
+            "train.max_steps=2",
+            "train.batch_size=1",
+            "lora.rank=4",
+            "lora.alpha=8",
+            "text_encoder.train=true",
+            "optim.lr=5e-3",
+            "validation.grids=false",
+        ]
+    )
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     code, err = export_cli(capsys, "--lora", str(out / "pytorch_lora_weights.safetensors"), "--out", str(kohya))
@@ -205,15 +241,25 @@ def test_cli_exports_a_recipe_lora_with_the_alpha_it_records_and_diffusers_loads
     base = outputs(loaded.unet, loaded.text_encoder, loaded.tokenizer)
     reference.load_lora_weights(str(out))  # the diffusers file, as trained
     loaded.load_lora_weights(str(kohya))  # diffusers' own kohya loader
-    assert lora_modules(loaded.unet, loaded.text_encoder) == n_modules == lora_modules(reference.unet, reference.text_encoder)
-    got, expected = outputs(loaded.unet, loaded.text_encoder, loaded.tokenizer), outputs(reference.unet, reference.text_encoder, reference.tokenizer)
+    assert (
+        lora_modules(loaded.unet, loaded.text_encoder)
+        == n_modules
+        == lora_modules(reference.unet, reference.text_encoder)
+    )
+    got, expected = (
+        outputs(loaded.unet, loaded.text_encoder, loaded.tokenizer),
+        outputs(reference.unet, reference.text_encoder, reference.tokenizer),
+    )
     assert not torch.allclose(base[0], expected[0]) and not torch.allclose(base[1], expected[1])  # both LoRAs trained
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("unet_extra", [{"rank_pattern": {"to_k": 2}, "alpha_pattern": {"to_q": 2.0}}, {"use_rslora": True}],
-                         ids=["patterns", "rslora"])
+@pytest.mark.parametrize(
+    "unet_extra",
+    [{"rank_pattern": {"to_k": 2}, "alpha_pattern": {"to_q": 2.0}}, {"use_rslora": True}],
+    ids=["patterns", "rslora"],
+)
 def test_per_module_rank_and_alpha_from_the_metadata_reproduce_the_model_in_kohya(tmp_path, unet_extra):
     from finetune.export.kohya import module_alphas, read_diffusers_lora
 
@@ -226,7 +272,8 @@ def test_per_module_rank_and_alpha_from_the_metadata_reproduce_the_model_in_kohy
             if "lora_B" in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
     StableDiffusionPipeline.save_lora_weights(
-        tmp_path, unet_lora_layers=get_peft_model_state_dict(parts.unet),
+        tmp_path,
+        unet_lora_layers=get_peft_model_state_dict(parts.unet),
         text_encoder_lora_layers=get_peft_model_state_dict(parts.text_encoder),
         unet_lora_adapter_metadata=parts.unet.peft_config["default"].to_dict(),
         text_encoder_lora_adapter_metadata=parts.text_encoder.peft_config["default"].to_dict(),
@@ -237,7 +284,9 @@ def test_per_module_rank_and_alpha_from_the_metadata_reproduce_the_model_in_kohy
         assert f.metadata()["ss_network_dim"] == ("Dynamic" if "rank_pattern" in unet_extra else str(RANK))
     pipe = build_pipeline(build_tiny_sd(seed=0))
     pipe.load_lora_weights(str(path))
-    for g, e in zip(outputs(pipe.unet, pipe.text_encoder, pipe.tokenizer), outputs(parts.unet, parts.text_encoder, parts.tokenizer)):
+    for g, e in zip(
+        outputs(pipe.unet, pipe.text_encoder, pipe.tokenizer), outputs(parts.unet, parts.text_encoder, parts.tokenizer)
+    ):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
 
 

@@ -17,8 +17,18 @@ HUB_ID = "finetune-tests/tiny-llama"  # what transformers 4.x wrote as config.js
 
 
 def train(tiny, out, model_dir):
-    run(args_for(tiny, out, f"model.name_or_path={model_dir}", "train.max_steps=4", "train.eval_every=2",
-                 "optim.lr=5e-2", "lora.dropout=0.0", "export.merged=true"))
+    run(
+        args_for(
+            tiny,
+            out,
+            f"model.name_or_path={model_dir}",
+            "train.max_steps=4",
+            "train.eval_every=2",
+            "optim.lr=5e-2",
+            "lora.dropout=0.0",
+            "export.merged=true",
+        )
+    )
     return json.loads((out / "summary.json").read_text())
 
 
@@ -34,7 +44,8 @@ def run_snippet(code: str, where, monkeypatch):
     return scope["model"].eval()
 
 
-def logits(model, ids=torch.arange(3, 40)[None]):
+def logits(model, ids=None):
+    ids = torch.arange(3, 40)[None] if ids is None else ids
     with torch.no_grad():
         return model(input_ids=ids).logits
 

@@ -28,8 +28,15 @@ def test_shift_and_mask_by_hand():
 
 def test_matches_transformers_loss_and_model_loss():
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=16)
+    cfg = LlamaConfig(
+        vocab_size=32,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=16,
+    )
     model = LlamaForCausalLM(cfg).eval()
     ids = torch.randint(0, 32, (2, 6))
     labels = ids.clone()

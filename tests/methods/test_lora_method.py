@@ -120,8 +120,10 @@ def test_frozen_weights_stored_in_bf16_give_the_same_autocast_logits_and_export_
 
     assert restore_frozen_weights(model, build_tiny_llama()) == 4 * len(LINEAR)
     assert all(p.dtype == torch.float32 for p in model.parameters())
-    assert torch.equal(base.model.layers[0].self_attn.q_proj.base_layer.weight,
-                       build_tiny_llama().model.layers[0].self_attn.q_proj.weight)
+    assert torch.equal(
+        base.model.layers[0].self_attn.q_proj.base_layer.weight,
+        build_tiny_llama().model.layers[0].self_attn.q_proj.weight,
+    )
     model.save_pretrained(tmp_path / "adapter")
     reloaded = PeftModel.from_pretrained(build_tiny_llama(), tmp_path / "adapter")
     torch.testing.assert_close(logits(reloaded), logits(model), rtol=0, atol=0)

@@ -31,7 +31,9 @@ def test_the_method_names_the_config_accepts_are_the_table_entries():
 def test_each_method_has_its_config_section_in_the_recipe(name):
     method = LM_METHODS[name]
     hints = typing.get_type_hints(LMRecipeConfig)
-    assert hints.get(method.section) is method.config, f"LMRecipeConfig needs `{method.section}: {method.config.__name__}`"
+    assert hints.get(method.section) is method.config, (
+        f"LMRecipeConfig needs `{method.section}: {method.config.__name__}`"
+    )
     assert method.export in ("adapter", "model")
     # the model card describes the method from the config it saved (plain dicts)
     assert method.describe(to_dict(recipe_config(f"method={name}"))[method.section])
@@ -41,12 +43,15 @@ def trained_names(model) -> set[str]:
     return {n for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("name,overrides", [
-    ("lora", ["lora.target_modules=[q_proj,v_proj]"]),
-    ("prompt", ["prompt.num_virtual_tokens=4", "prompt.init=random"]),
-    ("full", ["full.freeze_first_n_layers=2"]),
-    ("full", ["full.unfreeze=steps", "full.unfreeze_every=2"]),
-])
+@pytest.mark.parametrize(
+    "name,overrides",
+    [
+        ("lora", ["lora.target_modules=[q_proj,v_proj]"]),
+        ("prompt", ["prompt.num_virtual_tokens=4", "prompt.init=random"]),
+        ("full", ["full.freeze_first_n_layers=2"]),
+        ("full", ["full.unfreeze=steps", "full.unfreeze_every=2"]),
+    ],
+)
 def test_apply_hands_the_optimizer_exactly_the_parameters_that_train(name, overrides):
     cfg = recipe_config(f"method={name}", *overrides)
     torch.manual_seed(0)
@@ -64,15 +69,18 @@ def test_apply_hands_the_optimizer_exactly_the_parameters_that_train(name, overr
         assert trained.unfreezer is None and not any(".layers.0." in n or ".layers.1." in n for n in names)
     else:  # gradual unfreezing: the groups held back are in the optimizer and in the count, and train later
         assert trained.unfreezer is not None and len(trained.groups) == len(trained.unfreezer.groups)
-        assert trained.trainable == total and sum(p.numel() for p in trained.model.parameters() if p.requires_grad) < total
+        assert (
+            trained.trainable == total and sum(p.numel() for p in trained.model.parameters() if p.requires_grad) < total
+        )
     if name != "full" or cfg.full.unfreeze == "none":
         assert trained.trainable == sum(p.numel() for n, p in trained.model.named_parameters() if n in names) < total
 
 
 def test_lora_under_mixed_precision_stores_frozen_weights_once_in_that_dtype():
     cfg = recipe_config("method=lora")
-    trained = LM_METHODS["lora"].apply(build_tiny_llama(), build_tiny_tokenizer(), cfg,
-                                       SimpleNamespace(num_processes=1, mixed_precision="bf16"))
+    trained = LM_METHODS["lora"].apply(
+        build_tiny_llama(), build_tiny_tokenizer(), cfg, SimpleNamespace(num_processes=1, mixed_precision="bf16")
+    )
     dtypes = {p.dtype for n, p in trained.model.named_parameters() if "base_layer" in n and n.endswith("weight")}
     assert trained.cast_frozen and dtypes == {torch.bfloat16}
     assert {p.dtype for p in trained.model.parameters() if p.requires_grad} == {torch.float32}

@@ -11,14 +11,32 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from finetune.data.sd import PromptEmbeddings, SDDataConfig, build_image_dataset, cache_latents, dataset_items, make_collate
+from finetune.data.sd import (
+    PromptEmbeddings,
+    SDDataConfig,
+    build_image_dataset,
+    cache_latents,
+    dataset_items,
+    make_collate,
+)
 from finetune.errors import UserError
 from finetune.export.kohya import load_kohya
 from finetune.export.sd import KOHYA_FILE, LORA_FILE, image_grid, save_sd_lora, save_textual_inversion
-from finetune.methods.dreambooth import PriorConfig, class_image_prompts, count_class_images, ensure_class_images, validate_prior
+from finetune.methods.dreambooth import (
+    PriorConfig,
+    class_image_prompts,
+    count_class_images,
+    ensure_class_images,
+    validate_prior,
+)
 from finetune.methods.sd_lora import SDLoraConfig, add_lora, lora_layers
 from finetune.methods.textual_inversion import (
-    RowRestorer, TextualInversionConfig, add_placeholder_tokens, learned_embeddings, placeholder_tokens, template_prompt,
+    RowRestorer,
+    TextualInversionConfig,
+    add_placeholder_tokens,
+    learned_embeddings,
+    placeholder_tokens,
+    template_prompt,
     train_only_embeddings,
 )
 from finetune.models.sd import build_pipeline, build_tiny_sd, encode_tokens, tokenize_prompts
@@ -69,12 +87,16 @@ def test_lora_trains_only_adapter_weights_and_starts_as_a_no_op(parts):
     trainable = {n for n, p in parts.unet.named_parameters() if p.requires_grad}
     assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
     assert {id(p) for p in params} == {id(p) for p in parts.unet.parameters() if p.requires_grad}
-    assert len(trainable) == 2 * sum(1 for n, _ in parts.unet.named_modules() if n.endswith(("to_q", "to_k", "to_v", "to_out.0")))
+    assert len(trainable) == 2 * sum(
+        1 for n, _ in parts.unet.named_modules() if n.endswith(("to_q", "to_k", "to_v", "to_out.0"))
+    )
     # B starts at zero: the adapted UNet computes exactly what the base did.
     x, t, c = torch.randn(1, 4, 16, 16), torch.tensor([10]), torch.randn(1, 77, 32)
     fresh = build_tiny_sd(sample_size=16).unet
     torch.testing.assert_close(parts.unet(x, t, c).sample, fresh(x, t, c).sample)
-    assert all(torch.equal(p, base[n.replace(".base_layer", "")]) for n, p in parts.unet.named_parameters() if "lora_" not in n)
+    assert all(
+        torch.equal(p, base[n.replace(".base_layer", "")]) for n, p in parts.unet.named_parameters() if "lora_" not in n
+    )
     state, config = lora_layers(parts.unet)
     assert config["lora_alpha"] == 8.0 and config["r"] == 4
     assert len(state) == len(trainable) and all(k.endswith((".lora_A.weight", ".lora_B.weight")) for k in state)
@@ -82,7 +104,9 @@ def test_lora_trains_only_adapter_weights_and_starts_as_a_no_op(parts):
 
 def test_lora_unknown_target_module_is_a_user_error(parts):
     cfg = SDLoraConfig(target_modules=["q_proj"])
-    with pytest.raises(UserError, match=r"UNet LoRA target modules \['q_proj'\] not found in the UNet; choose from .*'to_q'"):
+    with pytest.raises(
+        UserError, match=r"UNet LoRA target modules \['q_proj'\] not found in the UNet; choose from .*'to_q'"
+    ):
         add_lora(parts.unet, cfg, cfg.target_modules, "UNet")
     with pytest.raises(UserError, match=r"text encoder LoRA target modules \['to_q'\] not found .*'q_proj'"):
         add_lora(parts.text_encoder, cfg, ["to_q"], "text encoder")
@@ -157,8 +181,12 @@ def test_multi_token_initializer_is_a_user_error(parts):
 
 
 def test_own_templates_replace_the_template_set_and_need_one_slot(parts):
-    cfg = TextualInversionConfig(placeholder_token="<tok>", initializer_token="toy", num_vectors=2,
-                                 templates=["a drawing of a {}", "a {} on a table"])
+    cfg = TextualInversionConfig(
+        placeholder_token="<tok>",
+        initializer_token="toy",
+        num_vectors=2,
+        templates=["a drawing of a {}", "a {} on a table"],
+    )
     rng = random.Random(0)
     prompts = {template_prompt(cfg, rng) for _ in range(50)}
     assert prompts == {"a drawing of a <tok> <tok>_1", "a <tok> <tok>_1 on a table"}
@@ -171,7 +199,9 @@ def test_only_the_new_embedding_rows_change_and_stock_loader_reads_them(parts, t
     cfg = TextualInversionConfig(placeholder_token="<tok>", initializer_token="toy", num_vectors=2)
     ids = add_placeholder_tokens(parts.tokenizer, parts.text_encoder, cfg)
     weight = train_only_embeddings(parts.text_encoder)
-    assert [p for p in parts.text_encoder.parameters() if p.requires_grad] == [parts.text_encoder.get_input_embeddings().weight]
+    assert [p for p in parts.text_encoder.parameters() if p.requires_grad] == [
+        parts.text_encoder.get_input_embeddings().weight
+    ]
     before = weight.detach().clone()
     restorer = RowRestorer(weight, ids)
     opt = torch.optim.AdamW([weight], lr=0.1, weight_decay=0.1)  # decay alone would move every row
@@ -186,7 +216,9 @@ def test_only_the_new_embedding_rows_change_and_stock_loader_reads_them(parts, t
     assert torch.equal(weight[keep], before[keep]), "rows other than the new tokens must not change"
     assert not torch.allclose(weight[ids], before[ids])
 
-    path = save_textual_inversion(tmp_path / "learned_embeds.safetensors", "<tok>", learned_embeddings(parts.text_encoder, ids))
+    path = save_textual_inversion(
+        tmp_path / "learned_embeds.safetensors", "<tok>", learned_embeddings(parts.text_encoder, ids)
+    )
     pipe = build_pipeline(build_tiny_sd(sample_size=16))
     without = encode_tokens(pipe.text_encoder, pipe.tokenizer, ["a photo of toy toy"], "cpu")
     pipe.load_textual_inversion(str(path))  # stock loader; adds <tok> and <tok>_1
@@ -204,8 +236,14 @@ def test_only_the_new_embedding_rows_change_and_stock_loader_reads_them(parts, t
 
 def test_class_images_are_generated_once_and_topped_up(parts, tmp_path):
     pipe = build_pipeline(parts)
-    cfg = PriorConfig(enabled=True, class_dir=str(tmp_path / "class"), class_prompt="a photo of a dog",
-                      num_class_images=3, sample_steps=2, sample_batch_size=2)
+    cfg = PriorConfig(
+        enabled=True,
+        class_dir=str(tmp_path / "class"),
+        class_prompt="a photo of a dog",
+        num_class_images=3,
+        sample_steps=2,
+        sample_batch_size=2,
+    )
     assert ensure_class_images(pipe, cfg, 32, seed=0) == 3
     assert count_class_images(cfg.class_dir) == 3
     first = sorted(p.name for p in (tmp_path / "class").iterdir())
@@ -220,8 +258,14 @@ def test_class_images_are_generated_once_and_topped_up(parts, tmp_path):
 def test_several_class_prompts_get_their_own_cached_images_and_train_with_their_prompt(parts, tmp_path, caplog):
     pipe = build_pipeline(parts)
     prompts = ["a photo of a dog", "a photo of a cat"]
-    cfg = PriorConfig(enabled=True, class_dir=str(tmp_path / "class"), class_prompts=prompts, num_class_images=2,
-                      sample_steps=2, sample_batch_size=3)
+    cfg = PriorConfig(
+        enabled=True,
+        class_dir=str(tmp_path / "class"),
+        class_prompts=prompts,
+        num_class_images=2,
+        sample_steps=2,
+        sample_batch_size=3,
+    )
     assert ensure_class_images(pipe, cfg, 32, seed=0) == 4  # num_class_images PER prompt
     pairs = class_image_prompts(cfg)
     assert [p for _, p in pairs] == [prompts[0]] * 2 + [prompts[1]] * 2
@@ -246,12 +290,15 @@ def test_several_class_prompts_get_their_own_cached_images_and_train_with_their_
     assert torch.equal(batch["input_ids"], tokenize_prompts(parts.tokenizer, [PROMPT, PROMPT, *prompts]))
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"class_prompt": "a dog", "class_prompts": ["a cat"]}, "not both"),
-    ({"class_prompts": ["a cat", " "]}, "empty prompt"),
-    ({"class_prompts": ["a cat", "a cat"]}, "twice"),
-    ({}, "class_prompt"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"class_prompt": "a dog", "class_prompts": ["a cat"]}, "not both"),
+        ({"class_prompts": ["a cat", " "]}, "empty prompt"),
+        ({"class_prompts": ["a cat", "a cat"]}, "twice"),
+        ({}, "class_prompt"),
+    ],
+)
 def test_bad_class_prompts_are_user_errors(change, message):
     with pytest.raises(UserError, match=message):
         validate_prior(PriorConfig(enabled=True, class_dir="x", **change))

@@ -15,8 +15,15 @@ from finetune.metrics.perplexity import OVERFLOW_NLL, dataset_batches, perplexit
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
+    cfg = LlamaConfig(
+        vocab_size=50,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -120,7 +127,9 @@ def test_fused_loss_gives_the_unfused_loss_and_gradients(method):
         targets = ["q_proj", "lm_head"] if method == "lora_on_lm_head" else ["all-linear"]
         model = apply_lora(model, LoraMethodConfig(r=4, dropout=0.0, target_modules=targets))
     elif method == "prompt":
-        model = apply_prompt_method(model, build_tiny_tokenizer(), PromptMethodConfig(kind="prompt_tuning", init="random"))
+        model = apply_prompt_method(
+            model, build_tiny_tokenizer(), PromptMethodConfig(kind="prompt_tuning", init="random")
+        )
     ids = torch.randint(3, 200, (2, 12), generator=torch.Generator().manual_seed(0))
     labels = ids.clone()
     labels[0, :5] = -100

@@ -7,9 +7,15 @@ import json
 import numpy as np
 import torch
 
-from finetune.data.digits import ink_to_images as render, write_digits_imagefolder
+from finetune.data.digits import ink_to_images as render
+from finetune.data.digits import write_digits_imagefolder
 from finetune.data.symbols import (
-    STROKES, TRIANGLE, nearest_symbol, pretraining_symbols, symbol_caption, symbol_images,
+    STROKES,
+    TRIANGLE,
+    nearest_symbol,
+    pretraining_symbols,
+    symbol_caption,
+    symbol_images,
 )
 
 
@@ -48,7 +54,9 @@ def test_symbols_join_the_captioned_digits_folder(tmp_path):
 def test_nearest_symbol_tells_the_triangle_from_its_neighbours():
     combos = pretraining_symbols() + [TRIANGLE]
     images, _ = symbol_images(combos, 3, seed=5)
-    assert float((nearest_symbol(images, combos) == torch.arange(len(combos)).repeat_interleave(3)).float().mean()) >= 0.95
+    assert (
+        float((nearest_symbol(images, combos) == torch.arange(len(combos)).repeat_interleave(3)).float().mean()) >= 0.95
+    )
     near = [c for c in combos if len(set(c) & set(TRIANGLE)) == 2 and len(c) == 2]  # "^", "/_", "_\\"
     drawn = nearest_symbol(symbol_images(near, 10, seed=6)[0], combos)
     assert not (drawn == combos.index(TRIANGLE)).any()

@@ -43,7 +43,11 @@ GGUF_NAMES = {
 
 def _llama_cpp_permute(weight: np.ndarray, n_head: int) -> np.ndarray:
     # llama.cpp stores q/k rows interleaved per rotary pair; transformers' GGUF loader undoes exactly this.
-    return weight.reshape(n_head, 2, weight.shape[0] // n_head // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    return (
+        weight.reshape(n_head, 2, weight.shape[0] // n_head // 2, *weight.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weight.shape)
+    )
 
 
 def write_tiny_gguf(model, tokenizer, path: Path) -> None:
@@ -348,7 +352,9 @@ def test_compile_decoder_layers_keeps_names_and_numbers():
     compiled.load_state_dict(eager.state_dict())  # the same LoRA init on both
     names = [n for n, _ in compiled.named_parameters()]
     assert compile_decoder_layers(compiled) == 2
-    assert [n for n, _ in compiled.named_parameters()] == names and list(compiled.state_dict()) == list(eager.state_dict())
+    assert [n for n, _ in compiled.named_parameters()] == names and list(compiled.state_dict()) == list(
+        eager.state_dict()
+    )
     ids = torch.randint(3, 200, (2, 16), generator=torch.Generator().manual_seed(0))
     results = []
     for model in (eager, compiled):
@@ -381,11 +387,15 @@ def test_a_length_beyond_the_context_is_refused_in_one_line_naming_both():
 
     model = build_tiny_llama(num_hidden_layers=1)
     assert fit_context(256, model, "data.max_length") == 256
-    with pytest.raises(UserError, match=r"data\.max_length=2048 exceeds .*max_position_embeddings=256.*data\.max_length=256 or less") as e:
+    with pytest.raises(
+        UserError, match=r"data\.max_length=2048 exceeds .*max_position_embeddings=256.*data\.max_length=256 or less"
+    ) as e:
         fit_context(2048, model, "data.max_length")
     assert "\n" not in str(e.value)
     assert fit_context(None, model, "--max-length") == 256  # no length given: the default, capped to the context
-    assert fit_context(None, build_tiny_llama(num_hidden_layers=1, max_position_embeddings=4096), "--max-length") == 1024
+    assert (
+        fit_context(None, build_tiny_llama(num_hidden_layers=1, max_position_embeddings=4096), "--max-length") == 1024
+    )
 
 
 def test_prompt_virtual_tokens_take_context_positions_too():
@@ -395,7 +405,9 @@ def test_prompt_virtual_tokens_take_context_positions_too():
     model = build_tiny_llama(num_hidden_layers=1)
     with pytest.raises(UserError, match=r"256 plus 20 virtual tokens.*max_length=236 or less"):
         fit_context(256, model, "data.max_length", reserved=20)
-    prompted = apply_prompt_method(model, build_tiny_tokenizer(), PromptMethodConfig(num_virtual_tokens=10, init="random"))
+    prompted = apply_prompt_method(
+        model, build_tiny_tokenizer(), PromptMethodConfig(num_virtual_tokens=10, init="random")
+    )
     assert fit_context(246, prompted, "--max-length") == 246  # read from the PEFT adapter itself
     with pytest.raises(UserError, match="plus 10 virtual tokens"):
         fit_context(250, prompted, "--max-length")

@@ -11,8 +11,8 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from finetune.errors import UserError
 from finetune.models.sd import (
-    SDModelConfig,
     TINY_WORDS,
+    SDModelConfig,
     _learn_merges,
     build_pipeline,
     build_tiny_sd,
@@ -44,8 +44,20 @@ def test_tiny_tokenizer_words_are_single_tokens_and_any_text_tokenizes():
     tok = build_tiny_tokenizer()
     ids = tok("A photo of sks dog, a drawing of the digit 7").input_ids
     assert tok.convert_ids_to_tokens(ids) == [
-        "<|startoftext|>", "a</w>", "photo</w>", "of</w>", "sks</w>", "dog</w>", ",</w>", "a</w>",
-        "drawing</w>", "of</w>", "the</w>", "digit</w>", "7</w>", "<|endoftext|>",
+        "<|startoftext|>",
+        "a</w>",
+        "photo</w>",
+        "of</w>",
+        "sks</w>",
+        "dog</w>",
+        ",</w>",
+        "a</w>",
+        "drawing</w>",
+        "of</w>",
+        "the</w>",
+        "digit</w>",
+        "7</w>",
+        "<|endoftext|>",
     ]
     text = "zébra über 42!"  # unknown words and non-ASCII fall back to byte-level pieces
     assert tok.decode(tok(text).input_ids, skip_special_tokens=True) == "zébra über 4 2 !"
@@ -96,8 +108,11 @@ def test_schedulers_follow_sd_and_never_clip_latents(tiny):
 
 def test_pipeline_samples_deterministically(tiny):
     pipe = build_pipeline(tiny)
-    run = lambda: pipe("a photo of sks dog", num_inference_steps=2, output_type="np",
-                       generator=torch.Generator().manual_seed(0)).images
+    run = lambda: (
+        pipe(
+            "a photo of sks dog", num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)
+        ).images
+    )
     first = run()
     assert first.shape == (1, 16, 16, 3)
     assert (first >= 0).all() and (first <= 1).all()

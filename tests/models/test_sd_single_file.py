@@ -24,16 +24,27 @@ UNET_PREFIX, VAE_PREFIX, CLIP_PREFIX = "model.diffusion_model.", "first_stage_mo
 # diffusers -> LDM (SD1) key layout, test-local
 # ---------------------------------------------------------------------------------------------
 
-_UNET_RESNET = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"),
-                ("conv2", "out_layers.3"), ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection")]
-_UNET_FIXED = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-               "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+_UNET_RESNET = [
+    ("norm1", "in_layers.0"),
+    ("conv1", "in_layers.2"),
+    ("norm2", "out_layers.0"),
+    ("conv2", "out_layers.3"),
+    ("time_emb_proj", "emb_layers.1"),
+    ("conv_shortcut", "skip_connection"),
+]
+_UNET_FIXED = {
+    "time_embedding.linear_1": "time_embed.0",
+    "time_embedding.linear_2": "time_embed.2",
+    "conv_in": "input_blocks.0.0",
+    "conv_norm_out": "out.0",
+    "conv_out": "out.2",
+}
 
 
 def _unet_resnet(rest: str) -> str:
     for new, old in _UNET_RESNET:
         if rest.startswith(new + "."):
-            return old + rest[len(new):]
+            return old + rest[len(new) :]
     raise KeyError(rest)
 
 
@@ -97,7 +108,9 @@ def vae_to_ldm(state: dict, n_blocks: int) -> dict:
             new = f"decoder.up.{n_blocks - 1 - int(m[1])}.upsample.conv.{m[2]}"
         elif m := re.fullmatch(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.+)", key):
             new = f"{m[1]}.mid.block_{int(m[2]) + 1}.{_vae_resnet(m[3])}"
-        elif m := re.fullmatch(r"(encoder|decoder)\.mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)\.(.+)", key):
+        elif m := re.fullmatch(
+            r"(encoder|decoder)\.mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)\.(.+)", key
+        ):
             new = f"{m[1]}.mid.attn_1.{_VAE_ATTN[m[2]]}.{m[3]}"
             if m[3] == "weight" and m[2] != "group_norm":
                 value = value[:, :, None, None]  # linear [out, in] -> 1x1 conv [out, in, 1, 1]
@@ -156,8 +169,11 @@ def single_file(ldm_state, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(single_file, config_dir):
-    return load_sd_components(SDModelConfig(
-        pretrained=str(single_file), single_file_config=str(config_dir), resolution=SAMPLE_SIZE * VAE_SCALE))
+    return load_sd_components(
+        SDModelConfig(
+            pretrained=str(single_file), single_file_config=str(config_dir), resolution=SAMPLE_SIZE * VAE_SCALE
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,7 +204,9 @@ def test_checkpoint_has_the_ldm_sd1_layout(ldm_state):
     ]:
         assert key in keys, key
     assert ldm_state["first_stage_model.decoder.mid.attn_1.proj_out.weight"].shape == (32, 32, 1, 1)
-    assert not any(k.startswith(("model.diffusion_model.down_blocks", "first_stage_model.encoder.down_blocks")) for k in keys)
+    assert not any(
+        k.startswith(("model.diffusion_model.down_blocks", "first_stage_model.encoder.down_blocks")) for k in keys
+    )
 
 
 def _assert_same_weights(name, original: torch.nn.Module, loaded: torch.nn.Module):
@@ -216,8 +234,12 @@ def test_single_file_loads_every_weight_exactly(tiny, loaded):
 def test_single_file_model_gives_the_same_outputs(tiny, loaded):
     g = torch.Generator().manual_seed(0)
     latents = torch.randn(2, 4, SAMPLE_SIZE, SAMPLE_SIZE, generator=g)
-    ids = loaded.tokenizer(["a photo of sks dog", "a drawing of the digit 7"], padding="max_length",
-                           max_length=loaded.tokenizer.model_max_length, return_tensors="pt").input_ids
+    ids = loaded.tokenizer(
+        ["a photo of sks dog", "a drawing of the digit 7"],
+        padding="max_length",
+        max_length=loaded.tokenizer.model_max_length,
+        return_tensors="pt",
+    ).input_ids
     t = torch.tensor([10, 500])
     images = torch.rand(1, 3, SAMPLE_SIZE * VAE_SCALE, SAMPLE_SIZE * VAE_SCALE, generator=g) * 2 - 1
     with torch.no_grad():

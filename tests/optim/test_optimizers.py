@@ -30,7 +30,14 @@ def test_decay_and_no_decay_groups_hold_exactly_the_expected_names():
     groups = param_groups(Tiny().named_parameters(), weight_decay=0.1)
     assert _names(groups) == [
         ["conv.weight", "embed_tokens.weight", "head.weight", "proj.weight"],
-        ["group_norm.bias", "group_norm.weight", "input_layernorm.bias", "input_layernorm.weight", "norm.weight", "proj.bias"],
+        [
+            "group_norm.bias",
+            "group_norm.weight",
+            "input_layernorm.bias",
+            "input_layernorm.weight",
+            "norm.weight",
+            "proj.bias",
+        ],
     ]
     assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
     assert "lr" not in groups[0]
@@ -62,7 +69,13 @@ def test_adamw_decays_only_the_decay_group():
 
 
 @pytest.mark.parametrize(
-    "name,cls", [("adamw", torch.optim.AdamW), ("adam", torch.optim.Adam), ("rmsprop", torch.optim.RMSprop), ("sgd", torch.optim.SGD)]
+    "name,cls",
+    [
+        ("adamw", torch.optim.AdamW),
+        ("adam", torch.optim.Adam),
+        ("rmsprop", torch.optim.RMSprop),
+        ("sgd", torch.optim.SGD),
+    ],
 )
 def test_build_optimizer_kinds(name, cls):
     lin = nn.Linear(2, 2)
@@ -156,7 +169,10 @@ def test_fused_update_matches_the_per_tensor_update_and_refuses_bad_combinations
     for plain, fused, before in zip(results[False], results[True], start):
         assert not torch.equal(plain.detach(), before)  # the update did something
         torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-7)
-    for bad, message in ((OptimConfig(fused=True, foreach=True), "set only one"), (OptimConfig(name="rmsprop", fused=True), "rmsprop")):
+    for bad, message in (
+        (OptimConfig(fused=True, foreach=True), "set only one"),
+        (OptimConfig(name="rmsprop", fused=True), "rmsprop"),
+    ):
         try:
             build_optimizer(results[True], bad)
         except UserError as e:

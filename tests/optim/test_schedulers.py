@@ -30,7 +30,9 @@ def _lrs(name, total, n=None, **kw):
     return out
 
 
-@pytest.mark.parametrize("name", ["constant", "linear", "cosine", "cosine_with_restarts", "step", "exponential", "polynomial"])
+@pytest.mark.parametrize(
+    "name", ["constant", "linear", "cosine", "cosine_with_restarts", "step", "exponential", "polynomial"]
+)
 def test_warmup_rises_linearly_from_zero_to_base(name):
     lrs = _lrs(name, total=20, n=4, warmup_steps=4)
     assert lrs[:4] == pytest.approx([0.0, 0.025, 0.05, 0.075])
@@ -67,8 +69,14 @@ def test_step_exponential_polynomial_values():
     [
         ("linear", lambda o: transformers.get_linear_schedule_with_warmup(o, 3, 17)),
         ("cosine", lambda o: transformers.get_cosine_schedule_with_warmup(o, 3, 17)),
-        ("cosine_with_restarts", lambda o: transformers.get_cosine_with_hard_restarts_schedule_with_warmup(o, 3, 17, num_cycles=3)),
-        ("polynomial", lambda o: transformers.get_polynomial_decay_schedule_with_warmup(o, 3, 17, lr_end=0.0, power=1.5)),
+        (
+            "cosine_with_restarts",
+            lambda o: transformers.get_cosine_with_hard_restarts_schedule_with_warmup(o, 3, 17, num_cycles=3),
+        ),
+        (
+            "polynomial",
+            lambda o: transformers.get_polynomial_decay_schedule_with_warmup(o, 3, 17, lr_end=0.0, power=1.5),
+        ),
     ],
 )
 def test_same_maths_as_transformers(name, hf):

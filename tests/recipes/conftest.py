@@ -48,7 +48,9 @@ def fp16(request, monkeypatch):
     class Fp16Accelerator(Accelerator):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            self.native_amp = True  # already so on a GPU; on the CPU: accelerator.autocast() -> torch.autocast("cpu", fp16)
+            self.native_amp = (
+                True  # already so on a GPU; on the CPU: accelerator.autocast() -> torch.autocast("cpu", fp16)
+            )
             self.scaler = torch.amp.GradScaler(device, init_scale=1e6, growth_interval=2)
 
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")

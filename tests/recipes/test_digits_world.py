@@ -13,13 +13,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from scripts.build_digits_sd import DIGITS_SD_DIR, evaluate_digits, generate, load_digits_sd
 from scripts.make_subject import (
-    INSTANCE_PROMPT, SUBJECT_DIR, augment, load_subject_detector, load_subject_images, subject_images,
+    INSTANCE_PROMPT,
+    SUBJECT_DIR,
+    augment,
+    load_subject_detector,
+    load_subject_images,
+    subject_images,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,9 +131,20 @@ def test_dreambooth_lora_with_a_prior_draws_the_subject_and_keeps_the_digits(tmp
     from recipes.train_sd import main
 
     before = _subject_rate(base, detector, INSTANCE_PROMPT)
-    summary = main(["--config", str(ROOT / "recipes/configs/digits_dreambooth_lora.yaml"), f"train.output_dir={tmp_path / 'run'}",
-                    f"model.pretrained={DIGITS_SD_DIR}", f"data.instance_dir={SUBJECT_DIR}", f"prior.class_dir={tmp_path / 'class'}",
-                    "prior.num_class_images=3", "train.max_steps=100", "optim.lr=0.003", *QUIET])
+    summary = main(
+        [
+            "--config",
+            str(ROOT / "recipes/configs/digits_dreambooth_lora.yaml"),
+            f"train.output_dir={tmp_path / 'run'}",
+            f"model.pretrained={DIGITS_SD_DIR}",
+            f"data.instance_dir={SUBJECT_DIR}",
+            f"prior.class_dir={tmp_path / 'class'}",
+            "prior.num_class_images=3",
+            "train.max_steps=100",
+            "optim.lr=0.003",
+            *QUIET,
+        ]
+    )
     assert summary["class_images_generated"] == 30  # 3 for each of the ten class prompts
     tuned = load_digits_sd()
     tuned.load_lora_weights(tmp_path / "run")  # the stock diffusers loader
@@ -146,8 +161,17 @@ def test_textual_inversion_makes_a_new_token_draw_the_never_seen_triangle(tmp_pa
 
     prompt = "a drawing of a <triangle>"  # the config's template; diffusers expands the token into its 3 vectors
     before = _subject_rate(base, detector, "a drawing of a digit")  # the untrained token is a copy of "digit"
-    main(["--config", str(ROOT / "recipes/configs/digits_textual_inversion.yaml"), f"train.output_dir={tmp_path / 'ti'}",
-          f"model.pretrained={DIGITS_SD_DIR}", f"data.instance_dir={SUBJECT_DIR}", "train.max_steps=600", *QUIET])
+    main(
+        [
+            "--config",
+            str(ROOT / "recipes/configs/digits_textual_inversion.yaml"),
+            f"train.output_dir={tmp_path / 'ti'}",
+            f"model.pretrained={DIGITS_SD_DIR}",
+            f"data.instance_dir={SUBJECT_DIR}",
+            "train.max_steps=600",
+            *QUIET,
+        ]
+    )
     tuned = load_digits_sd()
     tuned.load_textual_inversion(tmp_path / "ti" / "learned_embeds.safetensors")  # the stock diffusers loader
     after = _subject_rate(tuned, detector, prompt)
@@ -168,9 +192,20 @@ def test_autoencoder_recipe_trains_a_vae_the_judge_can_read(tmp_path):
     from recipes.train_autoencoder import main
 
     out = tmp_path / "vae"
-    summary = main(["--config", str(ROOT / "recipes/configs/digits_vae.yaml"), f"train.output_dir={out}",
-                    "train.max_steps=40", "train.eval_every=40", "train.log_every=5", "scheduler.warmup_steps=5",
-                    "data.eval_images=120", "train.progress_bar=false", "train.tensorboard=false"])
+    summary = main(
+        [
+            "--config",
+            str(ROOT / "recipes/configs/digits_vae.yaml"),
+            f"train.output_dir={out}",
+            "train.max_steps=40",
+            "train.eval_every=40",
+            "train.log_every=5",
+            "scheduler.warmup_steps=5",
+            "data.eval_images=120",
+            "train.progress_bar=false",
+            "train.tensorboard=false",
+        ]
+    )
     losses = [m["loss"] for m in read_metrics(out) if m.get("split") == "train"]
     assert losses[-1] < 0.25 * losses[0]  # the ELBO moved
     assert summary["recon_accuracy"] >= 0.9  # reconstructions of held-out digits still read as the right digit
@@ -198,13 +233,35 @@ def test_autoencoder_recipe_rejects_a_bad_architecture(tmp_path, capsys):
 def test_build_script_runs_end_to_end(tmp_path):
     from scripts.build_digits_sd import main
 
-    info = main(["--work", str(tmp_path / "work"), "--out", str(tmp_path / "digits_sd"), "--eval-per-class", "2",
-                 "--vae-args", "train.max_steps=20", "train.eval_every=0", "scheduler.warmup_steps=2",
-                 "train.progress_bar=false", "--sd-args", "train.max_steps=20", "train.eval_every=0",
-                 "scheduler.warmup_steps=2", "train.progress_bar=false", "validation.grids=false",
-                 "--symbols-args", "train.max_steps=10", "scheduler.warmup_steps=2", "train.progress_bar=false",
-                 "validation.grids=false"])
-    assert info["sd_training"]["steps"] == 20 and info["symbols_training"]["steps"] == 10 and info["evaluation"]["n"] == 20
+    info = main(
+        [
+            "--work",
+            str(tmp_path / "work"),
+            "--out",
+            str(tmp_path / "digits_sd"),
+            "--eval-per-class",
+            "2",
+            "--vae-args",
+            "train.max_steps=20",
+            "train.eval_every=0",
+            "scheduler.warmup_steps=2",
+            "train.progress_bar=false",
+            "--sd-args",
+            "train.max_steps=20",
+            "train.eval_every=0",
+            "scheduler.warmup_steps=2",
+            "train.progress_bar=false",
+            "validation.grids=false",
+            "--symbols-args",
+            "train.max_steps=10",
+            "scheduler.warmup_steps=2",
+            "train.progress_bar=false",
+            "validation.grids=false",
+        ]
+    )
+    assert (
+        info["sd_training"]["steps"] == 20 and info["symbols_training"]["steps"] == 10 and info["evaluation"]["n"] == 20
+    )
     assert info["evaluation_symbols"]["n_seen"] == 40 and info["evaluation_symbols"]["n_triangle"] == 50
     pipe = load_digits_sd(tmp_path / "digits_sd")
     assert pipe.unet.dtype == torch.float32  # stored in fp16, loaded in fp32
@@ -220,13 +277,36 @@ def test_dreambooth_full_drifts_without_a_prior(tmp_path, judge, detector):
     from recipes.train_sd import main
 
     config = str(ROOT / "recipes/configs/digits_dreambooth.yaml")
-    main(["--config", config, f"train.output_dir={tmp_path / 'plain'}", "prior.enabled=false", "train.max_steps=400", *QUIET])
-    main(["--config", config, f"train.output_dir={tmp_path / 'prior'}", f"prior.class_dir={tmp_path / 'class'}",
-          "train.max_steps=400", *QUIET])
+    main(
+        [
+            "--config",
+            config,
+            f"train.output_dir={tmp_path / 'plain'}",
+            "prior.enabled=false",
+            "train.max_steps=400",
+            *QUIET,
+        ]
+    )
+    main(
+        [
+            "--config",
+            config,
+            f"train.output_dir={tmp_path / 'prior'}",
+            f"prior.class_dir={tmp_path / 'class'}",
+            "train.max_steps=400",
+            *QUIET,
+        ]
+    )
     plain, prior = load_digits_sd(tmp_path / "plain" / "pipeline"), load_digits_sd(tmp_path / "prior" / "pipeline")
-    assert _subject_rate(plain, detector, INSTANCE_PROMPT) >= 0.8 and _subject_rate(prior, detector, INSTANCE_PROMPT) >= 0.8
+    assert (
+        _subject_rate(plain, detector, INSTANCE_PROMPT) >= 0.8
+        and _subject_rate(prior, detector, INSTANCE_PROMPT) >= 0.8
+    )
     plain_scores = evaluate_digits(plain, n_per_class=10, judge=judge)
     prior_scores = evaluate_digits(prior, n_per_class=10, judge=judge)
     plain_leak, prior_leak = detector.rate(plain_scores["images"]), detector.rate(prior_scores["images"])
-    assert prior_scores["accuracy"] >= 0.95 and plain_scores["accuracy"] < prior_scores["accuracy"], (plain_scores["accuracy"], prior_scores["accuracy"])
+    assert prior_scores["accuracy"] >= 0.95 and plain_scores["accuracy"] < prior_scores["accuracy"], (
+        plain_scores["accuracy"],
+        prior_scores["accuracy"],
+    )
     assert prior_leak <= 0.02 and plain_leak >= 0.05, (plain_leak, prior_leak)

@@ -6,7 +6,6 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,7 +25,11 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_lm")
     build_tiny_llama(num_hidden_layers=4).save_pretrained(root / "model", safe_serialization=True)
     build_tiny_tokenizer().save_pretrained(root / "model")
-    for name, src, n in (("train", "legal/train", 48), ("val", "legal/validation", 8), ("general", "general/validation", 8)):
+    for name, src, n in (
+        ("train", "legal/train", 48),
+        ("val", "legal/validation", 8),
+        ("general", "general/validation", 8),
+    ):
         lines = (ROOT / "data" / f"{src}.jsonl").read_text().splitlines()[:n]
         (root / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
     return root
@@ -34,15 +37,27 @@ def tiny(tmp_path_factory):
 
 def args_for(tiny, out, *extra):
     return [
-        f"model.name_or_path={tiny / 'model'}", f"data.train_file={tiny / 'train.jsonl'}",
-        f"data.validation_file={tiny / 'val.jsonl'}", f"data.general_validation_file={tiny / 'general.jsonl'}",
-        "data.max_length=128", f"train.output_dir={out}", "train.batch_size=4", "scheduler.warmup_steps=1", *FAST, *extra,
+        f"model.name_or_path={tiny / 'model'}",
+        f"data.train_file={tiny / 'train.jsonl'}",
+        f"data.validation_file={tiny / 'val.jsonl'}",
+        f"data.general_validation_file={tiny / 'general.jsonl'}",
+        "data.max_length=128",
+        f"train.output_dir={out}",
+        "train.batch_size=4",
+        "scheduler.warmup_steps=1",
+        *FAST,
+        *extra,
     ]
 
 
 def run(args, launch=None, check=True):
-    proc = subprocess.run([*(launch or [sys.executable, RECIPE]), *args], env=subprocess_env(),
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [*(launch or [sys.executable, RECIPE]), *args],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(proc.stdout[-2000:] + proc.stderr[-3000:])
     return proc
@@ -50,10 +65,23 @@ def run(args, launch=None, check=True):
 
 def test_lora_lowers_domain_perplexity_and_exports_load_in_stock_peft(tiny, tmp_path):
     out = tmp_path / "lora"
-    run(args_for(tiny, out, "method=lora", "optim.lr=5e-2", "train.max_steps=40", "train.eval_every=10",
-                 "lora.r=8", "lora.dropout=0.0", "export.merged=true"))
+    run(
+        args_for(
+            tiny,
+            out,
+            "method=lora",
+            "optim.lr=5e-2",
+            "train.max_steps=40",
+            "train.eval_every=10",
+            "lora.r=8",
+            "lora.dropout=0.0",
+            "export.merged=true",
+        )
+    )
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["perplexity_after"]["validation"] < 0.9 * summary["perplexity_before"]["validation"]  # a random tiny model; the real one is the slow test
+    assert (
+        summary["perplexity_after"]["validation"] < 0.9 * summary["perplexity_before"]["validation"]
+    )  # a random tiny model; the real one is the slow test
     assert set(summary["export_check"]) == {"adapter", "merged"}
 
     # The stock libraries, with no finetune code: PEFT adapter on a fresh base, and the merged model.
@@ -79,8 +107,18 @@ def test_lora_under_bf16_autocast_trains_with_bf16_frozen_weights_and_exports_fp
     # for training, and the exported adapter / merged model still reload and match in fp32.
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     out = tmp_path / "lora_bf16"
-    run(args_for(tiny, out, "method=lora", "optim.lr=5e-2", "train.max_steps=6", "lora.r=8", "lora.dropout=0.0",
-                 "export.merged=true"))
+    run(
+        args_for(
+            tiny,
+            out,
+            "method=lora",
+            "optim.lr=5e-2",
+            "train.max_steps=6",
+            "lora.r=8",
+            "lora.dropout=0.0",
+            "export.merged=true",
+        )
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["export_check"]) == {"adapter", "merged"}
     assert summary["perplexity_after"]["validation"] < summary["perplexity_before"]["validation"]
@@ -89,8 +127,19 @@ def test_lora_under_bf16_autocast_trains_with_bf16_frozen_weights_and_exports_fp
 
 def test_prompt_tuning_trains_only_virtual_tokens_and_loads(tiny, tmp_path):
     out = tmp_path / "prompt"
-    run(args_for(tiny, out, "method=prompt", "prompt.kind=prompt_tuning", "prompt.num_virtual_tokens=8",
-                 "prompt.init=random", "optim.lr=3e-2", "train.max_steps=12", "data.packed_attention=none"))
+    run(
+        args_for(
+            tiny,
+            out,
+            "method=prompt",
+            "prompt.kind=prompt_tuning",
+            "prompt.num_virtual_tokens=8",
+            "prompt.init=random",
+            "optim.lr=3e-2",
+            "train.max_steps=12",
+            "data.packed_attention=none",
+        )
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["trainable_parameters"] == 8 * 32  # virtual tokens x hidden size, nothing else
     assert summary["perplexity_after"]["validation"] < summary["perplexity_before"]["validation"]
@@ -98,11 +147,31 @@ def test_prompt_tuning_trains_only_virtual_tokens_and_loads(tiny, tmp_path):
 
 
 def test_gradual_unfreezing_one_process_equals_two(tiny, tmp_path):
-    common = ["method=full", "full.unfreeze=steps", "full.unfreeze_every=2", "full.layers_per_group=1",
-              "optim.lr=1e-3", "train.max_steps=8", "export.verify=true"]
+    common = [
+        "method=full",
+        "full.unfreeze=steps",
+        "full.unfreeze_every=2",
+        "full.layers_per_group=1",
+        "optim.lr=1e-3",
+        "train.max_steps=8",
+        "export.verify=true",
+    ]
     run(args_for(tiny, tmp_path / "one", *common, "train.grad_accum=2"))
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "accelerate_config.yaml"),
-              "--mixed_precision", "no", "--multi_gpu", "--num_processes", "2", "--num_cpu_threads_per_process", "1", RECIPE]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "accelerate_config.yaml"),
+        "--mixed_precision",
+        "no",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_cpu_threads_per_process",
+        "1",
+        RECIPE,
+    ]
     run(args_for(tiny, tmp_path / "two", *common, "train.grad_accum=1"), launch=launch)
     one = load_file(str(tmp_path / "one" / "model" / "model.safetensors"))
     two = load_file(str(tmp_path / "two" / "model" / "model.safetensors"))
@@ -112,15 +181,20 @@ def test_gradual_unfreezing_one_process_equals_two(tiny, tmp_path):
     # 8 steps, one more group every 2 steps from the top: layer 0 and the embeddings never unfroze...
     assert torch.equal(one["model.layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"])
     # ...while the top layers trained.
-    assert not torch.equal(one["model.layers.3.self_attn.q_proj.weight"], base["model.layers.3.self_attn.q_proj.weight"])
+    assert not torch.equal(
+        one["model.layers.3.self_attn.q_proj.weight"], base["model.layers.3.self_attn.q_proj.weight"]
+    )
 
 
-@pytest.mark.parametrize("override,message", [
-    ("model.name_or_path=/no/such/model", "does not exist"),
-    ("data.train_file=/no/such.jsonl", "does not exist"),
-    ("optim.lrr=1", "did you mean 'optim.lr'"),
-    ("train.max_steps=ten", "must be int"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("model.name_or_path=/no/such/model", "does not exist"),
+        ("data.train_file=/no/such.jsonl", "does not exist"),
+        ("optim.lrr=1", "did you mean 'optim.lr'"),
+        ("train.max_steps=ten", "must be int"),
+    ],
+)
 def test_bad_input_is_one_line_and_writes_nothing(tiny, tmp_path, override, message):
     out = tmp_path / "bad"
     proc = run([*args_for(tiny, out), override], check=False)
@@ -139,10 +213,17 @@ def test_bad_jsonl_line_names_file_and_line(tiny, tmp_path):
 
 def test_inspect_data_marks_trained_tokens(tiny, tmp_path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"model:\n  name_or_path: {tiny / 'model'}\ndata:\n  train_file: {ROOT / 'data/legal/instructions.jsonl'}\n"
-                   "  format: instruction\n  max_length: 512\n")
-    proc = subprocess.run([sys.executable, "-m", "finetune.cli", "inspect-data", str(cfg)], env=subprocess_env(),
-                          capture_output=True, text=True, timeout=300)
+    cfg.write_text(
+        f"model:\n  name_or_path: {tiny / 'model'}\ndata:\n  train_file: {ROOT / 'data/legal/instructions.jsonl'}\n"
+        "  format: instruction\n  max_length: 512\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "finetune.cli", "inspect-data", str(cfg)],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "[[" in proc.stdout and "trained" in proc.stdout
 
@@ -151,8 +232,17 @@ def test_inspect_data_marks_trained_tokens(tiny, tmp_path):
 def test_main_job_real_smollm2_legal_lora(tmp_path):
     """The README's main job on the real model, shortened: domain perplexity falls by >= 20%."""
     out = tmp_path / "legal"
-    proc = run(["--config", str(ROOT / "recipes/configs/legal_lora.yaml"), f"train.output_dir={out}",
-                "train.max_steps=30", "train.eval_every=0", "train.save_every=0", *FAST])
+    proc = run(
+        [
+            "--config",
+            str(ROOT / "recipes/configs/legal_lora.yaml"),
+            f"train.output_dir={out}",
+            "train.max_steps=30",
+            "train.eval_every=0",
+            "train.save_every=0",
+            *FAST,
+        ]
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["relative_change"]["validation"] <= -0.20, summary
     assert "validation perplexity" in proc.stdout
@@ -161,10 +251,22 @@ def test_main_job_real_smollm2_legal_lora(tmp_path):
 def test_a_diverging_run_stops_in_one_line_and_saves_nothing_from_the_diverged_weights(tiny, tmp_path):
     """SGD at lr 9e5 without clipping blows the weights up to finite but huge values after step 2 (losses ~4e9)."""
     out = tmp_path / "diverged"
-    proc = run(args_for(tiny, out, "method=full", "optim.name=sgd", "optim.lr=9e5", "train.max_grad_norm=0",
-                        "train.max_steps=8", "train.save_every=1", "train.eval_every=4"), check=False)
+    proc = run(
+        args_for(
+            tiny,
+            out,
+            "method=full",
+            "optim.name=sgd",
+            "optim.lr=9e5",
+            "train.max_grad_norm=0",
+            "train.max_steps=8",
+            "train.save_every=1",
+            "train.eval_every=4",
+        ),
+        check=False,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    err = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    err = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and ("diverged" in err[0] or "exploding" in err[0]), err
     # checkpoint-2 held the exploded weights (step 3's loss showed it): only checkpoint-1 is left to resume from
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]

@@ -26,15 +26,39 @@ def test_max_length_beyond_the_model_context_is_refused_before_the_output_dir(ti
 
 def test_prompt_methods_count_their_virtual_tokens_against_the_context(tiny, tmp_path):
     out = tmp_path / "run"
-    proc = run(args_for(tiny, out, "method=prompt", "data.max_length=256", "data.packed_attention=none",
-                        "prompt.num_virtual_tokens=8", "prompt.init=random"), check=False)
+    proc = run(
+        args_for(
+            tiny,
+            out,
+            "method=prompt",
+            "data.max_length=256",
+            "data.packed_attention=none",
+            "prompt.num_virtual_tokens=8",
+            "prompt.init=random",
+        ),
+        check=False,
+    )
     assert "8 virtual tokens" in error_line(proc) and not out.exists()
 
 
 def eval_cli(tiny, *extra):
-    return subprocess.run([sys.executable, "-m", "finetune.cli", "eval", "--model", str(tiny / "model"),
-                           "--data", str(tiny / "val.jsonl"), *extra],
-                          env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "finetune.cli",
+            "eval",
+            "--model",
+            str(tiny / "model"),
+            "--data",
+            str(tiny / "val.jsonl"),
+            *extra,
+        ],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_eval_refuses_a_max_length_beyond_the_context_and_defaults_to_the_context(tiny):

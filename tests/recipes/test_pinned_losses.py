@@ -78,8 +78,10 @@ def train_losses(out: Path, keys: list[str], steps: int) -> dict[str, list[float
 
 def mismatch_report(name: str, expected: dict, got: dict, rtol: float) -> str:
     """A table of every pinned value against the new one, so a reader sees which steps and terms moved."""
-    lines = [f"{name}: the logged train losses moved off their pinned values (rtol {rtol:g}):",
-             f"  {'key':<8} {'step':>4} {'pinned':>16} {'now':>16} {'rel diff':>10}"]
+    lines = [
+        f"{name}: the logged train losses moved off their pinned values (rtol {rtol:g}):",
+        f"  {'key':<8} {'step':>4} {'pinned':>16} {'now':>16} {'rel diff':>10}",
+    ]
     for key, want in expected.items():
         for step, (w, g) in enumerate(zip(want, got[key]), 1):
             rel = abs(g - w) / max(abs(w), 1e-12)
@@ -101,8 +103,10 @@ def record(name: str, losses: dict, precision: str) -> None:
 def test_first_train_losses_are_pinned(name, tiny_lm, tmp_path, shipped_mixed_precision):
     case, data = CASES[name], pinned()
     if not REGENERATE and data["mixed_precision"] != shipped_mixed_precision:
-        pytest.fail(f"pinned_losses.json was made under mixed_precision={data['mixed_precision']}, but the shipped "
-                    f"accelerate_config.yaml now sets {shipped_mixed_precision}: {REGENERATE_COMMAND}")
+        pytest.fail(
+            f"pinned_losses.json was made under mixed_precision={data['mixed_precision']}, but the shipped "
+            f"accelerate_config.yaml now sets {shipped_mixed_precision}: {REGENERATE_COMMAND}"
+        )
     out = tmp_path / "run"
     importlib.import_module(f"recipes.{case['recipe']}").main(recipe_args(case, tiny_lm, out))
     got = train_losses(out, list(case["losses"]), case["steps"])
@@ -124,8 +128,11 @@ def test_every_recipe_and_method_has_a_pinned_case():
         cls = getattr(importlib.import_module(f"recipes.{recipe}"), config_class)
         methods = set(typing.get_args(typing.get_type_hints(cls)["method"]))
         default = cls.__dataclass_fields__["method"].default
-        used = {next((a.split("=", 1)[1] for a in case["args"] if a.startswith("method=")), default)
-                for case in CASES.values() if case["recipe"] == recipe}
+        used = {
+            next((a.split("=", 1)[1] for a in case["args"] if a.startswith("method=")), default)
+            for case in CASES.values()
+            if case["recipe"] == recipe
+        }
         assert used == methods, f"{recipe}: methods without a pinned case: {sorted(methods - used)}"
     for name, case in CASES.items():
         assert len(case["losses"][next(iter(case["losses"]))]) == case["steps"], f"{name}: regenerate the file"

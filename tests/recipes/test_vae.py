@@ -30,9 +30,21 @@ def untrained_fid(n: int) -> float:
 
 
 def test_vae_elbo_falls_and_summary_has_fid(tmp_path):
-    summary = main(["--config", str(CONFIG), f"train.output_dir={tmp_path}", "train.max_steps=200",
-                    "train.eval_every=50", "train.log_every=1", "train.save_every=0", "train.tensorboard=false",
-                    "train.progress_bar=false", "eval_samples=200", "beta=0.5"])
+    summary = main(
+        [
+            "--config",
+            str(CONFIG),
+            f"train.output_dir={tmp_path}",
+            "train.max_steps=200",
+            "train.eval_every=50",
+            "train.log_every=1",
+            "train.save_every=0",
+            "train.tensorboard=false",
+            "train.progress_bar=false",
+            "eval_samples=200",
+            "beta=0.5",
+        ]
+    )
     records = read_metrics(tmp_path)
     train = [r for r in records if r["split"] == "train"]
     evals = [r for r in records if r["split"] == "eval"]

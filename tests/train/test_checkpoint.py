@@ -94,8 +94,13 @@ def assert_untouched(run: Run, before: dict):
     assert all(torch.equal(before[k], after[k]) for k in before), "a failed load changed the model"
 
 
-CHECKPOINT_FILES = ["model.safetensors", "optimizer.safetensors", "scheduler.safetensors", "rng_0.safetensors",
-                    "trainer_state.json"]
+CHECKPOINT_FILES = [
+    "model.safetensors",
+    "optimizer.safetensors",
+    "scheduler.safetensors",
+    "rng_0.safetensors",
+    "trainer_state.json",
+]
 
 
 def test_a_checkpoint_is_safetensors_and_json_only_with_trainable_weights(saved):
@@ -103,7 +108,9 @@ def test_a_checkpoint_is_safetensors_and_json_only_with_trainable_weights(saved)
     assert sorted(p.name for p in ckpt.iterdir()) == sorted(CHECKPOINT_FILES)
     from safetensors.torch import load_file
 
-    assert set(load_file(ckpt / "model.safetensors")) == {n for n, p in Run().model.named_parameters() if p.requires_grad}
+    assert set(load_file(ckpt / "model.safetensors")) == {
+        n for n, p in Run().model.named_parameters() if p.requires_grad
+    }
 
 
 def test_resume_restores_everything_bit_identically(saved):
@@ -126,8 +133,11 @@ def test_resume_restores_everything_bit_identically(saved):
     assert resumed.opt.param_groups[0]["lr"] == ref.opt.param_groups[0]["lr"]
 
 
-@pytest.mark.parametrize("name", CHECKPOINT_FILES + ["custom_checkpoint_0.pkl", "random_states_0.pkl",
-                                                     "optimizer.bin", "scaler.pt", "sub/extra.ckpt"])
+@pytest.mark.parametrize(
+    "name",
+    CHECKPOINT_FILES
+    + ["custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer.bin", "scaler.pt", "sub/extra.ckpt"],
+)
 def test_a_pickle_in_any_file_is_refused_unopened(saved, tmp_path, name):
     out = copy_of(saved, tmp_path)
     marker = tmp_path / "PWNED"
@@ -159,16 +169,19 @@ def _truncate(f: Path):
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
 
 
-@pytest.mark.parametrize("case, name, phrase", [
-    ("truncated", "model.safetensors", "is unreadable"),
-    ("truncated", "optimizer.safetensors", "is unreadable"),
-    ("truncated", "rng_0.safetensors", "is unreadable"),
-    ("missing", "model.safetensors", "is missing"),
-    ("missing", "scheduler.safetensors", "is missing"),
-    ("bad json", "trainer_state.json", "is unreadable (JSONDecodeError"),
-    ("no step", "trainer_state.json", "lacks the non-negative integers"),
-    ("plain tensors", "optimizer.safetensors", "not a finetune state file"),
-])
+@pytest.mark.parametrize(
+    "case, name, phrase",
+    [
+        ("truncated", "model.safetensors", "is unreadable"),
+        ("truncated", "optimizer.safetensors", "is unreadable"),
+        ("truncated", "rng_0.safetensors", "is unreadable"),
+        ("missing", "model.safetensors", "is missing"),
+        ("missing", "scheduler.safetensors", "is missing"),
+        ("bad json", "trainer_state.json", "is unreadable (JSONDecodeError"),
+        ("no step", "trainer_state.json", "lacks the non-negative integers"),
+        ("plain tensors", "optimizer.safetensors", "not a finetune state file"),
+    ],
+)
 def test_a_corrupt_file_fails_in_one_line_naming_it_and_loads_nothing(saved, tmp_path, case, name, phrase):
     out = copy_of(saved, tmp_path)
     f = out / "checkpoint-3" / name
@@ -195,8 +208,11 @@ def test_a_corrupt_file_fails_in_one_line_naming_it_and_loads_nothing(saved, tmp
 def test_a_changed_lora_rank_names_the_file_and_the_shapes(saved):
     run = Run(r=4)
     before = run.weights()
-    with pytest.raises(CorruptCheckpoint, match=r"model\.safetensors does not fit the model: .*lora_A.* has shape "
-                                                r"\[2, 4\], the model's is \[4, 4\].*lora\.r"):
+    with pytest.raises(
+        CorruptCheckpoint,
+        match=r"model\.safetensors does not fit the model: .*lora_A.* has shape "
+        r"\[2, 4\], the model's is \[4, 4\].*lora\.r",
+    ):
         load_checkpoint(run.accelerator, saved / "checkpoint-3", run.what)
     assert_untouched(run, before)
 

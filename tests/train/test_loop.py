@@ -26,7 +26,10 @@ def run_toy(out, *overrides, launch=None, check=True):
     cmd = launch or [sys.executable, TOY]
     proc = subprocess.run(
         [*cmd, f"train.output_dir={out}", *BASE, *overrides],
-        env=subprocess_env(), capture_output=True, text=True, timeout=300,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if check and proc.returncode != 0:
         raise AssertionError(proc.stderr[-3000:])
@@ -44,12 +47,20 @@ def assert_identical(a: dict, b: dict):
 
 
 def test_sigkill_then_resume_is_bit_identical(tmp_path):
-    common = ["train.max_steps=24", "train.save_every=1", "train.keep_last=2", "train.batch_size=4", "train.grad_accum=2"]
+    common = [
+        "train.max_steps=24",
+        "train.save_every=1",
+        "train.keep_last=2",
+        "train.batch_size=4",
+        "train.grad_accum=2",
+    ]
     run_toy(tmp_path / "ref", *common)
     out = tmp_path / "killed"
     proc = subprocess.Popen(
         [sys.executable, TOY, f"train.output_dir={out}", *BASE, *common, "step_sleep=0.02"],
-        env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     target = random.Random().randint(4, 18)
     deadline = time.time() + 120
@@ -60,27 +71,48 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     assert not (out / "final").exists(), "the run finished before it could be killed"
     run_toy(out, *common, "train.resume=latest")
     assert_identical(weights(tmp_path / "ref" / "final"), weights(out / "final"))
-    steps = [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["split"] == "train"]
+    steps = [
+        r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["split"] == "train"
+    ]
     assert steps == list(range(1, 25)), "metrics.jsonl must hold each step once after a resume"
 
 
 def test_two_processes_equal_one_with_doubled_accumulation(tmp_path):
     common = ["train.max_steps=8", "train.batch_size=4"]
     run_toy(tmp_path / "one", *common, "train.grad_accum=2")
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "accelerate_config.yaml"),
-              "--mixed_precision", "no", "--multi_gpu", "--num_processes", "2", "--num_cpu_threads_per_process", "1", TOY]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "accelerate_config.yaml"),
+        "--mixed_precision",
+        "no",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_cpu_threads_per_process",
+        "1",
+        TOY,
+    ]
     proc = run_toy(tmp_path / "two", *common, "train.grad_accum=1", launch=launch)
     assert "processes=2" in proc.stdout
     a, b = weights(tmp_path / "one" / "final"), weights(tmp_path / "two" / "final")
     for k in a:  # tolerance: float32 summation order differs between 1 and 2 processes
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
-    losses = [r["loss"] for r in map(json.loads, (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()) if r["split"] == "train"]
+    losses = [
+        r["loss"]
+        for r in map(json.loads, (tmp_path / "two" / "metrics.jsonl").read_text().splitlines())
+        if r["split"] == "train"
+    ]
     assert losses[-1] < losses[0]
 
 
 def test_nonfinite_steps_stop_the_run_and_are_never_saved(tmp_path):
     out = tmp_path / "nan"
-    proc = run_toy(out, "train.max_steps=30", "train.save_every=1", "train.max_consecutive_nonfinite=3", "poison_at=5", check=False)
+    proc = run_toy(
+        out, "train.max_steps=30", "train.save_every=1", "train.max_consecutive_nonfinite=3", "poison_at=5", check=False
+    )
     assert proc.returncode == 2
     err = proc.stderr.strip().splitlines()
     assert err[-1].startswith("error: 3 non-finite or exploding steps in a row"), err[-3:]
@@ -90,7 +122,7 @@ def test_nonfinite_steps_stop_the_run_and_are_never_saved(tmp_path):
     assert [p.name for p in ckpts] == ["checkpoint-3"]
     for c in ckpts:
         assert all(torch.isfinite(t).all() for t in load_file(str(c / "model.safetensors")).values())
-    records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert sum(r.get("skipped", False) for r in records) == 2  # the 3rd stops the run and is named in the error line
     assert not (out / "final").exists()
 
@@ -98,12 +130,18 @@ def test_nonfinite_steps_stop_the_run_and_are_never_saved(tmp_path):
 def test_an_exploding_finite_loss_is_caught_like_a_nan(tmp_path):
     """Weights blown up to ~1e30 are finite: the guard also stops losses that grow by orders of magnitude."""
     out = tmp_path / "boom"
-    proc = run_toy(out, "train.max_steps=30", "train.save_every=1", "train.max_consecutive_nonfinite=2",
-                   "explode_at=13", check=False)
+    proc = run_toy(
+        out,
+        "train.max_steps=30",
+        "train.save_every=1",
+        "train.max_consecutive_nonfinite=2",
+        "explode_at=13",
+        check=False,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: 2 non-finite or exploding steps in a row")
     assert [p.name for p in sorted(out.glob("checkpoint-*"))] == ["checkpoint-11"]  # 12's weights gave step 13's loss
-    train = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
+    train = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
     assert [r["step"] for r in train if r["skipped"]] == [13]  # skipped, not applied: the weights stay those of 12
     # the factor is a config choice: off, the same run trains through the (finite) losses
     run_toy(tmp_path / "off", "train.max_steps=15", "train.divergence_factor=0", "explode_at=13")
@@ -127,7 +165,7 @@ def test_early_stopping_best_model_and_logs(tmp_path):
     out = tmp_path / "es"
     proc = run_toy(out, "train.max_steps=50", "train.eval_every=2", "train.early_stopping_patience=2", "optim.lr=1e-12")
     assert "stopped_early=True" in proc.stdout
-    records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert max(r["step"] for r in records) == 6  # best at 2, no improvement at 4 and 6
     assert (out / "best" / "model.safetensors").is_file() and (out / "loss_curve.png").is_file()
     assert (out / "config.yaml").is_file()
@@ -136,7 +174,9 @@ def test_early_stopping_best_model_and_logs(tmp_path):
 def test_training_lowers_validation_loss(tmp_path):
     out = tmp_path / "learn"
     run_toy(out, "train.max_steps=40", "train.eval_every=10")
-    evals = [json.loads(l)["val_loss"] for l in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in l]
+    evals = [
+        json.loads(line)["val_loss"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in line
+    ]
     assert evals[-1] < 0.5 * evals[0]
 
 
@@ -163,7 +203,9 @@ def test_a_finished_run_is_refused_and_overwrite_replaces_its_state(tmp_path):
     old = tmp_path / "old"
     run_toy(old, "train.max_steps=6", "train.save_every=3", "train.keep_last=0")
     run_toy(old, "train.max_steps=2", "train.overwrite_output_dir=true", "optim.lr=0.05")
-    steps = [r["step"] for r in map(json.loads, (old / "metrics.jsonl").read_text().splitlines()) if r["split"] == "train"]
+    steps = [
+        r["step"] for r in map(json.loads, (old / "metrics.jsonl").read_text().splitlines()) if r["split"] == "train"
+    ]
     assert steps == [1, 2] and not list(old.glob("checkpoint-*"))
 
 
@@ -172,13 +214,18 @@ def test_unusable_output_paths_and_late_user_errors_end_in_one_line_and_leave_no
     a_file.write_text("not a directory")
     proc = run_toy(a_file, "train.max_steps=1", check=False)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-        f"error: train.output_dir '{a_file}' is a file, not a directory; choose another train.output_dir"]
+        f"error: train.output_dir '{a_file}' is a file, not a directory; choose another train.output_dir"
+    ]
     unwritable = Path("/sys/finetune-test-run")  # sysfs: not writable, even for root
     if os.access("/sys", os.W_OK) and not unwritable.parent.is_dir():
         pytest.skip("no unwritable path on this machine")
     proc = run_toy(unwritable, "train.max_steps=1", check=False)
     err = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(err) == 1 and err[0].startswith(f"error: cannot write to train.output_dir '{unwritable}'")
+    assert (
+        proc.returncode == 2
+        and len(err) == 1
+        and err[0].startswith(f"error: cannot write to train.output_dir '{unwritable}'")
+    )
     # a mistake found only after the directory was made (here the optimizer's own check) takes the directory away again
     late = tmp_path / "late"
     proc = run_toy(late, "train.max_steps=1", "optim.lr=0", check=False)

@@ -4,13 +4,9 @@ exactly, and temporaries of an interrupted export are cleaned on the next start.
 
 from __future__ import annotations
 
-import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
-
-import torch
 
 import tests.train.toy_recipe as toy
 from finetune.train.logging import read_metrics
@@ -66,7 +62,9 @@ def test_latest_falls_back_past_a_corrupt_checkpoint_and_ends_bit_identical(tmp_
     (out / "final").rename(out / "final-first")
     proc = run_toy(out, *COMMON, "train.max_steps=6", "train.resume=latest")
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 1 and "skipping checkpoint-4" in warnings[0] and "model.safetensors is missing" in warnings[0]
+    assert (
+        len(warnings) == 1 and "skipping checkpoint-4" in warnings[0] and "model.safetensors is missing" in warnings[0]
+    )
     assert "resumed from" in proc.stdout and "checkpoint-2 at step 2" in proc.stdout
     assert_identical(weights(tmp_path / "ref" / "final"), weights(out / "final"))
     steps = [r["step"] for r in read_metrics(out) if r["split"] == "train"]
@@ -105,8 +103,21 @@ def test_resuming_a_finished_run_trains_nothing_and_returns_a_complete_result(tm
 
 
 def test_two_processes_resume_bit_identically(tmp_path):
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "accelerate_config.yaml"),
-              "--mixed_precision", "no", "--multi_gpu", "--num_processes", "2", "--num_cpu_threads_per_process", "1", TOY]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "accelerate_config.yaml"),
+        "--mixed_precision",
+        "no",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_cpu_threads_per_process",
+        "1",
+        TOY,
+    ]
     run_toy(tmp_path / "ref", *COMMON, "train.max_steps=4", launch=launch)
     out = tmp_path / "split"
     run_toy(out, *COMMON, "train.max_steps=2", launch=launch)
@@ -124,8 +135,8 @@ KILLED_WRITES = {
     "file": "io.os.fsync = lambda fd: os._exit(9)\nio.atomic_write_text(out / 'summary.json', '{}')",
     # killed inside atomic_dir's overwrite, after the old directory moved aside and before the new one moved in
     "swap": "real = os.replace\ncalls = []\n"
-            "io.os.replace = lambda a, b: calls.append(a) or (real(a, b) if len(calls) == 1 else os._exit(9))\n"
-            "with io.atomic_dir(out / 'best') as d: (d / 'w').write_text('new')",
+    "io.os.replace = lambda a, b: calls.append(a) or (real(a, b) if len(calls) == 1 else os._exit(9))\n"
+    "with io.atomic_dir(out / 'best') as d: (d / 'w').write_text('new')",
 }
 
 

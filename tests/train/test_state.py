@@ -66,11 +66,14 @@ def test_adamw_state_round_trips_and_training_continues_bit_identically(tmp_path
         assert torch.equal(a, b)
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\(\)`")
-@pytest.mark.parametrize("make", [
-    lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 3)),
-    lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=1),
-])
+@pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)`")
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 3)),
+        lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=1),
+    ],
+)
 def test_scheduler_state_with_inf_is_strict_json(tmp_path, make):
     _, opt = _trained(steps=1)
     sched = make(opt)
@@ -87,9 +90,16 @@ def test_scheduler_state_with_inf_is_strict_json(tmp_path, make):
 def test_nested_odd_values_round_trip(tmp_path):
     shared = torch.arange(6.0)
     state = {
-        "ints": {0: 1, 7: (2, 3)}, "tuple_key": {(1, "a"): None}, "nan": float("nan"), "bool": True,
-        "tag_like": {"__tensor__": "not a tensor"}, "same": [shared, shared], "view": shared[2:4],
-        "bf16": torch.ones(2, dtype=torch.bfloat16), "empty": torch.zeros(0), "text": "x",
+        "ints": {0: 1, 7: (2, 3)},
+        "tuple_key": {(1, "a"): None},
+        "nan": float("nan"),
+        "bool": True,
+        "tag_like": {"__tensor__": "not a tensor"},
+        "same": [shared, shared],
+        "view": shared[2:4],
+        "bf16": torch.ones(2, dtype=torch.bfloat16),
+        "empty": torch.zeros(0),
+        "text": "x",
     }
     loaded = round_trip(tmp_path, state)
     assert_same(state, loaded)

@@ -23,10 +23,13 @@ def _run(monkeypatch, out: Path, *overrides: str):
         def wrapped(*args, **kwargs):
             time.sleep(seconds)
             return fn(*args, **kwargs)
+
         return wrapped
 
     def spying_train(**kw):
-        seen["result"] = real_train(**{**kw, "step_fn": slow(kw["step_fn"], STEP), "eval_fn": slow(kw["eval_fn"], PAUSE)})
+        seen["result"] = real_train(
+            **{**kw, "step_fn": slow(kw["step_fn"], STEP), "eval_fn": slow(kw["eval_fn"], PAUSE)}
+        )
         return seen["result"]
 
     monkeypatch.setattr(toy, "train", spying_train)

@@ -11,17 +11,36 @@ from finetune.errors import UserError
 from finetune.train.loop import TrainConfig, validate_train_config
 
 BAD = [
-    ("grad_accum", 0), ("batch_size", 0), ("max_steps", 0), ("log_every", 0), ("eval_every", -1),
-    ("save_every", -1), ("keep_last", -1), ("early_stopping_patience", -1), ("max_consecutive_nonfinite", -1),
-    ("max_grad_norm", -0.5), ("max_grad_norm", float("nan")),
+    ("grad_accum", 0),
+    ("batch_size", 0),
+    ("max_steps", 0),
+    ("log_every", 0),
+    ("eval_every", -1),
+    ("save_every", -1),
+    ("keep_last", -1),
+    ("early_stopping_patience", -1),
+    ("max_consecutive_nonfinite", -1),
+    ("max_grad_norm", -0.5),
+    ("max_grad_norm", float("nan")),
 ]
 
 
 def test_defaults_and_the_smallest_working_values_pass():
     validate_train_config(TrainConfig())
-    validate_train_config(TrainConfig(max_steps=1, batch_size=1, grad_accum=1, log_every=1, eval_every=0,
-                                      save_every=0, keep_last=0, early_stopping_patience=0,
-                                      max_consecutive_nonfinite=0, max_grad_norm=0.0))
+    validate_train_config(
+        TrainConfig(
+            max_steps=1,
+            batch_size=1,
+            grad_accum=1,
+            log_every=1,
+            eval_every=0,
+            save_every=0,
+            keep_last=0,
+            early_stopping_patience=0,
+            max_consecutive_nonfinite=0,
+            max_grad_norm=0.0,
+        )
+    )
 
 
 @pytest.mark.parametrize("key,value", BAD)

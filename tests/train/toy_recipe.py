@@ -90,13 +90,23 @@ def main(argv=None):
         save_file(sd, str(path / "model.safetensors"))
 
     result = train(
-        accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler, dataset=data,
-        collate_fn=collate, step_fn=step_fn, cfg=cfg.train, eval_fn=eval_fn, save_fn=save_fn,
+        accelerator=accelerator,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        dataset=data,
+        collate_fn=collate,
+        step_fn=step_fn,
+        cfg=cfg.train,
+        eval_fn=eval_fn,
+        save_fn=save_fn,
         count_items=(lambda b: count_trained_tokens(b["labels"])) if cfg.token_loss else None,
     )
     if accelerator.is_main_process:
         save_fn(out / "final")
-        print(f"processes={accelerator.num_processes} done step={result.global_step} stopped_early={result.stopped_early} best={result.best_metric}")
+        print(
+            f"processes={accelerator.num_processes} done step={result.global_step} stopped_early={result.stopped_early} best={result.best_metric}"
+        )
 
 
 if __name__ == "__main__":
