@@ -13,6 +13,8 @@ __all__, __getattr__ = lazy_exports(__name__, {
                   "check_remote_code", "compile_decoder_layers", "configure_pad_token", "conversion_dir",
                   "convert_gguf", "describe_base", "fit_context", "lm_head_bypassed", "load_causal_lm",
                   "resolve_model_source", "smollm2_gguf_path"],
+    "quantize": ["QUANTIZATIONS", "check_quantization", "check_quantized_training", "compute_dtype_of",
+                 "keep_nf4_trainable", "prepare_for_training", "quantization_config", "quantization_of"],
     "sd": ["PREDICTION_TYPES", "SD_SCHEDULER_CONFIG", "TINY_WORDS", "SDModelConfig", "SDParts", "build_pipeline",
            "build_sd_from_configs", "build_tiny_sd", "encode_tokens", "load_sd_components", "sd15_configs",
            "tiny_sd_configs", "tokenize_prompts"],
