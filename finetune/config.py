@@ -112,7 +112,7 @@ def _coerce(value: Any, tp, key: str, where: str):
         if not isinstance(value, dict):
             raise bad()
         return dict(value)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):  # an annotation: a dataclass there is a class
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):

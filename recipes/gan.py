@@ -159,6 +159,9 @@ def main(argv: list[str] | None = None) -> dict:
     quiet_libraries()  # before anything loads: library noise off unless FINETUNE_VERBOSE=1
     cfg = resolve_config(parse_recipe_args(GANConfig, argv, __doc__))
     t = cfg.train
+    n_critic, clip_value = cfg.n_critic, cfg.clip_value
+    if n_critic is None or clip_value is None:  # resolve_config fills both loss-dependent defaults
+        raise AssertionError("resolve_config left n_critic or clip_value unset")
     accelerator = build_accelerator(t.seed)
     out = start_run(accelerator, cfg, t)  # refuses another run's directory, writes config.yaml
     real_images = load_digits_images(cfg.image_size, "train", seed=0)[0][:, :1]  # grey N x 1 x S x S in [-1, 1]
@@ -231,7 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
     D.train()
     while step < t.max_steps:
         # Discriminator (critic): n_critic steps, each on a fresh real batch and fresh fakes.
-        for _ in range(cfg.n_critic):
+        for _ in range(n_critic):
             real = real_batch()
             with torch.no_grad(), accelerator.autocast():
                 fake = G(noise.z(len(real), cfg.latent_dim))  # no graph into G: only D learns here
@@ -244,8 +247,8 @@ def main(argv: list[str] | None = None) -> dict:
             accelerator.backward(total)
             d_norm = accelerator.clip_grad_norm_(D.parameters(), max_norm)
             opt_d.step()
-            if cfg.clip_value > 0:
-                clip_weights_(accelerator.unwrap_model(D), cfg.clip_value)  # after the step: the paper's order
+            if clip_value > 0:
+                clip_weights_(accelerator.unwrap_model(D), clip_value)  # after the step: the paper's order
         # Generator: one step through the (now fixed) D; D's grads from this backward are zeroed above.
         with accelerator.autocast():
             fake_out_g = d_out(G(noise.z(t.batch_size, cfg.latent_dim)))

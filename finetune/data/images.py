@@ -43,8 +43,7 @@ def open_image(path: str | Path) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+            return _to_rgb(ImageOps.exif_transpose(img))
     except _READ_ERRORS as e:
         raise UserError(
             f"cannot read image {path} ({type(e).__name__}: {e}); re-export it or remove it from the folder"
@@ -381,6 +380,7 @@ class DreamBoothDataset(torch.utils.data.Dataset):
         self.instance_images = list_images(instance_dir, "instance image")
         self.instance_prompt = instance_prompt
         self.class_images: list[Path] = []
+        self.class_prompts: list[str] = []  # the prompt of each class image
         self.class_prompt = class_prompt
         if class_dir is not None:
             if not class_prompt:
@@ -388,7 +388,7 @@ class DreamBoothDataset(torch.utils.data.Dataset):
                     'class_dir is set but class_prompt is empty; set it to the class alone, e.g. "a photo of a dog"'
                 )
             self.class_images = list_images(class_dir, "class image")
-        self.class_prompts = [class_prompt] * len(self.class_images)  # the prompt of each class image
+            self.class_prompts = [class_prompt] * len(self.class_images)
         if class_items is not None:
             if class_dir is not None or not class_items:
                 raise UserError(

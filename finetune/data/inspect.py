@@ -15,7 +15,9 @@ MAX_SAMPLE_CHARS = 1500  # a rendered sample is cut after this many characters
 
 def render_sample(input_ids: list[int], labels: list[int], tokenizer) -> str:
     """Decode a sequence, wrapping each run of trained tokens (label != IGNORE_INDEX) in [[ ]]."""
-    pieces, run, run_trained = [], [], None
+    pieces: list[str] = []
+    run: list[int] = []
+    run_trained = False  # whether `run` holds trained tokens; read only once `run` has one
     for tok, lab in zip(input_ids, labels):
         trained = lab != IGNORE_INDEX
         if run and trained != run_trained:

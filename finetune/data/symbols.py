@@ -69,8 +69,8 @@ def draw_symbol(strokes: tuple[str, ...], rng: np.random.Generator) -> np.ndarra
     for name in strokes:
         x0, y0, x1, y1 = STROKES[name]
         draw.line([at(x0, y0), at(x1, y1)], fill=255, width=width)
-    canvas = canvas.rotate(float(rng.uniform(-6, 6)), resample=Image.BILINEAR, center=(c, c))
-    ink = np.asarray(canvas.resize((8, 8), Image.BOX), dtype=np.float32) / 255.0
+    canvas = canvas.rotate(float(rng.uniform(-6, 6)), resample=Image.Resampling.BILINEAR, center=(c, c))
+    ink = np.asarray(canvas.resize((8, 8), Image.Resampling.BOX), dtype=np.float32) / 255.0
     return ink / max(float(ink.max()), 1e-6)
 
 

@@ -326,7 +326,7 @@ def tokenize_chat_split(ds, cfg: TextDataConfig, tokenizer, path: str) -> Tokeni
 
 def _split_files(cfg: TextDataConfig) -> dict[str, tuple[str, str, str]]:
     """split -> (path, format, text field) for every configured file."""
-    files = {"train": (cfg.train_file, cfg.format, cfg.text_field)}
+    files: dict[str, tuple[str, str, str]] = {"train": (cfg.train_file, cfg.format, cfg.text_field)}
     if cfg.validation_file:
         files["validation"] = (cfg.validation_file, cfg.format, cfg.text_field)
     if cfg.test_file:

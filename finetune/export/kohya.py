@@ -269,7 +269,8 @@ def _parse_peft_key(key: str) -> tuple[str, str, str]:
             f"LoRA key {key!r} is not in diffusers format (expected 'unet.<module>.lora_A.weight' as "
             "save_lora_weights writes it); DoRA and non-LoRA adapters cannot be exported to kohya"
         )
-    return match.groups()
+    component, module, kind = match.groups()  # all three groups are required by the pattern, so none is None
+    return component, module, kind
 
 
 def _group_kohya(state_dict: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:

@@ -48,8 +48,8 @@ def _components(model: Any) -> dict[str, torch.nn.Module]:
         return {"": model}
     if isinstance(model, Mapping):
         return dict(model)
-    found = {name: getattr(model, name, None) for name in _COMPONENTS}
-    found = {name: m for name, m in found.items() if isinstance(m, torch.nn.Module)}
+    attributes = {name: getattr(model, name, None) for name in _COMPONENTS}
+    found = {name: m for name, m in attributes.items() if isinstance(m, torch.nn.Module)}
     if not found:
         raise TypeError(
             f"check_lora_state_dict needs an nn.Module, a mapping of them, or an object with .unet; got {type(model)}"

@@ -38,7 +38,7 @@ def apply_lora(model, cfg: LoraMethodConfig):
 
     _validate(cfg)
     targets = "all-linear" if cfg.target_modules == ["all-linear"] else list(cfg.target_modules)
-    if targets != "all-linear":
+    if isinstance(targets, list):
         check_target_modules(model, targets, "lora target_modules", "the model", " or use ['all-linear']")
     peft_config = LoraConfig(
         task_type="CAUSAL_LM",

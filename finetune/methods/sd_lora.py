@@ -10,11 +10,16 @@ with `StableDiffusionPipeline.save_lora_weights`, which the stock `pipe.load_lor
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from finetune.errors import UserError
 from finetune.methods.lora import check_target_modules
+
+if TYPE_CHECKING:  # the UNet is a diffusers model, the text encoder a transformers one; both have PEFT's add_adapter
+    from diffusers import ModelMixin
+    from transformers import PreTrainedModel
 
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the attention projections diffusers' LoRA examples train
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]  # CLIP attention projections
@@ -57,7 +62,9 @@ def lora_config(cfg: SDLoraConfig, targets: list[str]):
     )
 
 
-def add_lora(model: torch.nn.Module, cfg: SDLoraConfig, targets: list[str], what: str) -> list[torch.nn.Parameter]:
+def add_lora(
+    model: ModelMixin | PreTrainedModel, cfg: SDLoraConfig, targets: list[str], what: str
+) -> list[torch.nn.Parameter]:
     """Freeze `model`, attach a LoRA adapter to `targets` and return the adapter parameters (the only trainable ones)."""
     validate_sd_lora(cfg)
     check_target_modules(model, targets, f"{what} LoRA target modules", f"the {what}")
@@ -69,7 +76,7 @@ def add_lora(model: torch.nn.Module, cfg: SDLoraConfig, targets: list[str], what
     return params
 
 
-def lora_layers(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
+def lora_layers(model: ModelMixin | PreTrainedModel) -> tuple[dict[str, torch.Tensor], dict]:
     """(PEFT state dict of the adapter, its LoraConfig as a dict) for `save_lora_weights`."""
     from peft.utils import get_peft_model_state_dict
 

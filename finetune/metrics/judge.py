@@ -18,6 +18,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -25,6 +26,9 @@ import torch.nn.functional as F
 
 from finetune.errors import UserError
 from finetune.io import atomic_dir, atomic_write_bytes, atomic_write_json
+
+if TYPE_CHECKING:  # only the name: the digits themselves load on first use (reference_features)
+    from finetune.data.digits import Split
 
 DEFAULT_JUDGE_DIR = Path(__file__).resolve().parents[2] / "data" / "digits_judge"
 ARCH_NAME = "digits_cnn"
@@ -133,7 +137,7 @@ class DigitsJudge:
         """Most likely digit class per image, LongTensor of N."""
         return self.logits(images, batch_size).argmax(dim=-1)
 
-    def reference_features(self, split: str = "test", size: int | None = None, seed: int = 0) -> torch.Tensor:
+    def reference_features(self, split: Split = "test", size: int | None = None, seed: int = 0) -> torch.Tensor:
         """Features of the real digits of `split` rendered at `size` px (cached on this judge).
 
         Rendering real digits at the generated images' size puts them through the same resize as the

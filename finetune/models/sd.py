@@ -400,7 +400,7 @@ def _learn_merges(words: list[str]) -> list[tuple[str, str]]:
     for word in sorted(set(words)):
         chars = list(byte_level.pre_tokenize_str(word)[0][0])
         words_syms.append(chars[:-1] + [chars[-1] + "</w>"])
-    merges = []
+    merges: list[tuple[str, str]] = []
     while True:
         counts = Counter(pair for syms in words_syms for pair in zip(syms, syms[1:]))
         if not counts:

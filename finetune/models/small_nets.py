@@ -190,7 +190,7 @@ def image_grid_png(images: Tensor, nrow: int = 8, scale: int | None = None, pad:
     pixels = ((canvas + 1.0) * 127.5).round().to(torch.uint8).numpy()
     img = Image.fromarray(pixels, mode="RGB" if pixels.ndim == 3 else "L")
     scale = scale or max(1, 32 // max(h, w))
-    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()

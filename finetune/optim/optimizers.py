@@ -85,8 +85,8 @@ def param_groups(
     over frozen parameters too (gradual unfreezing raises their lr later instead of rebuilding).
     Shared (tied) parameters appear once, under their first name.
     """
-    decay: dict[str, list] = {"params": [], "param_names": []}
-    no_decay: dict[str, list] = {"params": [], "param_names": []}
+    decay: dict[str, Any] = {"params": [], "param_names": []}  # a torch param group: lists, then floats
+    no_decay: dict[str, Any] = {"params": [], "param_names": []}
     seen: set[int] = set()
     for name, p in named_params:
         if (trainable_only and not p.requires_grad) or id(p) in seen:
@@ -126,7 +126,7 @@ def build_optimizer(params_or_groups, cfg: OptimConfig) -> torch.optim.Optimizer
     validate_optim_config(cfg)
     groups = _as_groups(params_or_groups)
     betas = (float(cfg.betas[0]), float(cfg.betas[1]))
-    common = {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "foreach": cfg.foreach}
+    common: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "foreach": cfg.foreach}
     if cfg.fused:
         common["fused"] = True
     if cfg.name == "adamw":

@@ -36,7 +36,10 @@ def apply_spectral_norm(module: nn.Module, types: tuple[type, ...] = DEFAULT_TYP
 
 def largest_singular_value(module: nn.Module) -> float:
     """Largest singular value of a layer's weight seen as a (out, -1) matrix (dim 1 first for ConvTranspose)."""
-    w = module.weight.detach()
+    weight = module.weight
+    if not isinstance(weight, torch.Tensor):  # a submodule named `weight`: not a layer with one weight matrix
+        raise TypeError(f"largest_singular_value needs a layer with a weight tensor, got {type(module).__name__}")
+    w = weight.detach()
     if isinstance(module, nn.ConvTranspose2d):
         w = w.transpose(0, 1)
     return float(torch.linalg.matrix_norm(w.reshape(w.shape[0], -1).float(), ord=2))

@@ -115,7 +115,10 @@ def params_finite(params) -> bool:
 
 
 def _rng_state() -> dict:
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    legacy = np.random.get_state(legacy=True)  # the default, spelled out: numpy's stub types the bare call as a dict
+    if isinstance(legacy, dict):  # only a non-MT19937 bit generator gives a dict; np.random's global one is MT19937
+        raise RuntimeError("numpy's global RandomState is not MT19937; its state cannot be checkpointed")
+    kind, keys, pos, has_gauss, gauss = legacy
     state = {
         "python": random.getstate(),
         "numpy": (kind, keys.tolist(), pos, has_gauss, gauss),
@@ -290,7 +293,7 @@ def _read_all(accelerator, path: Path, what: Checkpointed) -> dict:
     """Every file of `path`, read and checked against the live run; nothing is applied yet."""
     _refuse_pickles(path)
     rank = accelerator.process_index
-    loaded = {
+    loaded: dict[str, Any] = {
         "state": _read_trainer_state(path / STATE_FILE, accelerator.num_processes),
         "models": [],
         "optimizers": [],
@@ -330,7 +333,8 @@ def load_checkpoint(accelerator, path: Path, what: Checkpointed) -> dict:
         loaded, error = _read_all(accelerator, path, what), None
     except UserError as e:
         loaded, error = None, e
-    if not _agree(accelerator, error is None):
+    agreed = _agree(accelerator, error is None)  # every process takes part, whether its own read failed or not
+    if loaded is None or not agreed:  # None: this process's read failed, with `error`
         raise error or CorruptCheckpoint(f"checkpoint {path} is unusable on another process (see its line)")
     # objects first: one that refuses its state (a changed config) fails before the model is touched
     for name, obj in what.objects.items():

@@ -154,7 +154,8 @@ class Divergence:
     them through; a diffusion or LM loss varies by a few times from batch to batch, not by orders of magnitude."""
 
     def __init__(self, factor: float, warmup: int = 10):
-        self.factor, self.warmup, self.early = factor, warmup, []
+        self.factor, self.warmup = factor, warmup
+        self.early: list[float] = []
 
     def diverged(self, value: float) -> bool:
         if not math.isfinite(value):
@@ -260,12 +261,12 @@ def train(
             "world_size": world,
         }
 
-    def evaluate(step: int) -> bool:
-        """Run eval; return True when early stopping says stop."""
+    def evaluate(step: int, run_eval: Callable[[int], dict]) -> bool:
+        """Run `run_eval` (the recipe's eval_fn); return True when early stopping says stop."""
         nonlocal evals_since_best
         model.eval()
         with torch.no_grad():
-            metrics = eval_fn(step)
+            metrics = run_eval(step)
         model.train()
         logger.log(step, "eval", **metrics)
         if why := eval_diverged(metrics, cfg.monitor, result.best_metric, cfg.monitor_mode, cfg.divergence_factor):
@@ -275,26 +276,27 @@ def train(
                 "Lower optim.lr or enable train.max_grad_norm, then resume from the last checkpoint"
             )
         result.last_eval = dict(metrics)
-        value = metrics.get(cfg.monitor)
-        improved = value is not None and _improved(float(value), result.best_metric, cfg.monitor_mode)
+        raw = metrics.get(cfg.monitor)
+        value = None if raw is None else float(raw)  # None: this evaluation did not measure the monitored metric
+        improved = value is not None and _improved(value, result.best_metric, cfg.monitor_mode)
         if scheduler is not None and _is_plateau(scheduler) and value is not None:
-            scheduler.step(float(value))
+            scheduler.step(value)
         if hooks.on_eval:
             hooks.on_eval(step, metrics, improved)
         if improved:
-            result.best_metric, result.best_step, evals_since_best = float(value), step, 0
+            result.best_metric, result.best_step, evals_since_best = value, step, 0
             if cfg.save_best and save_fn is not None:
-                save_artifacts(out / "best")
+                save_artifacts(out / "best", save_fn)
         else:
             evals_since_best += 1
         return cfg.early_stopping_patience > 0 and evals_since_best >= cfg.early_stopping_patience
 
-    def save_artifacts(path: Path) -> None:
+    def save_artifacts(path: Path, save: Callable[[Path], None]) -> None:
         if not params_finite(params):
             raise NonFiniteTraining("refusing to save non-finite weights; lower optim.lr or enable clipping")
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            save_fn(path)
+            save(path)
         accelerator.wait_for_everyone()
 
     model.train()
@@ -313,7 +315,7 @@ def train(
             if total_items == 0:
                 raise UserError("a training window has no trained tokens; check the data with `finetune inspect-data`")
 
-        logged = {}
+        logged: dict[str, float] = {}
         loss_total = torch.zeros((), device=accelerator.device)
         for i, batch in enumerate(window):
             batch = send_to_device(batch, accelerator.device)
@@ -392,7 +394,7 @@ def train(
         stop = False
         is_last = step == cfg.max_steps
         if eval_fn is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or is_last):
-            stop = evaluate(step)
+            stop = evaluate(step, eval_fn)
         if cfg.save_every and loss_bad and step % cfg.save_every == 0:
             accelerator.print(f"step {step}: no checkpoint, the loss is non-finite or exploding ({loss_value:.4g})")
         elif cfg.save_every and (step % cfg.save_every == 0 or (stop and not is_last)):
@@ -408,7 +410,7 @@ def train(
             break
     if resumed_done and eval_fn is not None:
         # a kill during the final export, or a finished job re-run: the result is as complete as a normal end's
-        evaluate(result.global_step)
+        evaluate(result.global_step, eval_fn)
     bar.close()
     logger.close()
     if consecutive_bad and loss_bad:

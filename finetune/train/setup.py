@@ -147,7 +147,7 @@ def cpu_conv_backend(choice: str, probe, accelerator, record: Path, reuse: bool 
         choice = json.loads(record.read_text())["conv_backend"]
         accelerator.print(f"cpu conv backend: {choice}, as in the run this one resumes ({record})")
     elif choice == "auto":
-        seconds = {}
+        seconds: dict[str, float] = {}
         with torch.random.fork_rng():  # the probe must not shift the training noise
             for name in ("onednn", "native"):
                 with conv_backend(name):
@@ -158,7 +158,7 @@ def cpu_conv_backend(choice: str, probe, accelerator, record: Path, reuse: bool 
                         probe()
                         runs.append(time.perf_counter() - start)
                     seconds[name] = min(runs)
-        choice = min(seconds, key=seconds.get)
+        choice = min(seconds, key=seconds.__getitem__)
         accelerator.print(
             "cpu conv backend: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in seconds.items()) + f" -> {choice}"
         )
