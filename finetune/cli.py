@@ -1,13 +1,13 @@
 """The `finetune` command: train, look at data, evaluate, generate and export without writing a script.
 
-    finetune train lm --config recipes/configs/legal_lora.yaml [key=value ...] [--accelerate-config FILE]
-    finetune inspect-data recipes/configs/legal_lora.yaml
-    finetune eval --model DIR_OR_ID [--adapter ADAPTER_DIR] --data FILE.jsonl
-    finetune generate --model DIR_OR_ID [--adapter ADAPTER_DIR] --prompt "..."
-    finetune export merge --model DIR_OR_ID --adapter ADAPTER_DIR --out DIR
-    finetune export quantized --bits 8|4 --model DIR_OR_ID [--adapter ADAPTER_DIR] --out DIR
-    finetune export kohya --lora pytorch_lora_weights.safetensors --out lora_kohya.safetensors
-    finetune export gguf --model DIR_OR_ID [--adapter ADAPTER_DIR] --out model.gguf --type f16|bf16|q8_0|q4_0
+finetune train lm --config recipes/configs/legal_lora.yaml [key=value ...] [--accelerate-config FILE]
+finetune inspect-data recipes/configs/legal_lora.yaml
+finetune eval --model DIR_OR_ID [--adapter ADAPTER_DIR] --data FILE.jsonl
+finetune generate --model DIR_OR_ID [--adapter ADAPTER_DIR] --prompt "..."
+finetune export merge --model DIR_OR_ID --adapter ADAPTER_DIR --out DIR
+finetune export quantized --bits 8|4 --model DIR_OR_ID [--adapter ADAPTER_DIR] --out DIR
+finetune export kohya --lora pytorch_lora_weights.safetensors --out lora_kohya.safetensors
+finetune export gguf --model DIR_OR_ID [--adapter ADAPTER_DIR] --out model.gguf --type f16|bf16|q8_0|q4_0
 """
 
 from __future__ import annotations
@@ -59,9 +59,18 @@ def cmd_eval(args) -> None:
     cfg = TextDataConfig(train_file=args.data, text_field=args.field, max_length=max_length, pack=False)
     ds = build_text_datasets(cfg, tokenizer)["train"]
     total, count = nll_and_tokens(model, dataset_batches(ds, make_collate(cfg, tokenizer), args.batch_size))
-    print(json.dumps({"data": args.data, "documents": len(ds), "tokens": count,
-                      "loss": total / count, "perplexity": perplexity_of(total, count),
-                      "truncated": ds.stats.truncated}))
+    print(
+        json.dumps(
+            {
+                "data": args.data,
+                "documents": len(ds),
+                "tokens": count,
+                "loss": total / count,
+                "perplexity": perplexity_of(total, count),
+                "truncated": ds.stats.truncated,
+            }
+        )
+    )
 
 
 def cmd_generate(args) -> None:
@@ -69,16 +78,21 @@ def cmd_generate(args) -> None:
 
     model, tokenizer = _load_lm(args.model, args.adapter, args.trust_remote_code)
     if args.chat and tokenizer.chat_template:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}], tokenize=False,
-                                             add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": args.prompt}], tokenize=False, add_generation_prompt=True
+        )
     else:
         text = args.prompt
     enc = tokenizer(text, return_tensors="pt")
     torch.manual_seed(args.seed)
     with torch.no_grad():
-        ids = model.generate(**enc, max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
-                             temperature=args.temperature if args.temperature > 0 else None,
-                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+        ids = model.generate(
+            **enc,
+            max_new_tokens=args.max_new_tokens,
+            do_sample=args.temperature > 0,
+            temperature=args.temperature if args.temperature > 0 else None,
+            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+        )
     print(tokenizer.decode(ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True))
 
 
@@ -99,8 +113,10 @@ def check_merge_out(out: Path) -> None:
             written = []
     foreign = sorted(p.name for p in out.iterdir() if p.name not in written)
     if foreign:
-        raise UserError(f"--out {out} already holds files finetune did not write ({', '.join(foreign[:3])}"
-                        f"{', ...' if len(foreign) > 3 else ''}); pass a new or empty directory")
+        raise UserError(
+            f"--out {out} already holds files finetune did not write ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}); pass a new or empty directory"
+        )
 
 
 def cmd_export_merge(args) -> None:
@@ -117,7 +133,9 @@ def cmd_export_merge(args) -> None:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         files = sorted(p.name for p in tmp.iterdir()) + [MERGE_MARKER]
-        (tmp / MERGE_MARKER).write_text(json.dumps({"model": args.model, "adapter": args.adapter, "files": files}, indent=2) + "\n")
+        (tmp / MERGE_MARKER).write_text(
+            json.dumps({"model": args.model, "adapter": args.adapter, "files": files}, indent=2) + "\n"
+        )
     print(f"merged model written to {out}")
 
 
@@ -128,10 +146,19 @@ def cmd_export_quantized(args) -> None:
     check_merge_out(out)  # the same rules as a merge: never into a folder of the user's
     check_bits(args.bits)  # a missing library is refused before minutes of loading
     model, tokenizer = _load_lm(args.model, args.adapter, args.trust_remote_code)
-    report = export_quantized(model, tokenizer, out, bits=args.bits, dtype=args.dtype, marker=MERGE_MARKER,
-                              record={"model": args.model, "adapter": args.adapter, "dtype": args.dtype})
-    print(f"{DESCRIBE[args.bits]} model written to {out}: {report['bytes'] / 2**20:.1f} MiB of weights; it reloads "
-          f"with AutoModelForCausalLM.from_pretrained({str(out)!r}) (reload check: {report['check']:.1e})")
+    report = export_quantized(
+        model,
+        tokenizer,
+        out,
+        bits=args.bits,
+        dtype=args.dtype,
+        marker=MERGE_MARKER,
+        record={"model": args.model, "adapter": args.adapter, "dtype": args.dtype},
+    )
+    print(
+        f"{DESCRIBE[args.bits]} model written to {out}: {report['bytes'] / 2**20:.1f} MiB of weights; it reloads "
+        f"with AutoModelForCausalLM.from_pretrained({str(out)!r}) (reload check: {report['check']:.1e})"
+    )
 
 
 def cmd_export_kohya(args) -> None:
@@ -141,8 +168,10 @@ def cmd_export_kohya(args) -> None:
     if adapter_metadata:  # save_lora_weights recorded every component's LoraConfig: rank and alpha per module
         alpha = module_alphas(state, adapter_metadata)
         if args.alpha is not None and set(alpha.values()) != {args.alpha}:
-            raise UserError(f"--alpha {args.alpha} contradicts the lora_alpha the file records "
-                            f"({sorted(set(alpha.values()))}); drop --alpha, it is read from the file")
+            raise UserError(
+                f"--alpha {args.alpha} contradicts the lora_alpha the file records "
+                f"({sorted(set(alpha.values()))}); drop --alpha, it is read from the file"
+            )
     elif args.rank is None or args.alpha is None:
         raise UserError(f"'{args.lora}' does not record rank/alpha (no lora_adapter_metadata); pass --rank and --alpha")
     else:
@@ -186,17 +215,31 @@ def build_parser() -> argparse.ArgumentParser:
     import finetune
     from finetune.launch import RECIPES
 
-    p = argparse.ArgumentParser(prog="finetune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Every config key of a recipe, with its type, default and meaning: "
-                                       "finetune train RECIPE --help")
+    p = argparse.ArgumentParser(
+        prog="finetune",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Every config key of a recipe, with its type, default and meaning: finetune train RECIPE --help",
+    )
     p.add_argument("--version", action="version", version=f"finetune {finetune.__version__}")
-    p.add_argument("--verbose", action="store_true", help="show every library warning and progress bar (FINETUNE_VERBOSE=1)")
+    p.add_argument(
+        "--verbose", action="store_true", help="show every library warning and progress bar (FINETUNE_VERBOSE=1)"
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("train", help="run a recipe under accelerate (as `accelerate launch recipes/...`), errors in one line",
-                       add_help=False)
-    s.add_argument("-h", "--help", action=_TrainHelp, nargs=0, help="show this help (after RECIPE: with every config key "
-                   "of that recipe, its type, default and meaning) and exit")
+    s = sub.add_parser(
+        "train",
+        help="run a recipe under accelerate (as `accelerate launch recipes/...`), errors in one line",
+        add_help=False,
+    )
+    s.add_argument(
+        "-h",
+        "--help",
+        action=_TrainHelp,
+        nargs=0,
+        help="show this help (after RECIPE: with every config key "
+        "of that recipe, its type, default and meaning) and exit",
+    )
     s.add_argument("recipe", choices=list(RECIPES), help="lm: train_lm.py, sd: train_sd.py, gan, vae, autoencoder")
     s.add_argument("--config", help="the recipe's YAML config, e.g. recipes/configs/legal_lora.yaml")
     s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-4 train.max_steps=20")
@@ -210,15 +253,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_inspect_data)
 
     def model_args(s):
-        s.add_argument("--model", default="smollm2-135m-instruct", help="local dir, hub id, .gguf file or smollm2-135m-instruct")
+        s.add_argument(
+            "--model", default="smollm2-135m-instruct", help="local dir, hub id, .gguf file or smollm2-135m-instruct"
+        )
         s.add_argument("--adapter", help="a PEFT adapter directory to apply")
         s.add_argument("--trust-remote-code", action="store_true", help="allow model code shipped with the checkpoint")
 
-    s = sub.add_parser("eval", help="perplexity of a model (+adapter) on a JSONL of {\"text\"} as JSON")
+    s = sub.add_parser("eval", help='perplexity of a model (+adapter) on a JSONL of {"text"} as JSON')
     model_args(s)
     s.add_argument("--data", required=True)
     s.add_argument("--field", default="text")
-    s.add_argument("--max-length", type=int, default=None, help="tokens per document (longer: truncated); default 1024 or the model's context")
+    s.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="tokens per document (longer: truncated); default 1024 or the model's context",
+    )
     s.add_argument("--batch-size", type=int, default=4)
     s.set_defaults(fn=cmd_eval)
 
@@ -236,12 +286,19 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(s)
     s.add_argument("--out", required=True)
     s.set_defaults(fn=cmd_export_merge)
-    s = e.add_parser("quantized", help="merge an adapter (if any) and save the model weight-only quantized: "
-                     "--bits 8 (torchao int8) or 4 (bitsandbytes NF4); from_pretrained(DIR) reloads it")
+    s = e.add_parser(
+        "quantized",
+        help="merge an adapter (if any) and save the model weight-only quantized: "
+        "--bits 8 (torchao int8) or 4 (bitsandbytes NF4); from_pretrained(DIR) reloads it",
+    )
     model_args(s)
     s.add_argument("--bits", type=int, choices=(8, 4), required=True, help="8: int8 weight-only, 4: NF4")
-    s.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
-                   help="dtype of the weights left unquantized (embeddings, norms, head) and of NF4's compute")
+    s.add_argument(
+        "--dtype",
+        choices=("bfloat16", "float32"),
+        default="bfloat16",
+        help="dtype of the weights left unquantized (embeddings, norms, head) and of NF4's compute",
+    )
     s.add_argument("--out", required=True)
     s.set_defaults(fn=cmd_export_quantized)
     s = e.add_parser("kohya", help="diffusers LoRA -> kohya/A1111 key format")

@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 
 from finetune.config import parse_recipe_args, to_dict
-from finetune.data.text import TextDataConfig, build_text_datasets, make_collate
+from finetune.data.text import TextDataConfig, build_text_datasets, make_collate, read_jsonl
 from finetune.data.text import check_config as check_data_config
-from finetune.data.text import read_jsonl
 from finetune.errors import UserError, exit_on_user_error
 from finetune.export.gguf import GGUFChoice, check_exportable, check_recipe_gguf, export_run_gguf
 from finetune.export.lm import save_lm_artifacts, write_model_card
+from finetune.io import atomic_write_json
 from finetune.losses.lm import count_trained_tokens
 from finetune.methods.full import FullMethodConfig
 from finetune.methods.lora import LoraMethodConfig, restore_frozen_weights
@@ -41,11 +41,10 @@ from finetune.models.causal_lm import (
 from finetune.models.quantize import check_quantized_training
 from finetune.optim.optimizers import OptimConfig, build_optimizer, validate_optim_config
 from finetune.optim.schedulers import SchedulerConfig, build_scheduler, validate_scheduler_config
-from finetune.io import atomic_write_json
 from finetune.quiet import quiet_libraries
 from finetune.train import Hooks, TrainConfig, build_accelerator, start_run, train
-from finetune.train.setup import finished_run
 from finetune.train.loop import validate_train_config, weight_dtype
+from finetune.train.setup import finished_run
 
 
 @dataclass
@@ -73,10 +72,16 @@ class LMRecipeConfig:
     model: LMModelConfig = field(default_factory=LMModelConfig)  # which causal LM to start from
     lora: LoraMethodConfig = field(default_factory=LoraMethodConfig)  # used when method=lora
     prompt: PromptMethodConfig = field(default_factory=PromptMethodConfig)  # used when method=prompt
-    full: FullMethodConfig = field(default_factory=FullMethodConfig)  # used when method=full (freezing, gradual unfreezing)
-    train: TrainConfig = field(default_factory=TrainConfig)  # loop settings (steps, batch, accumulation, eval, checkpoints)
+    full: FullMethodConfig = field(
+        default_factory=FullMethodConfig
+    )  # used when method=full (freezing, gradual unfreezing)
+    train: TrainConfig = field(
+        default_factory=TrainConfig
+    )  # loop settings (steps, batch, accumulation, eval, checkpoints)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-4))  # optimizer
-    scheduler: SchedulerConfig = field(default_factory=lambda: SchedulerConfig(name="cosine", warmup_steps=10))  # lr schedule
+    scheduler: SchedulerConfig = field(
+        default_factory=lambda: SchedulerConfig(name="cosine", warmup_steps=10)
+    )  # lr schedule
     eval: EvalConfig = field(default_factory=EvalConfig)  # perplexity evaluation
     loss: LossConfig = field(default_factory=LossConfig)  # how the token loss is computed (same numbers either way)
     export: ExportConfig = field(default_factory=ExportConfig)  # what is written at the end
@@ -90,8 +95,12 @@ def check_combination(cfg: LMRecipeConfig) -> None:
     check_data_config(cfg.data)
     resolve_model_source(cfg.model)  # a missing path or a non-GGUF file fails here, before anything loads
     d = cfg.data
-    for path, fmt in ((d.train_file, d.format), (d.validation_file, d.format), (d.test_file, d.format),
-                      (d.general_validation_file, "text")):
+    for path, fmt in (
+        (d.train_file, d.format),
+        (d.validation_file, d.format),
+        (d.test_file, d.format),
+        (d.general_validation_file, "text"),
+    ):
         if path:
             read_jsonl(path, fmt, d.text_field)  # every line checked now: errors name file:line
     LM_METHODS[cfg.method].check(cfg)
@@ -116,8 +125,10 @@ def main(argv=None):
     cfg = parse_recipe_args(LMRecipeConfig, argv, description=__doc__)
     check_combination(cfg)
     if (done := finished_run(cfg.train)) is not None:
-        print(f"{cfg.train.output_dir} holds this run, finished at step {done.get('steps')}; nothing to do "
-              f"(its summary: {cfg.train.output_dir}/summary.json; raise train.max_steps to train on)")
+        print(
+            f"{cfg.train.output_dir} holds this run, finished at step {done.get('steps')}; nothing to do "
+            f"(its summary: {cfg.train.output_dir}/summary.json; raise train.max_steps to train on)"
+        )
         return
     accelerator = build_accelerator(cfg.train.seed)
 
@@ -179,9 +190,17 @@ def main(argv=None):
         hooks.before_optimizer_step = lambda step: unfreezer.mask_grads()
         hooks.on_eval = lambda step, metrics, improved: unfreezer.on_eval(improved)
     result = train(
-        accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
-        dataset=splits["train"], collate_fn=collate, step_fn=step_fn, cfg=cfg.train,
-        eval_fn=eval_fn if eval_splits else None, save_fn=save_fn, hooks=hooks,
+        accelerator=accelerator,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        dataset=splits["train"],
+        collate_fn=collate,
+        step_fn=step_fn,
+        cfg=cfg.train,
+        eval_fn=eval_fn if eval_splits else None,
+        save_fn=save_fn,
+        hooks=hooks,
         count_items=lambda b: count_trained_tokens(b["labels"]),
         checkpoint_objects=(unfreezer,) if unfreezer is not None else (),
     )
@@ -197,10 +216,17 @@ def main(argv=None):
     if trained.cast_frozen:
         restore_frozen_weights(model, load_causal_lm(cfg.model)[0])
     verify = save_lm_artifacts(
-        model, tokenizer, out, method=cfg.method,
-        merged=cfg.export.merged, verify=cfg.export.verify, base_cfg=cfg.model,
+        model,
+        tokenizer,
+        out,
+        method=cfg.method,
+        merged=cfg.export.merged,
+        verify=cfg.export.verify,
+        base_cfg=cfg.model,
     )
-    gguf_file = None if cfg.export.gguf == "none" else export_run_gguf(model, tokenizer, out, cfg.export.gguf, cfg.model)
+    gguf_file = (
+        None if cfg.export.gguf == "none" else export_run_gguf(model, tokenizer, out, cfg.export.gguf, cfg.model)
+    )
     tokens = seen["tokens"] * accelerator.num_processes
     summary = {
         "method": cfg.method,
@@ -210,7 +236,9 @@ def main(argv=None):
         "train_seconds": round(result.train_seconds, 1) if result.trained_steps else None,
         "tokens_per_second": round(tokens / result.train_seconds, 1) if result.trained_steps else None,
         "median_step_seconds": round(statistics.median(result.step_seconds), 4) if result.step_seconds else None,
-        "step_seconds": [round(t, 4) for t in result.step_seconds],  # every optimizer step (data, forward, backward, update)
+        "step_seconds": [
+            round(t, 4) for t in result.step_seconds
+        ],  # every optimizer step (data, forward, backward, update)
         "train_peak_memory": result.peak_memory,  # peak RSS (CPU) / max_memory_allocated (GPU) at the last optimizer step
         "trainable_parameters": n_train,
         "perplexity_before": before,

