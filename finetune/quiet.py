@@ -35,6 +35,9 @@ NOISY_LOGS = [
     ("torchao", r"Failed to load .*_C_(mxfp8|cutlass_\w+)\.\S+: Could not load this library"),
     ("torch.utils._pytree", r"is an Enum subclass and is now natively supported by torch.compile"),
     ("bitsandbytes.backends.cpu.ops", r"Failed to load CPU gemm_4bit_forward from kernels-community"),
+    # diffusers 0.42 looks for torchao < 0.16's tensor classes (moved in 0.18) to allow-list them for loading
+    # torchao-quantized diffusers checkpoints, which this project never loads
+    ("diffusers.quantizers.torchao.torchao_quantizer", r"Unable to import `torchao` Tensor objects"),
 ]
 
 # (category, message pattern): warnings.warn calls that are noise

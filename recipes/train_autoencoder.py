@@ -18,10 +18,9 @@ reconstructions.png grid (rows of test digits, each followed by its reconstructi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
-from diffusers import AutoencoderKL
 
 from finetune.config import parse_recipe_args
 from finetune.data.digits import load_digits_images
@@ -35,6 +34,9 @@ from finetune.optim.schedulers import SchedulerConfig, build_scheduler
 from finetune.quiet import quiet_libraries
 from finetune.train import TrainConfig, build_accelerator, start_run, train
 from finetune.train.loop import validate_train_config
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL
 
 
 @dataclass
@@ -108,6 +110,8 @@ def validate(cfg: AutoencoderConfig) -> None:
 
 def build_vae(m: AEModelConfig, image_size: int) -> AutoencoderKL:
     """An AutoencoderKL with `len(block_out_channels) - 1` downsamplings, random weights."""
+    from diffusers import AutoencoderKL  # after finetune: its import-time library notices meet finetune.quiet's filters
+
     levels = len(m.block_out_channels)
     return AutoencoderKL(
         in_channels=3,

@@ -19,8 +19,6 @@ from typing import Literal
 
 import torch
 from accelerate.utils import set_seed
-from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
-from diffusers.training_utils import cast_training_params
 
 from finetune.config import parse_recipe_args
 from finetune.data.images import check_resolution
@@ -164,6 +162,10 @@ def main(argv=None):
         parts.unet,
         parts.noise_scheduler,
     )
+    # diffusers is imported here, after finetune: its import-time library notices then meet finetune.quiet's filters
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+    from diffusers.training_utils import cast_training_params
+
     unet.set_attn_processor(AttnProcessor2_0() if cfg.efficiency.attention == "sdpa" else AttnProcessor())
     ti_ids = add_placeholder_tokens(tokenizer, text_encoder, ti) if method == "textual_inversion" else []
     ti_prompt = templates_of(ti)[0].format(placeholder_text(ti))
