@@ -28,7 +28,7 @@ from finetune.errors import UserError, exit_on_user_error
 from finetune.io import atomic_dir, atomic_write_bytes, atomic_write_json
 from finetune.losses.vae import elbo
 from finetune.metrics import load_judge
-from finetune.models.small_nets import image_grid_png
+from finetune.models.small_nets import reconstructions_png
 from finetune.optim.optimizers import OptimConfig, build_optimizer, param_groups
 from finetune.optim.schedulers import SchedulerConfig, build_scheduler
 from finetune.quiet import quiet_libraries
@@ -221,14 +221,10 @@ def main(argv: list[str] | None = None) -> dict:
         vae.eval()
         save_fn(out)
         std = 1.0 / vae.config.scaling_factor
-        rows = min(4, len(test_x) // 8)  # rows of 8 test digits, each followed by its reconstructions
-        if rows:
-            shown = test_x[: rows * 8]
-            recon = reconstruct(vae, shown.to(device)).cpu()
-            pairs = torch.stack([shown.view(rows, 8, *shown.shape[1:]), recon.view(rows, 8, *shown.shape[1:])], dim=1)
-            atomic_write_bytes(
-                out / "reconstructions.png", image_grid_png(pairs.reshape(-1, *shown.shape[1:]), nrow=8, scale=4)
-            )
+        shown = test_x[: min(4, len(test_x) // 8) * 8]  # up to 4 rows of 8 test digits
+        if len(shown):
+            png = reconstructions_png(shown, reconstruct(vae, shown.to(device)), scale=4)
+            atomic_write_bytes(out / "reconstructions.png", png)
         summary = {
             "step": result.global_step,
             "scaling_factor": 1.0 / std,

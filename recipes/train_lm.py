@@ -124,12 +124,8 @@ def main(argv=None):
     quiet_libraries()  # before anything loads: library noise off unless FINETUNE_VERBOSE=1
     cfg = parse_recipe_args(LMRecipeConfig, argv, description=__doc__)
     check_combination(cfg)
-    if (done := finished_run(cfg.train)) is not None:
-        print(
-            f"{cfg.train.output_dir} holds this run, finished at step {done.get('steps')}; nothing to do "
-            f"(its summary: {cfg.train.output_dir}/summary.json; raise train.max_steps to train on)"
-        )
-        return
+    if finished_run(cfg.train) is not None:
+        return  # finished_run has said so in one line: nothing to do
     accelerator = build_accelerator(cfg.train.seed)
 
     # Model and data first: their errors must leave no output directory behind.

@@ -15,7 +15,6 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 from accelerate.utils import set_seed
@@ -37,14 +36,7 @@ from finetune.data.sd import (
     validate_data,
 )
 from finetune.errors import UserError, exit_on_user_error
-from finetune.export.sd import (
-    EMBEDDING_FILE,
-    PIPELINE_DIR,
-    save_image_grid,
-    save_sd_lora,
-    save_sd_pipeline,
-    save_textual_inversion,
-)
+from finetune.export.sd import save_image_grid
 from finetune.io import atomic_write_json
 from finetune.losses.diffusion import (
     DiffusionLossConfig,
@@ -56,17 +48,9 @@ from finetune.losses.diffusion import (
     split_prior_batch,
 )
 from finetune.methods.dreambooth import PriorConfig, class_image_prompts, ensure_class_images, validate_prior
-from finetune.methods.sd_lora import SDLoraConfig, add_lora, lora_layers, validate_sd_lora
-from finetune.methods.textual_inversion import (
-    RowRestorer,
-    TextualInversionConfig,
-    add_placeholder_tokens,
-    learned_embeddings,
-    placeholder_text,
-    template_prompt,
-    templates_of,
-    train_only_embeddings,
-)
+from finetune.methods.sd_lora import SDLoraConfig
+from finetune.methods.sd_registry import SD_METHODS, SDMethodName
+from finetune.methods.textual_inversion import RowRestorer, TextualInversionConfig
 from finetune.models.sd import SDModelConfig, build_pipeline, load_sd_components, tokenize_prompts
 from finetune.models.sd_denoiser import (
     EfficiencyConfig,
@@ -92,9 +76,7 @@ from finetune.train.setup import conv_backend, cpu_conv_backend, finished_run
 
 @dataclass
 class SDRecipeConfig:
-    method: Literal["lora", "full", "textual_inversion"] = (
-        "lora"  # what trains: UNet LoRA, all UNet weights, or new token embeddings
-    )
+    method: SDMethodName = "lora"  # what trains: UNet LoRA, all UNet weights, or new token embeddings
     model: SDModelConfig = field(default_factory=SDModelConfig)  # which Stable Diffusion, its resolution and objective
     data: SDDataConfig = field(default_factory=SDDataConfig)  # instance images + prompt, or a captioned folder
     prior: PriorConfig = field(default_factory=PriorConfig)  # DreamBooth prior preservation (class images)
@@ -124,12 +106,11 @@ def check_combination(cfg: SDRecipeConfig) -> None:
     check_resolution(cfg.model.resolution)
     validate_data(cfg.data, cfg.method)
     validate_prior(cfg.prior)
-    if cfg.method == "lora":
-        validate_sd_lora(cfg.lora)
-    if cfg.prior.enabled and (cfg.method == "textual_inversion" or cfg.data.caption_dir):
-        raise UserError("prior.enabled is DreamBooth's: it needs data.instance_dir with method=lora or method=full")
-    if cfg.method == "textual_inversion" and cfg.text_encoder.train:
-        raise UserError("method=textual_inversion already trains only the new embeddings; unset text_encoder.train")
+    method = SD_METHODS[cfg.method]
+    method.check(cfg)  # its own refusals (finetune/methods/sd_registry.py)
+    if cfg.prior.enabled and (not method.prior_preservation or cfg.data.caption_dir):
+        with_prior = " or ".join(f"method={name}" for name, m in SD_METHODS.items() if m.prior_preservation)
+        raise UserError(f"prior.enabled is DreamBooth's: it needs data.instance_dir with {with_prior}")
     if cfg.kohya and cfg.method != "lora":
         raise UserError("kohya=true exports a LoRA; it needs method=lora")
     if cfg.validation.holdout and not cfg.data.caption_dir:
@@ -142,15 +123,11 @@ def main(argv=None):
     cfg = parse_recipe_args(SDRecipeConfig, argv, description=__doc__)
     check_combination(cfg)
     if (done := finished_run(cfg.train)) is not None:
-        print(
-            f"{cfg.train.output_dir} holds this run, finished at step {done.get('steps')}; nothing to do "
-            f"(its summary: {cfg.train.output_dir}/summary.json; raise train.max_steps to train on)"
-        )
-        return done
+        return done  # finished_run has said so in one line; this is the summary the run wrote
     check_output_dir(cfg.train.output_dir, cfg.train.resume, cfg.train.overwrite_output_dir)
     accelerator = build_accelerator(cfg.train.seed)
     device, dtype, res, seed = accelerator.device, weight_dtype(accelerator), cfg.model.resolution, cfg.train.seed
-    ti, method = cfg.textual_inversion, cfg.method
+    method = SD_METHODS[cfg.method]  # its config section, what trains, how it saves (finetune/methods/sd_registry.py)
 
     # Model and data, validated before anything is written: a bad folder, image or token leaves no output_dir.
     parts = load_sd_components(cfg.model)
@@ -167,11 +144,11 @@ def main(argv=None):
     from diffusers.training_utils import cast_training_params
 
     unet.set_attn_processor(AttnProcessor2_0() if cfg.efficiency.attention == "sdpa" else AttnProcessor())
-    ti_ids = add_placeholder_tokens(tokenizer, text_encoder, ti) if method == "textual_inversion" else []
-    ti_prompt = templates_of(ti)[0].format(placeholder_text(ti))
+    # Textual inversion: the new word joins the tokenizer first, as every prompt of its data names it.
+    concept = method.concept(tokenizer, text_encoder, cfg) if method.concept else None
     bucket = 8 * parts.vae_scale_factor  # aspect buckets: latent sides stay multiples of 8 (SD: 64 px)
     images = build_image_dataset(
-        cfg.data, res, seed, instance_prompt=ti_prompt if ti_ids else "", bucket_multiple=bucket
+        cfg.data, res, seed, instance_prompt=concept.instance_prompt if concept else "", bucket_multiple=bucket
     )
     out = start_run(accelerator, cfg, cfg.train)
 
@@ -187,26 +164,16 @@ def main(argv=None):
     # Trainable parameters: everything starts frozen and the method unfreezes its part.
     for module in (vae, text_encoder, unet):
         module.requires_grad_(False)
-    te_trains = cfg.text_encoder.train or method == "textual_inversion"
-    if method == "lora":
-        unet_params = add_lora(unet, cfg.lora, cfg.lora.target_modules, "UNet")
-        te_params = (
-            add_lora(text_encoder, cfg.lora, cfg.lora.text_encoder_target_modules, "text encoder") if te_trains else []
-        )
-    elif method == "full":
-        unet_params = list(unet.requires_grad_(True).parameters())
-        te_params = list(text_encoder.requires_grad_(True).parameters()) if te_trains else []
-    else:
-        unet_params, te_params = [], [train_only_embeddings(text_encoder)]
-    # Frozen weights in the mixed-precision dtype, trained ones in fp32 (fp16/bf16 master weights lose small updates).
-    # Textual inversion trains the whole (fp32) token table, so the embeddings' sum is fp32; bf16 layer norms after
-    # it fail on the CPU (autocast there does not cast layer_norm), so its text encoder stays fp32 as in diffusers'
-    # textual_inversion.py; autocast still runs its matmuls in the mixed precision.
-    for module in (unet, text_encoder):
-        cast_frozen(module.to(device).parameters(), torch.float32 if module is text_encoder and ti_ids else dtype)
+    unet_params, te_params = method.trainable(unet, text_encoder, cfg)
+    te_trains = bool(te_params)
+    # Frozen weights in the mixed-precision dtype, trained ones in fp32 (fp16/bf16 master weights lose small updates);
+    # a method may keep its text encoder fp32 (textual inversion: its entry says why).
+    cast_frozen(unet.to(device).parameters(), dtype)
+    cast_frozen(text_encoder.to(device).parameters(), torch.float32 if method.text_encoder_fp32 else dtype)
     cast_training_params([unet, text_encoder], torch.float32)  # diffusers' guard; they never left fp32 here
     vae.to(device, torch.float32 if cfg.efficiency.vae_fp32 else dtype)
-    restorer = RowRestorer(te_params[0], ti_ids) if ti_ids else None  # after the cast: same device and dtype
+    # textual inversion: only the new rows may change; made after the cast, so its copy has their device and dtype
+    restorer = RowRestorer(text_encoder.get_input_embeddings().weight, concept.token_ids) if concept else None
     if cfg.efficiency.channels_last:
         unet.to(memory_format=torch.channels_last)
     if cfg.efficiency.gradient_checkpointing:
@@ -235,9 +202,7 @@ def main(argv=None):
         if embeds is not None:
             text_encoder.to("cpu")
     cache_seconds = time.perf_counter() - started
-    collate = make_collate(
-        tokenizer, embeds, (lambda p: template_prompt(ti)) if ti_ids else None, cfg.data.caption_dropout
-    )
+    collate = make_collate(tokenizer, embeds, concept.training_prompt if concept else None, cfg.data.caption_dropout)
     dataset = TrainItems(images, items, train_idx)
 
     core = SDDenoiser(unet, text_encoder if embeds is None else None)
@@ -265,9 +230,9 @@ def main(argv=None):
     denoiser, optimizer = accelerator.prepare(core, optimizer)
     trainable = unet_params + te_params
     ema = build_ema(trainable, cfg.ema)
-    n_trained = len(ti_ids) * te_params[0].shape[1] if ti_ids else sum(p.numel() for p in trainable)  # TI: the new rows
+    n_trained = method.trained_count(cfg, unet_params, te_params)  # textual inversion: its new rows only
     accelerator.print(
-        f"method {method}: {n_trained:,} trained parameters; "
+        f"method {cfg.method}: {n_trained:,} trained parameters; "
         f"{len(dataset)} training items; cached latents={cfg.efficiency.cache_latents} text={embeds is not None}"
     )
 
@@ -294,12 +259,7 @@ def main(argv=None):
         return loss, {"instance_loss": instance.detach(), "prior_loss": prior.detach()}
 
     val = fixed_validation_batches(val_items, noise_scheduler, cfg.validation.seed)
-    # Pipelines expand a textual-inversion token into all its vectors themselves: sample with the bare token.
-    default_prompts = (
-        [ti_prompt.replace(placeholder_text(ti), ti.placeholder_token)]
-        if ti_ids
-        else sorted({it["prompt"] for it in items})[:2]
-    )
+    default_prompts = [concept.sample_prompt] if concept else sorted({it["prompt"] for it in items})[:2]
     sample_prompts = cfg.validation.prompts or default_prompts
 
     def validation_loss() -> float:
@@ -321,20 +281,8 @@ def main(argv=None):
         return metrics
 
     def save_fn(path: Path) -> list[Path]:
-        with ema_weights(ema, trainable):
-            if method == "lora":
-                (u, uc), (t, tc) = lora_layers(unet), (lora_layers(text_encoder) if te_params else ({}, None))
-                return save_sd_lora(path, u, uc, t, tc, {"unet": unet, "text_encoder": text_encoder}, kohya=cfg.kohya)
-            if method == "textual_inversion":
-                return [
-                    save_textual_inversion(
-                        path / EMBEDDING_FILE, ti.placeholder_token, learned_embeddings(text_encoder, ti_ids)
-                    )
-                ]
-            with torch.random.fork_rng():  # frozen parts in full precision: reload them (reseeds a tiny build)
-                base = load_sd_components(cfg.model) if dtype != torch.float32 else parts
-            pipe = build_pipeline(base, unet=unet, text_encoder=text_encoder if te_trains else base.text_encoder)
-            return [save_sd_pipeline(path / PIPELINE_DIR, pipe)]
+        with ema_weights(ema, trainable):  # the EMA weights, when kept, are the ones saved
+            return method.save(path, parts, cfg, dtype)
 
     def before_optimizer_step(step: int) -> None:
         if cfg.text_encoder.stop_step and step >= cfg.text_encoder.stop_step:
@@ -385,7 +333,7 @@ def main(argv=None):
     if before_images and after_images:
         save_image_grid(before_images + after_images, 2, out / "before_after.png")
     summary = {
-        "method": method,
+        "method": cfg.method,
         "prior_preservation": cfg.prior.enabled,
         "steps": result.global_step,
         # the loop's timing (finetune/train/loop.py): optimizer steps only, evaluations and checkpoints left out

@@ -24,7 +24,7 @@ from finetune.errors import UserError, exit_on_user_error
 from finetune.io import atomic_write_bytes, atomic_write_json
 from finetune.losses.vae import elbo
 from finetune.metrics import judge_images, load_judge
-from finetune.models.small_nets import DigitsVAE, image_grid_png
+from finetune.models.small_nets import DigitsVAE, image_grid_png, reconstructions_png
 from finetune.optim.optimizers import OptimConfig, build_optimizer
 from finetune.optim.schedulers import SchedulerConfig, build_scheduler
 from finetune.quiet import quiet_libraries
@@ -135,10 +135,9 @@ def main(argv: list[str] | None = None) -> dict:
             )
             samples = torch.sigmoid(vae.decode(z.to(device))).float().cpu() * 2.0 - 1.0  # Bernoulli means, in [-1, 1]
             shown = test_x[:32].to(device)
-            recons = torch.sigmoid(vae(shown, generator=torch.Generator(device=device).manual_seed(0))[0]).float().cpu()
-        pairs = torch.stack([shown.cpu().view(4, 8, *shown.shape[1:]), recons.view(4, 8, *shown.shape[1:])], dim=1)
+            recons = torch.sigmoid(vae(shown, generator=torch.Generator(device=device).manual_seed(0))[0])
         atomic_write_bytes(out / "samples.png", image_grid_png(samples[:64]))
-        atomic_write_bytes(out / "reconstructions.png", image_grid_png(pairs.reshape(-1, *shown.shape[1:]) * 2.0 - 1.0))
+        atomic_write_bytes(out / "reconstructions.png", reconstructions_png(shown * 2.0 - 1.0, recons * 2.0 - 1.0))
         save_fn(out)
         scores = judge_images(load_judge(), samples)
         summary = {

@@ -1,5 +1,6 @@
 """Methods, one module each: LoRA/DoRA, prompt / p- / prefix tuning, full fine-tuning with gradual unfreezing (LM);
-SD LoRA, textual inversion, DreamBooth prior preservation (SD); the LM recipe's table of them (registry.py).
+SD LoRA, textual inversion, DreamBooth prior preservation (SD); each recipe's table of them (registry.py: LM_METHODS,
+sd_registry.py: SD_METHODS).
 
 Names load on first use (finetune/_exports.py).
 """
@@ -53,6 +54,7 @@ __all__, __getattr__ = lazy_exports(
             "lora_layers",
             "validate_sd_lora",
         ],
+        "sd_registry": ["SD_METHODS", "Concept", "SDMethod", "SDMethodName"],
         "textual_inversion": [
             "OBJECT_TEMPLATES",
             "STYLE_TEMPLATES",

@@ -80,6 +80,7 @@ __all__, __getattr__ = lazy_exports(
             "build_gan_nets",
             "check_image_size",
             "image_grid_png",
+            "reconstructions_png",
         ],
     },
 )

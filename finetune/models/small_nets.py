@@ -12,8 +12,8 @@ unbounded score per image (shape N): logits for the minimax losses, critic value
 contain no batch norm, because the WGAN-GP penalty is defined per sample.
 
 No library ships GAN/VAE nets for 8x8 inputs (diffusers' smallest VAE works on latents, not pixels),
-so these few layers are written by hand. `image_grid_png` renders sample grids with PIL because
-torchvision (which has `make_grid`) cannot be installed here.
+so these few layers are written by hand. `image_grid_png` renders sample grids (and `reconstructions_png` rows of
+images over their reconstructions) with PIL because torchvision (which has `make_grid`) cannot be installed here.
 """
 
 from __future__ import annotations
@@ -194,3 +194,16 @@ def image_grid_png(images: Tensor, nrow: int = 8, scale: int | None = None, pad:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def reconstructions_png(originals: Tensor, reconstructions: Tensor, cols: int = 8, scale: int | None = None) -> bytes:
+    """PNG bytes of rows of `cols` originals, each row followed by the same images reconstructed (both in [-1, 1]).
+
+    Whole rows only, and at most `cols // 2` of them, so that the pairs fill a `cols` x `cols` grid at most.
+    """
+    rows = min(cols // 2, len(originals) // cols, len(reconstructions) // cols)
+    if rows < 1:
+        raise ValueError(f"a reconstructions grid needs at least {cols} images, got {len(originals)}")
+    shape = originals.shape[1:]
+    pairs = [x[: rows * cols].detach().float().cpu().view(rows, cols, *shape) for x in (originals, reconstructions)]
+    return image_grid_png(torch.stack(pairs, dim=1).reshape(-1, *shape), nrow=cols, scale=scale)

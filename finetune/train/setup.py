@@ -102,7 +102,7 @@ def finished_run(train_cfg) -> dict | None:
     """The summary of the run in output_dir when `resume` would continue a run that already reached max_steps and
     wrote its summary (a finished job re-run with resume=latest): nothing is left to do, and redoing the export would
     replace the run's measured figures with those of a process that trained no step. A run killed during its final
-    export has no summary yet: it resumes, evaluates and exports."""
+    export has no summary yet: it resumes, evaluates and exports. A finished run is said in one line."""
     out = Path(train_cfg.output_dir)
     if train_cfg.resume != "latest" or not (out / "summary.json").is_file() or not (ckpts := list_checkpoints(out)):
         return None
@@ -111,7 +111,13 @@ def finished_run(train_cfg) -> dict | None:
         summary = json.loads((out / "summary.json").read_text())
     except (OSError, ValueError, KeyError, TypeError):
         return None  # the resume path reports a damaged checkpoint in its own words
-    return summary if step >= train_cfg.max_steps else None
+    if step < train_cfg.max_steps:
+        return None
+    print(
+        f"{train_cfg.output_dir} holds this run, finished at step {step}; nothing to do "
+        f"(its summary: {train_cfg.output_dir}/summary.json; raise train.max_steps to train on)"
+    )
+    return summary
 
 
 def keep_output_dir() -> None:

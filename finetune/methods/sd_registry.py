@@ -1,0 +1,145 @@
+"""The SD recipe's methods, one table: name -> its config section, its checks, what trains, how it is saved.
+
+recipes/train_sd.py dispatches through `SD_METHODS` instead of `if cfg.method == ...` chains. A new method is its
+module (config dataclass + how it selects and saves its parameters, e.g. finetune/methods/sd_lora.py), one
+`SDMethod` entry here with its name in `SDMethodName`, and its config section in `SDRecipeConfig`;
+tests/methods/test_registry.py fails until all of them agree. The diffusion step stays in the recipe, where its
+maths is visible. A module apart from registry.py (the LM table) because it imports diffusers, which the LM path
+never loads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from finetune.errors import UserError
+from finetune.export.sd import EMBEDDING_FILE, PIPELINE_DIR, save_sd_lora, save_sd_pipeline, save_textual_inversion
+from finetune.methods.sd_lora import SDLoraConfig, add_lora, lora_layers, validate_sd_lora
+from finetune.methods.textual_inversion import (
+    TextualInversionConfig,
+    add_placeholder_tokens,
+    learned_embeddings,
+    placeholder_text,
+    placeholder_tokens,
+    template_prompt,
+    templates_of,
+    train_only_embeddings,
+)
+from finetune.models.sd import SDParts, build_pipeline, load_sd_components
+
+SDMethodName = Literal["lora", "full", "textual_inversion"]  # the recipe's `method` key: one name per SD_METHODS entry
+
+Params = list[torch.nn.Parameter]
+
+
+@dataclass(frozen=True)
+class Concept:
+    """A new word in the tokenizer that every prompt is written around; only its embedding rows may train."""
+
+    token_ids: list[int]  # the new tokens' ids: their rows of the input-embedding matrix are what trains
+    instance_prompt: str  # the prompt of every instance image (validation and caching use it)
+    sample_prompt: str  # the same with the bare token: pipelines expand a multi-vector token themselves
+    training_prompt: Callable[[str], str]  # an example's caption -> the prompt it trains with
+
+
+def _count_all(cfg, unet_params: Params, te_params: Params) -> int:
+    return sum(p.numel() for p in unet_params + te_params)
+
+
+@dataclass(frozen=True)
+class SDMethod:
+    """One SD method. `cfg` below is always the whole recipe config; `trainable` unfreezes the method's part of a
+    model the recipe froze whole and returns (UNet parameters, text-encoder parameters) that train."""
+
+    section: str | None  # the recipe config's section holding this method's settings (cfg.<section>); None: none
+    config: type | None  # that section's dataclass
+    trainable: Callable[[Any, Any, Any], tuple[Params, Params]]  # (unet, text_encoder, cfg) -> (unet, te) params
+    save: Callable[[Path, SDParts, Any, torch.dtype], list[Path]]  # (dir, parts, cfg, weight dtype) -> files written
+    trained_count: Callable[[Any, Params, Params], int] = _count_all  # the summary's trained_parameters
+    check: Callable[[Any], None] = lambda cfg: None  # refusals on the whole recipe config, before any model loads
+    prior_preservation: bool = True  # DreamBooth's class images can keep the base model's idea of the class
+    concept: Callable[[Any, Any, Any], Concept] | None = None  # (tokenizer, text_encoder, cfg) -> the word it learns
+    text_encoder_fp32: bool = False  # the text encoder's frozen weights stay fp32 under mixed precision
+
+
+def _lora_trainable(unet, text_encoder, cfg) -> tuple[Params, Params]:
+    unet_params = add_lora(unet, cfg.lora, cfg.lora.target_modules, "UNet")
+    if not cfg.text_encoder.train:
+        return unet_params, []
+    return unet_params, add_lora(text_encoder, cfg.lora, cfg.lora.text_encoder_target_modules, "text encoder")
+
+
+def _lora_save(path: Path, parts: SDParts, cfg, dtype: torch.dtype) -> list[Path]:
+    """diffusers' LoRA file (pytorch_lora_weights.safetensors), and with `kohya` the A1111 / ComfyUI one."""
+    unet, text_encoder = parts.unet, parts.text_encoder
+    (u, uc), (t, tc) = lora_layers(unet), (lora_layers(text_encoder) if cfg.text_encoder.train else ({}, None))
+    return save_sd_lora(path, u, uc, t, tc, {"unet": unet, "text_encoder": text_encoder}, kohya=cfg.kohya)
+
+
+def _full_trainable(unet, text_encoder, cfg) -> tuple[Params, Params]:
+    unet_params = list(unet.requires_grad_(True).parameters())
+    return unet_params, list(text_encoder.requires_grad_(True).parameters()) if cfg.text_encoder.train else []
+
+
+def _full_save(path: Path, parts: SDParts, cfg, dtype: torch.dtype) -> list[Path]:
+    """A whole diffusers pipeline: the trained UNet (and text encoder) with the base model's other parts."""
+    with torch.random.fork_rng():  # frozen parts in full precision: reload them (reseeds a tiny build)
+        base = load_sd_components(cfg.model) if dtype != torch.float32 else parts
+    text_encoder = parts.text_encoder if cfg.text_encoder.train else base.text_encoder
+    return [save_sd_pipeline(path / PIPELINE_DIR, build_pipeline(base, unet=parts.unet, text_encoder=text_encoder))]
+
+
+def _ti_concept(tokenizer, text_encoder, cfg) -> Concept:
+    ti = cfg.textual_inversion
+    ids = add_placeholder_tokens(tokenizer, text_encoder, ti)  # refuses a token the tokenizer already has
+    prompt = templates_of(ti)[0].format(placeholder_text(ti))
+    return Concept(
+        ids,
+        prompt,
+        prompt.replace(placeholder_text(ti), ti.placeholder_token),
+        lambda caption: template_prompt(ti),  # a random template each time (Python's random, checkpointed)
+    )
+
+
+def _ti_save(path: Path, parts: SDParts, cfg, dtype: torch.dtype) -> list[Path]:
+    """learned_embeds.safetensors, {placeholder: (num_vectors, dim)}: what pipe.load_textual_inversion reads."""
+    ti = cfg.textual_inversion
+    embeddings = learned_embeddings(parts.text_encoder, parts.tokenizer.convert_tokens_to_ids(placeholder_tokens(ti)))
+    return [save_textual_inversion(path / EMBEDDING_FILE, ti.placeholder_token, embeddings)]
+
+
+def _ti_check(cfg) -> None:
+    if cfg.text_encoder.train:
+        raise UserError("method=textual_inversion already trains only the new embeddings; unset text_encoder.train")
+
+
+SD_METHODS: dict[str, SDMethod] = {
+    "lora": SDMethod(
+        section="lora",
+        config=SDLoraConfig,
+        trainable=_lora_trainable,
+        save=_lora_save,
+        check=lambda cfg: validate_sd_lora(cfg.lora),
+    ),
+    "full": SDMethod(section=None, config=None, trainable=_full_trainable, save=_full_save),
+    "textual_inversion": SDMethod(
+        section="textual_inversion",
+        config=TextualInversionConfig,
+        # the whole token table trains; the recipe's RowRestorer puts every row but the concept's back after each step
+        trainable=lambda unet, text_encoder, cfg: ([], [train_only_embeddings(text_encoder)]),
+        save=_ti_save,
+        trained_count=lambda cfg, unet_params, te_params: cfg.textual_inversion.num_vectors * te_params[0].shape[1],
+        check=_ti_check,
+        prior_preservation=False,
+        concept=_ti_concept,
+        # The whole (fp32) token table trains, so the embeddings' sum is fp32; bf16 layer norms after it fail on the
+        # CPU (autocast there does not cast layer_norm): its text encoder stays fp32, as in diffusers'
+        # textual_inversion.py. Autocast still runs its matmuls in the mixed precision.
+        text_encoder_fp32=True,
+    ),
+}
