@@ -330,7 +330,13 @@ def config_help(cls) -> str:
 
 
 def parse_recipe_args(cls, argv: list[str] | None = None, description: str = ""):
-    """`--config FILE key=value ...` -> a validated config of type `cls`; --help lists every key (config_help)."""
+    """`--config FILE key=value ...` -> a validated config of type `cls`; --help lists every key (config_help).
+
+    Every recipe starts here, before anything loads, so this is also where library noise is switched off
+    (finetune.quiet; FINETUNE_VERBOSE=1 keeps it)."""
+    from finetune.quiet import quiet_libraries
+
+    quiet_libraries()
     parser = argparse.ArgumentParser(
         description=description, epilog=config_help(cls), formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -28,7 +28,6 @@ from finetune.losses.gan import GAN_LOSSES, clip_weights_, gradient_penalty
 from finetune.metrics import judge_images, load_judge
 from finetune.models.small_nets import build_gan_nets, check_image_size, image_grid_png
 from finetune.optim.optimizers import GAN_BETAS, OptimConfig, build_ttur, validate_optim_config
-from finetune.quiet import quiet_libraries
 from finetune.stabilize import apply_spectral_norm
 from finetune.train import build_accelerator, start_run
 from finetune.train.batches import iterate_batches, shuffled_batches
@@ -156,7 +155,6 @@ class NoiseSource:
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> dict:
-    quiet_libraries()  # before anything loads: library noise off unless FINETUNE_VERBOSE=1
     cfg = resolve_config(parse_recipe_args(GANConfig, argv, __doc__))
     t = cfg.train
     n_critic, clip_value = cfg.n_critic, cfg.clip_value

@@ -31,7 +31,6 @@ from finetune.metrics import load_judge
 from finetune.models.small_nets import reconstructions_png
 from finetune.optim.optimizers import OptimConfig, build_optimizer, param_groups
 from finetune.optim.schedulers import SchedulerConfig, build_scheduler
-from finetune.quiet import quiet_libraries
 from finetune.train import TrainConfig, build_accelerator, start_run, train
 from finetune.train.loop import validate_train_config
 
@@ -167,7 +166,6 @@ def latent_std(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 256) 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> dict:
-    quiet_libraries()  # before anything loads: library noise off unless FINETUNE_VERBOSE=1
     cfg = parse_recipe_args(AutoencoderConfig, argv, __doc__)
     validate(cfg)
     accelerator = build_accelerator(cfg.train.seed)

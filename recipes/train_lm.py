@@ -41,7 +41,6 @@ from finetune.models.causal_lm import (
 from finetune.models.quantize import check_quantized_training
 from finetune.optim.optimizers import OptimConfig, build_optimizer, validate_optim_config
 from finetune.optim.schedulers import SchedulerConfig, build_scheduler, validate_scheduler_config
-from finetune.quiet import quiet_libraries
 from finetune.train import Hooks, TrainConfig, build_accelerator, start_run, train
 from finetune.train.loop import validate_train_config, weight_dtype
 from finetune.train.setup import finished_run
@@ -121,7 +120,6 @@ def evaluate_ppl(model, dataset, collate, cfg: LMRecipeConfig, device) -> float:
 
 @exit_on_user_error
 def main(argv=None):
-    quiet_libraries()  # before anything loads: library noise off unless FINETUNE_VERBOSE=1
     cfg = parse_recipe_args(LMRecipeConfig, argv, description=__doc__)
     check_combination(cfg)
     if finished_run(cfg.train) is not None:

@@ -65,7 +65,6 @@ from finetune.models.sd_denoiser import (
 )
 from finetune.optim.optimizers import OptimConfig, build_optimizer, param_groups, validate_optim_config
 from finetune.optim.schedulers import SchedulerConfig, build_scheduler
-from finetune.quiet import quiet_libraries
 from finetune.train import Hooks, TrainConfig, build_accelerator, start_run, train, weight_dtype
 from finetune.train.checkpoint import check_output_dir
 from finetune.train.ema import EMAConfig, build_ema, ema_weights
@@ -119,7 +118,6 @@ def check_combination(cfg: SDRecipeConfig) -> None:
 
 @exit_on_user_error
 def main(argv=None):
-    quiet_libraries()  # before anything loads: library noise off unless FINETUNE_VERBOSE=1
     cfg = parse_recipe_args(SDRecipeConfig, argv, description=__doc__)
     check_combination(cfg)
     if (done := finished_run(cfg.train)) is not None:

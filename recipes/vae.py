@@ -27,7 +27,6 @@ from finetune.metrics import judge_images, load_judge
 from finetune.models.small_nets import DigitsVAE, image_grid_png, reconstructions_png
 from finetune.optim.optimizers import OptimConfig, build_optimizer
 from finetune.optim.schedulers import SchedulerConfig, build_scheduler
-from finetune.quiet import quiet_libraries
 from finetune.train import TrainConfig, build_accelerator, start_run, train
 from finetune.train.loop import validate_train_config
 
@@ -82,7 +81,6 @@ def to_unit(images: torch.Tensor) -> torch.Tensor:
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> dict:
-    quiet_libraries()  # before anything loads: library noise off unless FINETUNE_VERBOSE=1
     cfg = parse_recipe_args(VAEConfig, argv, __doc__)
     validate(cfg)
     accelerator = build_accelerator(cfg.train.seed)
