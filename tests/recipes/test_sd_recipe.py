@@ -373,3 +373,33 @@ def test_resuming_a_finished_run_says_so_and_a_kill_during_export_is_finished(tm
         and again["steps_per_second"] is None
     )
     assert (out / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_a_diverging_run_exits_in_one_line_and_writes_no_artifact(tmp_path, capsys):
+    """SGD at lr 9e5 without clipping: the UNet's weights give NaN from step 2 (this once exited 0 with the LoRA
+    written and `validation loss 0.0797 -> nan` printed)."""
+    inst, out = write_images(tmp_path / "inst", 2), tmp_path / "run"
+    args = [
+        *BASE,
+        f"train.output_dir={out}",
+        f"data.instance_dir={inst}",
+        f"data.instance_prompt={PROMPT}",
+        "method=full",
+        "optim.name=sgd",
+        "optim.lr=9e5",
+        "optim.fused=false",
+        "train.max_grad_norm=0",
+        "train.max_steps=6",
+        "train.save_every=1",
+        "train.eval_every=3",
+        "train.batch_size=1",
+        "validation.grids=false",
+    ]
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "diverged" in err[0], err
+    assert (
+        not list(out.glob("checkpoint-*")) and not (out / "pipeline").exists() and not (out / "summary.json").exists()
+    )
