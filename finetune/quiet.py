@@ -11,6 +11,8 @@ thing for the rest.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import re
@@ -75,6 +77,21 @@ def filter_known_log_noise() -> None:
         logger = logging.getLogger(name)  # the same object the library's get_logger(__name__) returns later
         if not any(isinstance(f, _DropMessage) and f.pattern.pattern == pattern for f in logger.filters):
             logger.addFilter(_DropMessage(pattern))
+
+
+@contextlib.contextmanager
+def quiet_tqdm(module_name: str):
+    """Inside the block, `module_name`'s own `tqdm` bars are off (unless verbose): for a library bar that its
+    progress-bar switch does not reach (transformers' GGUF reader imports tqdm.auto directly)."""
+    import importlib
+    from unittest import mock
+
+    if verbose():
+        yield
+        return
+    module = importlib.import_module(module_name)
+    with mock.patch.object(module, "tqdm", functools.partial(module.tqdm, disable=True)):
+        yield
 
 
 def quiet_libraries() -> None:

@@ -64,3 +64,20 @@ def test_only_the_known_message_is_dropped(monkeypatch):
     assert logger.filter(
         record("There are modules in UNet2DConditionModel that should be kept in float32: []. Casting")
     )
+
+
+def test_quiet_tqdm_silences_one_module_bar_and_restores_it(monkeypatch, capsys):
+    """transformers' GGUF reader draws its tensor bar with tqdm.auto directly; the conversion runs it quietly."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    from finetune.quiet import quiet_tqdm
+
+    monkeypatch.delenv("FINETUNE_VERBOSE", raising=False)
+    original = gguf_utils.tqdm
+    with quiet_tqdm("transformers.modeling_gguf_pytorch_utils"):
+        list(gguf_utils.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."))
+    assert "Converting" not in capsys.readouterr().err and gguf_utils.tqdm is original
+    monkeypatch.setenv("FINETUNE_VERBOSE", "1")
+    with quiet_tqdm("transformers.modeling_gguf_pytorch_utils"):
+        list(gguf_utils.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."))
+    assert "Converting" in capsys.readouterr().err

@@ -207,9 +207,12 @@ def _convert_into(gguf_path: Path, out: Path) -> None:
     """Dequantize with transformers, copy into a clean (unquantized) model and save it with its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from finetune.quiet import quiet_tqdm
+
     directory, name = str(gguf_path.parent), gguf_path.name
     try:
-        quantized = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
+        with quiet_tqdm("transformers.modeling_gguf_pytorch_utils"):  # the one-off conversion's tensor bar
+            quantized = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
     except ImportError as e:
         raise UserError(f"reading GGUF needs the gguf package ({e}); run `pip install gguf`") from e
