@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import ROOT, subprocess_env
+from tests.conftest import ROOT, subprocess_env, two_process_launch
 
 RECIPE = str(ROOT / "recipes" / "train_lm.py")
 FAST = ["train.progress_bar=false", "train.tensorboard=false", "train.log_every=1", "eval.batch_size=16"]
@@ -157,21 +157,7 @@ def test_gradual_unfreezing_one_process_equals_two(tiny, tmp_path):
         "export.verify=true",
     ]
     run(args_for(tiny, tmp_path / "one", *common, "train.grad_accum=2"))
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "accelerate_config.yaml"),
-        "--mixed_precision",
-        "no",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_cpu_threads_per_process",
-        "1",
-        RECIPE,
-    ]
+    launch = two_process_launch(RECIPE)
     run(args_for(tiny, tmp_path / "two", *common, "train.grad_accum=1"), launch=launch)
     one = load_file(str(tmp_path / "one" / "model" / "model.safetensors"))
     two = load_file(str(tmp_path / "two" / "model" / "model.safetensors"))

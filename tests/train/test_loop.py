@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import ROOT, subprocess_env
+from tests.conftest import ROOT, subprocess_env, two_process_launch
 
 TOY = str(ROOT / "tests" / "train" / "toy_recipe.py")
 BASE = ["train.progress_bar=false", "train.tensorboard=false", "train.log_every=1"]
@@ -80,21 +80,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
 def test_two_processes_equal_one_with_doubled_accumulation(tmp_path):
     common = ["train.max_steps=8", "train.batch_size=4"]
     run_toy(tmp_path / "one", *common, "train.grad_accum=2")
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "accelerate_config.yaml"),
-        "--mixed_precision",
-        "no",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_cpu_threads_per_process",
-        "1",
-        TOY,
-    ]
+    launch = two_process_launch(TOY)
     proc = run_toy(tmp_path / "two", *common, "train.grad_accum=1", launch=launch)
     assert "processes=2" in proc.stdout
     a, b = weights(tmp_path / "one" / "final"), weights(tmp_path / "two" / "final")

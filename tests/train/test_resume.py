@@ -10,7 +10,7 @@ from pathlib import Path
 
 import tests.train.toy_recipe as toy
 from finetune.train.logging import read_metrics
-from tests.conftest import ROOT, subprocess_env
+from tests.conftest import subprocess_env, two_process_launch
 from tests.train.test_checkpoint import payload_bytes
 from tests.train.test_loop import BASE, TOY, assert_identical, run_toy, weights
 
@@ -103,21 +103,7 @@ def test_resuming_a_finished_run_trains_nothing_and_returns_a_complete_result(tm
 
 
 def test_two_processes_resume_bit_identically(tmp_path):
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "accelerate_config.yaml"),
-        "--mixed_precision",
-        "no",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_cpu_threads_per_process",
-        "1",
-        TOY,
-    ]
+    launch = two_process_launch(TOY)
     run_toy(tmp_path / "ref", *COMMON, "train.max_steps=4", launch=launch)
     out = tmp_path / "split"
     run_toy(out, *COMMON, "train.max_steps=2", launch=launch)
