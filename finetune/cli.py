@@ -8,6 +8,7 @@ finetune export merge --model DIR_OR_ID --adapter ADAPTER_DIR --out DIR
 finetune export quantized --bits 8|4 --model DIR_OR_ID [--adapter ADAPTER_DIR] --out DIR
 finetune export kohya --lora pytorch_lora_weights.safetensors --out lora_kohya.safetensors
 finetune export gguf --model DIR_OR_ID [--adapter ADAPTER_DIR] --out model.gguf --type f16|bf16|q8_0|q4_0
+finetune prune --model DIR_OR_ID --method magnitude|wanda|layers --sparsity S|--n-m 2:4|--drop K --out DIR
 """
 
 from __future__ import annotations
@@ -191,6 +192,32 @@ def cmd_export_gguf(args) -> None:
     print(f"GGUF ({args.type}{fallback}) written to {done.path}: {size:.1f} MiB in {done.seconds:.1f} s")
 
 
+def cmd_prune(args) -> None:
+    from finetune.models.causal_lm import LMModelConfig, load_causal_lm
+    from finetune.prune import PruneRequest, check_out, check_request, prune_model, save_pruned
+
+    request = PruneRequest(
+        method=args.method,
+        sparsity=args.sparsity,
+        n_m=args.n_m,
+        drop=args.drop,
+        calibration=args.calibration,
+        calibration_tokens=args.calibration_tokens,
+    )
+    out = Path(args.out)
+    check_request(request)  # before the seconds of loading: a bad number or a missing file fails at once
+    check_out(out)
+    model, tokenizer = load_causal_lm(LMModelConfig(name_or_path=args.model, trust_remote_code=args.trust_remote_code))
+    report = prune_model(model, tokenizer, request)
+    report["model"] = args.model
+    save_pruned(model, tokenizer, out, report)
+    after = report["parameters_after"]
+    print(
+        f"pruned model written to {out}: {after['nonzero']:,} nonzero of {after['total']:,} parameters "
+        f"(was {report['parameters_before']['total']:,}); report: {out / 'prune_report.json'}"
+    )
+
+
 def cmd_train(args) -> int:
     from finetune.launch import launch
 
@@ -312,6 +339,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="the .gguf file to write")
     s.add_argument("--type", default="q8_0", help="f16, bf16, q8_0 (default) or q4_0; norms stay F32")
     s.set_defaults(fn=cmd_export_gguf)
+
+    s = sub.add_parser(
+        "prune",
+        help="zero weights (magnitude / Wanda masks, unstructured or N:M) or remove decoder layers; "
+        "writes a model from_pretrained loads",
+    )
+    s.add_argument(
+        "--model", default="smollm2-135m-instruct", help="local dir, hub id, .gguf file or smollm2-135m-instruct"
+    )
+    s.add_argument("--trust-remote-code", action="store_true", help="allow model code shipped with the checkpoint")
+    s.add_argument(
+        "--method",
+        required=True,
+        choices=("magnitude", "wanda", "layers"),
+        help="magnitude: |W| per layer; wanda: |W| * input-channel norm per output row; layers: remove whole layers",
+    )
+    s.add_argument("--sparsity", type=float, help="fraction of each decoder linear layer's weights zeroed, in [0, 1)")
+    s.add_argument("--n-m", help="instead of --sparsity: keep N of every M inputs, e.g. 2:4")
+    s.add_argument("--drop", type=int, help="--method layers: how many decoder layers to remove")
+    s.add_argument("--calibration", help='{"text"} JSONL for wanda / layers scoring (training text, not the test set)')
+    s.add_argument("--calibration-tokens", type=int, default=8192, help="calibration tokens used (256 per sequence)")
+    s.add_argument("--out", required=True, help="new or empty directory for the pruned model")
+    s.set_defaults(fn=cmd_prune)
     return p
 
 
