@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from finetune.config import parse_recipe_args
 from finetune.data.digits import load_digits_images
 from finetune.errors import UserError, exit_on_user_error
 from finetune.io import atomic_dir, atomic_write_bytes, atomic_write_json
@@ -31,7 +30,7 @@ from finetune.metrics import load_judge
 from finetune.models.small_nets import reconstructions_png
 from finetune.optim.optimizers import OptimConfig, build_optimizer, param_groups
 from finetune.optim.schedulers import SchedulerConfig, build_scheduler
-from finetune.train import TrainConfig, build_accelerator, start_run, train
+from finetune.train import TrainConfig, open_recipe
 from finetune.train.loop import validate_train_config
 
 if TYPE_CHECKING:
@@ -166,10 +165,8 @@ def latent_std(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 256) 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_recipe_args(AutoencoderConfig, argv, __doc__)
-    validate(cfg)
-    accelerator = build_accelerator(cfg.train.seed)
-    out = start_run(accelerator, cfg, cfg.train)
+    run = open_recipe(AutoencoderConfig, argv, __doc__, validate)
+    cfg, accelerator, out = run.cfg, run.accelerator, run.out
     device = accelerator.device
 
     train_x, _ = load_digits_images(cfg.data.image_size, "train")
@@ -201,18 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
         with atomic_dir(path / "vae") as tmp:
             vae.save_pretrained(tmp, safe_serialization=True)
 
-    result = train(
-        accelerator=accelerator,
-        model=model,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        dataset=list(train_x),
-        collate_fn=torch.stack,
-        step_fn=step_fn,
-        cfg=cfg.train,
-        eval_fn=eval_fn,
-        save_fn=save_fn,
-    )
+    result = run.train(model, optimizer, scheduler, list(train_x), step_fn, eval_fn=eval_fn, save_fn=save_fn)
 
     summary: dict = {}
     if accelerator.is_main_process:

@@ -18,7 +18,6 @@ from typing import Literal
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from finetune.config import parse_recipe_args
 from finetune.data.digits import load_digits_images
 from finetune.errors import UserError, exit_on_user_error
 from finetune.io import atomic_write_bytes, atomic_write_json
@@ -27,7 +26,7 @@ from finetune.metrics import judge_images, load_judge
 from finetune.models.small_nets import DigitsVAE, image_grid_png, reconstructions_png
 from finetune.optim.optimizers import OptimConfig, build_optimizer
 from finetune.optim.schedulers import SchedulerConfig, build_scheduler
-from finetune.train import TrainConfig, build_accelerator, start_run, train
+from finetune.train import TrainConfig, open_recipe
 from finetune.train.loop import validate_train_config
 
 
@@ -81,10 +80,8 @@ def to_unit(images: torch.Tensor) -> torch.Tensor:
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_recipe_args(VAEConfig, argv, __doc__)
-    validate(cfg)
-    accelerator = build_accelerator(cfg.train.seed)
-    out = start_run(accelerator, cfg, cfg.train)
+    run = open_recipe(VAEConfig, argv, __doc__, validate)
+    cfg, accelerator, out = run.cfg, run.accelerator, run.out
 
     train_x = to_unit(load_digits_images(cfg.image_size, "train")[0])
     test_x = to_unit(load_digits_images(cfg.image_size, "test")[0])
@@ -111,18 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
         weights = {k: v.detach().cpu().contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}
         atomic_write_bytes(path / "model.safetensors", safetensors_bytes(weights, metadata={"format": "pt"}))
 
-    result = train(
-        accelerator=accelerator,
-        model=model,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        dataset=dataset,
-        collate_fn=torch.stack,
-        step_fn=step_fn,
-        cfg=cfg.train,
-        eval_fn=eval_fn,
-        save_fn=save_fn,
-    )
+    result = run.train(model, optimizer, scheduler, dataset, step_fn, eval_fn=eval_fn, save_fn=save_fn)
 
     summary: dict = {}
     if accelerator.is_main_process:

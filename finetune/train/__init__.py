@@ -10,17 +10,19 @@ from finetune.train.loop import (
     weight_dtype,
 )
 from finetune.train.precision import cast_frozen
-from finetune.train.setup import build_accelerator, finished_run, start_run
+from finetune.train.setup import Run, build_accelerator, finished_run, open_recipe, start_run
 from finetune.train.timing import peak_memory, synced_clock
 
 __all__ = [
     "Hooks",
     "NonFiniteTraining",
+    "Run",
     "TrainConfig",
     "TrainResult",
     "build_accelerator",
     "cast_frozen",
     "finished_run",
+    "open_recipe",
     "peak_memory",
     "start_run",
     "synced_clock",

@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from finetune.config import save_config
+from finetune.config import parse_recipe_args, save_config
 from finetune.errors import UserError, discard, on_user_error
 from finetune.io import atomic_write_bytes, atomic_write_json
 from finetune.train.checkpoint import STATE_FILE, check_output_dir, list_checkpoints
@@ -96,6 +99,43 @@ def start_run(accelerator, cfg, train_cfg) -> Path:
             _provisional.append(on_user_error(lambda: atomic_write_bytes(config, previous_config)))
     accelerator.wait_for_everyone()
     return out
+
+
+@dataclass
+class Run:
+    """A started recipe: its resolved config, the accelerator and the output directory start_run checked."""
+
+    cfg: Any  # the recipe's config dataclass (with a `train` section)
+    accelerator: Accelerator
+    out: Path
+
+    def train(self, model, optimizer, scheduler, dataset, step_fn: Callable, **options):
+        """The one loop (finetune/train/loop.py) on this run's accelerator and `cfg.train`; `options` are the loop's
+        other keywords. Items stack with torch.stack unless `collate_fn` says otherwise (tensor datasets)."""
+        import torch
+
+        from finetune.train.loop import train
+
+        options.setdefault("collate_fn", torch.stack)
+        return train(
+            accelerator=self.accelerator,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            dataset=dataset,
+            step_fn=step_fn,
+            cfg=self.cfg.train,
+            **options,
+        )
+
+
+def open_recipe(config_cls: type, argv: list[str] | None, doc: str, validate: Callable[[Any], None]) -> Run:
+    """How a recipe with nothing to load before its output directory opens: parse argv/--config into `config_cls`,
+    refuse bad combinations (`validate` raises UserError), build the accelerator, then start the run."""
+    cfg = parse_recipe_args(config_cls, argv, doc)
+    validate(cfg)
+    accelerator = build_accelerator(cfg.train.seed)
+    return Run(cfg, accelerator, start_run(accelerator, cfg, cfg.train))
 
 
 def finished_run(train_cfg) -> dict | None:
