@@ -3,11 +3,19 @@
 `inspect_data` builds the datasets exactly as training does and returns a report: per-split token counts,
 how many tokens are trained, how many records were truncated, and a few rendered samples in which the
 trained tokens are wrapped in [[ ]]. It raises UserError for data that cannot train a useful model.
+
+It also measures how much each held-out split shares with training (finetune/data/overlap.py: the share of its
+word 8-grams found in train, exact and near duplicates of training documents) and prints one warning line per
+problem, since a validation split that repeats training text reports recall, not generalization.
 """
 
 from __future__ import annotations
 
-from finetune.data.text import IGNORE_INDEX, TextDataConfig, TokenizedSplit, build_text_datasets
+from collections.abc import Iterator
+from typing import Any
+
+from finetune.data.overlap import NGRAM, TrainIndex, warning_lines
+from finetune.data.text import IGNORE_INDEX, TextDataConfig, TokenizedSplit, build_text_datasets, load_raw_splits
 from finetune.errors import UserError
 
 MAX_SAMPLE_CHARS = 1500  # a rendered sample is cut after this many characters
@@ -69,6 +77,34 @@ def check_split(name: str, split: TokenizedSplit, cfg: TextDataConfig, eos_id: i
         )
 
 
+def record_texts(ds: Any, fmt: str, text_field: str) -> Iterator[str]:
+    """The words of each record as one string: the document, or the prompt and answer, or every message."""
+    for row in ds:
+        if fmt == "text":
+            yield row[text_field]
+        elif fmt == "instruction":
+            yield " ".join(row.get(k) or "" for k in ("system", "prompt", "completion"))
+        else:
+            yield " ".join(m["content"] for m in row["messages"])
+
+
+def overlap_lines(cfg: TextDataConfig) -> list[str]:
+    """Each held-out split's overlap with train, then one warning line per problem found."""
+    raw = load_raw_splits(cfg)
+    held = [s for s in ("validation", "test", "general_validation") if s in raw]
+    if not held:
+        return []
+    index = TrainIndex(record_texts(raw["train"], cfg.format, cfg.text_field))
+    lines = [f"overlap with train (word {NGRAM}-grams, duplicates):"]
+    warnings = []
+    for split in held:
+        fmt = "text" if split == "general_validation" else cfg.format
+        o = index.measure(record_texts(raw[split], fmt, cfg.text_field), split)
+        lines.append("  " + o.summary())
+        warnings += warning_lines(o)
+    return lines + warnings
+
+
 def inspect_data(cfg: TextDataConfig, tokenizer, n_samples: int = 3) -> str:
     """A readable report of the tokenized data; raises UserError on unusable data."""
     splits = build_text_datasets(cfg, tokenizer)
@@ -77,6 +113,7 @@ def inspect_data(cfg: TextDataConfig, tokenizer, n_samples: int = 3) -> str:
         check_split(name, split, cfg, eos_id)
     lines = [f"format={cfg.format} max_length={cfg.max_length} pack={cfg.pack and cfg.format == 'text'}"]
     lines += [split_summary(name, split) for name, split in splits.items()]
+    lines += overlap_lines(cfg)
     train = splits["train"]
     for i in range(min(n_samples, len(train))):
         e = train.examples[i]

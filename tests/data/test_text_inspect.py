@@ -59,3 +59,36 @@ def test_no_trained_tokens_is_refused():
     split = TokenizedSplit([{"input_ids": [5, 6, 7], "labels": [-100, -100, -100]}], SplitStats(1, 1, 3, 0, 0))
     with pytest.raises(UserError, match="no token is trained"):
         check_split("train", split, TextDataConfig(train_file="x"), eos_id=7)
+
+
+def test_report_gives_overlap_and_warns_about_a_validation_copied_from_train(tmp_path, tok):
+    docs = [
+        {"text": f"Clause {i}: the tenant shall pay the rent on the first day of each month number {i}."}
+        for i in range(8)
+    ]
+    train = write_jsonl(tmp_path / "train.jsonl", docs)
+    val = write_jsonl(tmp_path / "val.jsonl", docs[:2])
+    report = inspect_data(TextDataConfig(train_file=train, validation_file=val), tok, n_samples=0)
+    assert "validation: 100.0% of " in report and "word 8-grams occur in train; 2 exact" in report
+    warnings = [line for line in report.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 2  # the copies, and the overlap past the threshold: one line each
+    assert "2 of 2 documents are exact copies of training documents; remove them" in warnings[0]
+    assert "hold out whole documents" in warnings[1]
+
+
+def test_report_of_disjoint_splits_has_no_warning(tmp_path, tok):
+    train = write_jsonl(
+        tmp_path / "train.jsonl", [{"text": "The lessee shall keep the premises in good repair at all times."}]
+    )
+    val = write_jsonl(
+        tmp_path / "val.jsonl", [{"text": "A court may award costs to the successful party in its discretion."}]
+    )
+    report = inspect_data(TextDataConfig(train_file=train, validation_file=val), tok, n_samples=0)
+    assert "validation: 0.0% of" in report and "warning:" not in report
+
+
+def test_instruction_overlap_counts_prompts_and_answers(tmp_path, tok):
+    train = write_jsonl(tmp_path / "train.jsonl", QA)
+    val = write_jsonl(tmp_path / "val.jsonl", QA[1:])
+    report = inspect_data(TextDataConfig(train_file=train, validation_file=val, format="instruction"), tok, n_samples=0)
+    assert "1 of 1 documents are exact copies" in report
