@@ -13,11 +13,12 @@ QA = [
     {"prompt": "What is consideration?", "completion": "Something of value exchanged for a promise."},
     {"prompt": "What is a tort?", "completion": "A civil wrong other than a breach of contract."},
 ]
+QA_HELD = [{"prompt": "What is an easement?", "completion": "A right to use another person's land for a purpose."}]
 
 
 def test_report_marks_trained_tokens_and_counts(tmp_path, tok):
     train = write_jsonl(tmp_path / "train.jsonl", QA)
-    val = write_jsonl(tmp_path / "val.jsonl", QA[:1])
+    val = write_jsonl(tmp_path / "val.jsonl", QA_HELD)
     report = inspect_data(TextDataConfig(train_file=train, validation_file=val, format="instruction"), tok, n_samples=2)
     assert f"[[{QA[0]['completion']}<|im_end|>]]" in report
     assert f"[[{QA[1]['completion']}<|im_end|>]]" in report
@@ -62,17 +63,20 @@ def test_no_trained_tokens_is_refused():
 
 
 def test_report_gives_overlap_and_warns_about_a_validation_copied_from_train(tmp_path, tok):
+    # (a validation file made only of training documents is refused outright by the loader; part copies are warned)
     docs = [
         {"text": f"Clause {i}: the tenant shall pay the rent on the first day of each month number {i}."}
         for i in range(8)
     ]
+    fresh = {"text": "A court may award costs to the successful party in its discretion after the hearing."}
     train = write_jsonl(tmp_path / "train.jsonl", docs)
-    val = write_jsonl(tmp_path / "val.jsonl", docs[:2])
+    val = write_jsonl(tmp_path / "val.jsonl", docs[:2] + [fresh])
     report = inspect_data(TextDataConfig(train_file=train, validation_file=val), tok, n_samples=0)
-    assert "validation: 100.0% of " in report and "word 8-grams occur in train; 2 exact" in report
+    # each copy: 17 words, 10 8-grams, all in train; the fresh document: 15 words, 8 8-grams, none: 20 of 28
+    assert "validation: 71.4% of 28 word 8-grams occur in train; 2 exact and 0 near duplicates" in report
     warnings = [line for line in report.splitlines() if line.startswith("warning: ")]
     assert len(warnings) == 2  # the copies, and the overlap past the threshold: one line each
-    assert "2 of 2 documents are exact copies of training documents; remove them" in warnings[0]
+    assert "2 of 3 documents are exact copies of training documents; remove them" in warnings[0]
     assert "hold out whole documents" in warnings[1]
 
 
@@ -89,6 +93,6 @@ def test_report_of_disjoint_splits_has_no_warning(tmp_path, tok):
 
 def test_instruction_overlap_counts_prompts_and_answers(tmp_path, tok):
     train = write_jsonl(tmp_path / "train.jsonl", QA)
-    val = write_jsonl(tmp_path / "val.jsonl", QA[1:])
+    val = write_jsonl(tmp_path / "val.jsonl", QA[1:] + QA_HELD)
     report = inspect_data(TextDataConfig(train_file=train, validation_file=val, format="instruction"), tok, n_samples=0)
-    assert "1 of 1 documents are exact copies" in report
+    assert "1 of 2 documents are exact copies" in report
