@@ -4,12 +4,15 @@ fine-tuning with static freezing or scheduled gradual unfreezing. One recipe; `m
     accelerate launch --config_file accelerate_config.yaml recipes/train_lm.py \
         --config recipes/configs/legal_lora.yaml [key=value ...]
 
-Reports domain and general-text perplexity before and after training (summary.json and screen),
-writes the adapter (PEFT dir) or the full model, an optional merged model, and a model card.
+Reports domain and general-text perplexity before and after training (summary.json and screen) and forgetting
+against the base model (KL on general text, perplexity on the base model's own samples: finetune/metrics/forgetting.py),
+writes the adapter (PEFT dir) or the full model, an optional merged model, and a model card. Optional objectives
+(finetune/train/objectives.py): a forgetting guard (replay or a KL-to-base penalty) and distillation from a teacher.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
@@ -17,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate.utils import send_to_device
 
 from finetune.config import parse_recipe_args, to_dict
 from finetune.data.text import TextDataConfig, build_text_datasets, make_collate, read_jsonl
@@ -30,6 +34,16 @@ from finetune.methods.full import FullMethodConfig
 from finetune.methods.lora import LoraMethodConfig, restore_frozen_weights
 from finetune.methods.prompt_tuning import PromptMethodConfig
 from finetune.methods.registry import LM_METHODS, LMMethodName
+from finetune.metrics.forgetting import (
+    GUARD_PROMPTS,
+    ForgettingConfig,
+    base_samples_file,
+    check_forgetting_config,
+    kl_key,
+    kl_to_base,
+    text_split,
+    top_k_reference,
+)
 from finetune.metrics.perplexity import dataset_batches, perplexity, summed_nll
 from finetune.models.causal_lm import (
     LMModelConfig,
@@ -43,6 +57,21 @@ from finetune.optim.optimizers import OptimConfig, build_optimizer, validate_opt
 from finetune.optim.schedulers import SchedulerConfig, build_scheduler, validate_scheduler_config
 from finetune.train import Hooks, TrainConfig, build_accelerator, start_run, train
 from finetune.train.loop import validate_train_config, weight_dtype
+from finetune.train.objectives import (
+    GUARD_SEED_OFFSET,
+    DistillConfig,
+    GuardConfig,
+    MixedSplit,
+    check_objectives,
+    distill_loss,
+    domain_tokens,
+    general_rows,
+    general_top_k,
+    kl_guard_loss,
+    load_teacher,
+    mixed_batches,
+    mixed_collate,
+)
 from finetune.train.setup import finished_run
 
 
@@ -84,6 +113,9 @@ class LMRecipeConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)  # perplexity evaluation
     loss: LossConfig = field(default_factory=LossConfig)  # how the token loss is computed (same numbers either way)
     export: ExportConfig = field(default_factory=ExportConfig)  # what is written at the end
+    forgetting: ForgettingConfig = field(default_factory=ForgettingConfig)  # forgetting measured against the base
+    guard: GuardConfig = field(default_factory=GuardConfig)  # forgetting guard: replay or a KL-to-base penalty
+    distill: DistillConfig = field(default_factory=DistillConfig)  # distillation from a teacher (same tokenizer)
 
 
 def check_combination(cfg: LMRecipeConfig) -> None:
@@ -103,6 +135,8 @@ def check_combination(cfg: LMRecipeConfig) -> None:
         if path:
             read_jsonl(path, fmt, d.text_field)  # every line checked now: errors name file:line
     LM_METHODS[cfg.method].check(cfg)
+    check_forgetting_config(cfg.forgetting)
+    check_objectives(cfg.guard, cfg.distill, cfg.train.batch_size)
     check_recipe_gguf(cfg.export.gguf, LM_METHODS[cfg.method].export, LM_METHODS[cfg.method].mergeable)
     check_quantized_training(cfg.model.quantization, cfg.method, cfg.model.compile_layers)
     if cfg.export.merged and not LM_METHODS[cfg.method].mergeable:
@@ -116,6 +150,21 @@ def evaluate_ppl(model, dataset, collate, cfg: LMRecipeConfig, device) -> float:
     """Token-weighted perplexity of `model` on `dataset` (eval.batch_size, at most eval.max_batches batches)."""
     batches = dataset_batches(dataset, collate, cfg.eval.batch_size, cfg.eval.max_batches)
     return perplexity(model, batches, cfg.loss.fused, device)
+
+
+def eval_batches_on(device, dataset, collate, cfg: LMRecipeConfig) -> list[dict]:
+    """The evaluation batches of `dataset` on `device`, in order (the KL measure pairs them with a reference)."""
+    return [
+        send_to_device(b, device) for b in dataset_batches(dataset, collate, cfg.eval.batch_size, cfg.eval.max_batches)
+    ]
+
+
+def general_split(model, tokenizer, cfg: LMRecipeConfig):
+    """The guard's general text: guard.train_file, or base samples seeded and prompted apart from the measure's."""
+    if cfg.guard.source == "file":
+        return text_split(cfg.data, tokenizer, Path(str(cfg.guard.train_file)))
+    own = dataclasses.replace(cfg.forgetting, samples=cfg.guard.samples, seed=cfg.forgetting.seed + GUARD_SEED_OFFSET)
+    return text_split(cfg.data, tokenizer, base_samples_file(model, tokenizer, cfg.model, own, GUARD_PROMPTS)[0])
 
 
 @exit_on_user_error
@@ -134,15 +183,38 @@ def main(argv=None):
     fit_context(cfg.data.max_length, model, "data.max_length", method.virtual_tokens(getattr(cfg, method.section)))
     splits = build_text_datasets(cfg.data, tokenizer)
     collate = make_collate(cfg.data, tokenizer)
+    device, live_base = accelerator.device, method.export == "adapter"  # adapter methods: base = adapter disabled
+    model.to(device).eval()
+    teacher = None
+    if cfg.distill.teacher:
+        teacher = load_teacher(cfg.distill, cfg.model, model, tokenizer, weight_dtype(accelerator), device)
+    # Forgetting against the base (metrics/forgetting.py): the base's own samples are drawn before anything trains.
+    forgetting = cfg.forgetting.enabled and "general_validation" in splits
+    if forgetting and cfg.forgetting.samples:
+        samples_path, reused = base_samples_file(model, tokenizer, cfg.model, cfg.forgetting)
+        splits["base_samples"] = text_split(cfg.data, tokenizer, samples_path)
+        accelerator.print(f"base samples: {samples_path} ({'reused' if reused else 'drawn now'})")
+    dataset, batches_fn, collate_train = splits["train"], None, collate
+    count = (lambda b: count_trained_tokens(b["labels"])) if cfg.guard.method != "kl" else domain_tokens
+    if cfg.guard.method != "none":  # general rows in every micro-batch (train/objectives.py)
+        general = general_split(model, tokenizer, cfg)
+        dataset, collate_train = MixedSplit(splits["train"], general), mixed_collate(collate)
+        n_rows = general_rows(cfg.guard, cfg.train.batch_size)
+        batches_fn = mixed_batches(len(splits["train"]), len(general), cfg.train.batch_size, n_rows, cfg.train.seed)
     out = start_run(accelerator, cfg, cfg.train)
     for name, ds in splits.items():
         accelerator.print(f"data {name}: {ds.stats}")
-    eval_splits = {k: splits[k] for k in ("validation", "general_validation") if k in splits}
+    eval_splits = {k: splits[k] for k in ("validation", "general_validation", "base_samples") if k in splits}
 
-    # Perplexity before training, on the untouched base model.
-    model.to(accelerator.device).eval()
+    # Perplexity before training, on the untouched base model; a full fine-tune keeps the base's top-k log-probs.
     with torch.no_grad(), accelerator.autocast():
         before = {k: evaluate_ppl(model, ds, collate, cfg, accelerator.device) for k, ds in eval_splits.items()}
+        kl_ref = general_ref = None
+        if forgetting and not live_base:
+            general_eval = eval_batches_on(device, splits["general_validation"], collate, cfg)
+            kl_ref = top_k_reference(model, general_eval, cfg.forgetting.top_k)  # the measure's own batches, in order
+        if cfg.guard.method == "kl" and not live_base:
+            general_ref = general_top_k(model, general, collate, cfg.guard.top_k, cfg.eval.batch_size)
     accelerator.print(f"perplexity before: {before}")
 
     # Trainable parameters: the method decides (finetune/methods/registry.py), the optimizer sees exactly those
@@ -164,8 +236,12 @@ def main(argv=None):
 
     def step_fn(batch):
         seen["tokens"] += batch["input_ids"].numel()
-        # Summed token NLL; the loop divides by the trained-token count of the whole accumulation window.
-        return summed_nll(model, batch, cfg.loss.fused)
+        # Summed losses; the loop divides by the window's count (trained tokens; the domain ones under the KL guard).
+        if teacher is not None:
+            return distill_loss(model, teacher, batch, cfg.distill)  # (1 - alpha) CE + alpha divergence, per token
+        if cfg.guard.method == "kl":
+            return kl_guard_loss(model, batch, cfg.guard.beta, general_ref)  # CE + beta KL(base || adapted)
+        return summed_nll(model, batch, cfg.loss.fused)  # replay's general rows are ordinary trained rows
 
     def eval_fn(step):
         with accelerator.autocast():  # the same precision as the perplexity before training
@@ -173,6 +249,10 @@ def main(argv=None):
         metrics = {f"{k}_ppl": v for k, v in ppl.items()}
         if "validation" in ppl:
             metrics["val_loss"] = math.log(ppl["validation"])
+        if forgetting:
+            general = eval_batches_on(device, splits["general_validation"], collate, cfg)
+            with accelerator.autocast():
+                metrics[kl_key(None if live_base else cfg.forgetting.top_k)] = kl_to_base(model, general, kl_ref)
         return metrics
 
     def save_fn(path: Path):
@@ -188,14 +268,15 @@ def main(argv=None):
         model=model,
         optimizer=optimizer,
         scheduler=scheduler,
-        dataset=splits["train"],
-        collate_fn=collate,
+        dataset=dataset,
+        collate_fn=collate_train,
         step_fn=step_fn,
         cfg=cfg.train,
         eval_fn=eval_fn if eval_splits else None,
         save_fn=save_fn,
         hooks=hooks,
-        count_items=lambda b: count_trained_tokens(b["labels"]),
+        count_items=count,
+        batches_fn=batches_fn,
         checkpoint_objects=(unfreezer,) if unfreezer is not None else (),
     )
 
@@ -238,6 +319,10 @@ def main(argv=None):
         "perplexity_before": before,
         "perplexity_after": after,
         "relative_change": {k: round(after[k] / before[k] - 1, 4) for k in after if k in before},
+        # KL(base || adapted) on general text after training (0 before, by definition); "_lower_bound": top-k reference
+        "forgetting": {k: round(v, 5) for k, v in result.last_eval.items() if k.startswith("general_kl_to_base")},
+        "guard": cfg.guard.method,
+        "distill_teacher": cfg.distill.teacher,
         "best_step": result.best_step,
         "stopped_early": result.stopped_early,
         "nonfinite_steps": result.nonfinite_steps,

@@ -42,11 +42,11 @@ def row_divergence(log_q: Tensor, log_p: Tensor, kind: str) -> Tensor:
     if kind not in DIVERGENCES:
         raise UserError(f"unknown divergence {kind!r}; use forward, reverse or symmetric")
     p, q = log_p.exp(), log_q.exp()
-    forward = torch.where(p > 0, p * (log_p - log_q), 0.0).sum(-1) if kind != "reverse" else None
-    reverse = torch.where(q > 0, q * (log_q - log_p), 0.0).sum(-1) if kind != "forward" else None
-    if forward is None:
-        return reverse
-    return forward if reverse is None else (forward + reverse) / 2
+    forward = torch.where(p > 0, p * (log_p - log_q), 0.0).sum(-1)
+    if kind == "forward":
+        return forward
+    reverse = torch.where(q > 0, q * (log_q - log_p), 0.0).sum(-1)
+    return reverse if kind == "reverse" else (forward + reverse) / 2
 
 
 def scored_rows(labels: Tensor, ignore_index: int = -100) -> Tensor:

