@@ -6,11 +6,19 @@ the output is byte-for-byte reproducible and needs no download:
     python scripts/make_text_corpora.py [--out data] [--seed 0]
 
 Outputs (JSON Lines, UTF-8):
-    legal/{train,validation,test}.jsonl     {"text"}: contract clauses, statute sections, case summaries
-    medical/{train,validation,test}.jsonl   {"text"}: progress notes, discharge summaries, drug leaflets
+    legal/{train,validation,test}.jsonl     {"text"}: contract sections and openings, statutes, case summaries,
+                                            court reasoning
+    medical/{train,validation,test}.jsonl   {"text"}: clinical notes, discharge summaries, patient leaflets,
+                                            prescribing information, research abstracts
     {legal,medical}/instructions.jsonl      {"prompt", "completion"}: domain questions and answers
     {legal,medical}/chat.jsonl              {"messages": [...]}: short multi-turn conversations
+    general/train.jsonl                     {"text"}: everyday English, for replay during training
     general/validation.jsonl                {"text"}: everyday English, for measuring forgetting
+
+Validation and test are template-disjoint from training: every pool of document types, sentence frames, layouts
+and names is cut into a training group and a held-out group (see "held-out groups" below), and validation and
+test are written from the held-out group only (the two share that group, not a passage). `held_out_strings()`
+lists the held-out group's literal frames and names, so a test can check that none of them reaches training.
 
 The texts are fictional: names, courts, statutes, patients and doses are invented for training and
 testing language models; none of it is legal or medical advice.
@@ -21,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,9 +37,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from finetune.io import atomic_write_text  # noqa: E402
 
-SPLIT_SIZES = {"train": 400, "validation": 60, "test": 60}
-GENERAL_SIZE = 60
-MIN_WORDS, MAX_WORDS = 60, 200
+# Passages per split. Training: far more (and more varied) than the main job's 60 steps read. Validation and test:
+# as many as before, so evaluation stays quick.
+DOMAIN_SIZES = {"train": 1000, "validation": 60, "test": 60}
+GENERAL_SIZES = {"train": 400, "validation": 60}  # general/train.jsonl is for replay; no general test split
+# Words per passage, by group: training varies from a short clause to a contract opening; held-out passages keep
+# the former 60-200 words, so evaluation costs what it did. General text is plainer and shorter.
+DOMAIN_WORDS = {"train": (30, 450), "heldout": (60, 200)}
+GENERAL_WORDS = {"train": (30, 200), "heldout": (40, 200)}
 
 # ============================================================== shared helpers
 
@@ -62,19 +76,19 @@ def clause_slots(pools: list[list[str]]) -> list[tuple[list[str], int]]:
     return [(pools[0], 1), (pools[1], 3), (pools[2], 1)]
 
 
-def generate_unique(rng: random.Random, makers: list[Callable[[random.Random], str]], n: int) -> list[str]:
-    """`n` distinct passages of MIN_WORDS..MAX_WORDS words, cycling through the passage makers."""
+def generate_unique(rng: random.Random, makers: list[Callable], p: dict, n: int, length: tuple[int, int]) -> list[str]:
+    """`n` distinct passages whose word count lies in `length`, cycling through the passage makers over pools `p`."""
     seen: set[str] = set()
     out: list[str] = []
     i = 0
     while len(out) < n:
-        text = makers[i % len(makers)](rng)
+        text = makers[i % len(makers)](rng, p)
         i += 1
-        if text not in seen and MIN_WORDS <= words(text) <= MAX_WORDS:
+        if text not in seen and length[0] <= words(text) <= length[1]:
             seen.add(text)
             out.append(text)
         if i > 50 * n:
-            raise RuntimeError("templates too narrow to produce enough distinct passages")
+            raise RuntimeError(f"{p['group']} pools too narrow to produce {n} distinct passages")
     return out
 
 
@@ -463,7 +477,7 @@ STATUTE_TOPICS = {
         "A violation of this section constitutes an unfair or deceptive trade practice, and the Attorney General may bring an action for civil penalties of up to {fine} per violation.",
     ],
     "Limitation of actions": [
-        "An action upon a written contract shall be commenced within {n_years} years after the cause of action accrues.",
+        "An action upon a written contract shall be commenced within {n_years} years from the date on which the right to sue arose.",
         "An action for injury to the person caused by negligence shall be commenced within {n_years_short} years.",
         "If the person entitled to bring an action is a minor at the time the cause of action accrues, the period of limitation is tolled until the person reaches the age of majority.",
         "In an action based on fraud, the cause of action does not accrue until the aggrieved party discovers, or in the exercise of reasonable diligence should have discovered, the facts constituting the fraud.",
@@ -574,38 +588,6 @@ CASE_VOCAB = {
 }
 
 
-def _company(rng: random.Random) -> str:
-    return f"{rng.choice(COMPANY_A)} {rng.choice(COMPANY_B)} {rng.choice(COMPANY_SUFFIX)}"
-
-
-def legal_clause(rng: random.Random) -> str:
-    title = rng.choice(sorted(CLAUSES))
-    a, b = rng.choice(PARTY_PAIRS)
-    fixed = {"A": a, "B": b, "deliverable": rng.choice(LEGAL_VOCAB["deliverable"])}
-    head = f"{rng.randint(2, 24)}.{rng.randint(1, 9)} {title}."
-    if rng.random() < 0.3:
-        head += f' This Section forms part of the agreement between {_company(rng)} (the "{a}") and {_company(rng)} (the "{b}").'
-    return compose(rng, head, clause_slots(CLAUSES[title]), LEGAL_VOCAB, fixed)
-
-
-def legal_statute(rng: random.Random) -> str:
-    topic = rng.choice(sorted(STATUTE_TOPICS))
-    pool = STATUTE_TOPICS[topic]
-    k = rng.randint(3, min(5, len(pool)))
-    picked = sorted(rng.sample(range(len(pool)), k))
-    body = " ".join(f"{STATUTE_OPENERS[i]} {fill(rng, pool[j], STATUTE_VOCAB, {})}" for i, j in enumerate(picked))
-    head = f"§ {rng.randint(12, 99)}-{rng.randint(101, 999)}. {topic}."
-    tail = rng.choice(
-        [
-            "",
-            f" Source: {rng.randint(1987, 2023)} Acts, ch. {rng.randint(10, 400)}, § {rng.randint(1, 30)}.",
-            f" Cross-reference: see {rng.choice(CODES)} § {rng.randint(100, 999)}.",
-        ]
-    )
-    return f"{head} {body}{tail}"
-
-
-# (claim, background, holding, reasoning specific to that holding)
 CASE_SCENARIOS = [
     (
         "software reseller",
@@ -712,37 +694,6 @@ CASE_EXTRA = [
     "A dissenting judge would have remanded for further fact-finding on whether the parties had equal bargaining power.",
     "The court added that its decision turned on the particular wording of the clause and laid down no general rule.",
 ]
-
-
-def legal_case(rng: random.Random) -> str:
-    p, d = rng.sample(CASE_VOCAB["surname"], 2)
-    plaintiff, winner, claim, background, holding, reasoning = rng.choice(CASE_SCENARIOS)
-    vocab = dict(CASE_VOCAB, years_contract=["three years", "five years", "two years", "ten years"])
-    court = rng.choice(vocab["court"])
-    head = f"{p} v. {d} {rng.choice(['Holdings', 'Corp.', 'Ltd.', 'LLC', 'Partners'])}, {court} ({rng.choice(vocab['year'])})."
-    agree = rng.random() < 0.5  # did the trial court reach the same result as the appeal court?
-    winner_below = winner if agree else {"p": "d", "d": "p"}[winner]
-    below = rng.choice(vocab[f"procedural_for_{winner_below}"])
-    outcome = rng.choice(
-        ["Affirmed.", "Affirmed, with costs to the respondent."]
-        if agree
-        else [
-            "Reversed and remanded.",
-            "Judgment vacated and the matter remitted to the trial court.",
-            "Reversed in part and remanded for further proceedings consistent with this opinion.",
-        ]
-    )
-    parts = [
-        head,
-        f"The plaintiff, a {plaintiff}, sued for {claim}.",
-        background,
-        f"The trial court {below}.",
-        f"On appeal, the {court} held that {holding}.",
-        reasoning,
-    ]
-    parts += [fill(rng, t, vocab, {}) for t in rng.sample(CASE_EXTRA, rng.randint(0, 2))]
-    parts.append(outcome)
-    return " ".join(parts)
 
 
 # ============================================================== medical vocabulary
@@ -1368,106 +1319,6 @@ NOTE_HEADS = [
 ]
 
 
-def _condition_vocab(rng: random.Random) -> tuple[dict, dict]:
-    cond = rng.choice(CONDITIONS)
-    temp, hr, rr, spo2 = cond["vitals"]
-    sex = rng.choice(MED_VOCAB["sex"])
-    fixed = {
-        "sex": sex,
-        "dx": rng.choice(cond["dx"]),
-        "complaint": rng.choice(cond["complaint"]),
-        "temp": rng.choice(temp),
-        "hr": rng.choice(hr),
-        "rr": rng.choice(rr),
-        "spo2": rng.choice(spo2),
-        "exam": rng.choice(cond["exam"]),
-        "name": f"{rng.choice(FIRST[sex])} {rng.choice(CASE_VOCAB['surname'])}",
-        "plan": rng.choice(cond["plan"]),
-    }
-    return cond, fixed
-
-
-def medical_note(rng: random.Random) -> str:
-    cond, fixed = _condition_vocab(rng)
-    slots = [
-        (
-            [
-                "S: {age}-year-old {sex} with {pmh} presents with {complaint} for {duration}.",
-                "S: {name}, a {age}-year-old {sex} with a background of {pmh}, reports {complaint} over the last {duration}.",
-            ],
-            1,
-        ),
-        (MED_VOCAB["history"], 2),
-        (MED_VOCAB["living"], 1),
-        (["O: BP {sys}/{dia} mmHg, HR {hr} bpm, RR {rr}, temperature {temp} C, SpO2 {spo2}% on room air. {exam}"], 1),
-        (cond["tests"], 3),
-        (["A: {dx}.", "Impression: {dx}."], 1),
-        (["P: {plan}"], 1),
-        (MED_VOCAB["followup"], 1),
-    ]
-    return compose(rng, rng.choice(NOTE_HEADS), slots, MED_VOCAB, fixed)
-
-
-def medical_discharge(rng: random.Random) -> str:
-    cond, fixed = _condition_vocab(rng)
-    meds = rng.sample(cond["meds"], len(cond["meds"]))
-    slots = [
-        (
-            [
-                "Admitted with {complaint}; diagnosis on discharge: {dx}.",
-                "Reason for admission: {complaint} in a patient with {pmh}. Final diagnosis: {dx}.",
-            ],
-            1,
-        ),
-        (cond["tests"], 2),
-        (["Initial management: {plan}"], 1),
-        (cond["course"] + MED_VOCAB["generic_course"][:2], 3),
-        (["Length of stay: {los} days.", "Discharged home after {los} days in a stable condition."], 1),
-        ([f"Discharge medications: {' and '.join(meds)}.", f"New medicines on discharge: {meds[0]}."], 1),
-        (["The GP is asked to review renal function and blood pressure in one week.", "{followup}"], 1),
-    ]
-    head = f"Discharge summary. Patient: {fixed['name']}, {rng.choice(MED_VOCAB['age'])}-year-old {fixed['sex']}."
-    return compose(rng, head, slots, MED_VOCAB, fixed)
-
-
-def medical_leaflet(rng: random.Random) -> str:
-    name, klass, uses, side, avoid, dose, advice = rng.choice(DRUGS)
-    parts = [
-        f"Patient information leaflet: {name}.",
-        rng.choice([f"{name} is {klass}.", f"{name} is a prescription medicine; it is {klass}."]),
-        rng.choice([f"It is used for {uses}.", f"What {name} is used for: {uses}."]),
-        rng.choice(
-            [
-                f"Do not take {name} if {avoid}.",
-                f"Before you take {name}, tell your doctor if {avoid}, as it may not be suitable for you.",
-            ]
-        ),
-        rng.choice(
-            [
-                f"The usual adult dose is {dose}.",
-                f"How to take it: the usual adult dose is {dose}, but always follow your prescriber's instructions.",
-            ]
-        ),
-        rng.choice(
-            [
-                f"Common side effects include {side}.",
-                f"Like all medicines, {name} can cause side effects, such as {side}, although not everybody gets them.",
-            ]
-        ),
-        advice,
-    ]
-    extras = [
-        "Tell your doctor or pharmacist if you are taking, have recently taken or might take any other medicines, including herbal remedies.",
-        "If you are pregnant or breastfeeding, ask your doctor for advice before taking this medicine.",
-        "If you take more than you should, contact your doctor or the nearest emergency department immediately.",
-        "If you forget a dose, take it as soon as you remember unless it is nearly time for the next dose; do not take a double dose.",
-        "Store below 25 C in the original package and keep out of the sight and reach of children.",
-        "Keep all appointments for blood tests and reviews while you take this medicine.",
-    ]
-    parts += rng.sample(extras, rng.randint(1, 3))
-    return " ".join(parts)
-
-
 # ============================================================== general-domain vocabulary
 
 GENERAL_TOPICS: dict[str, list[list[str]]] = {
@@ -1563,10 +1414,1481 @@ GENERAL_VOCAB = {
 }
 
 
-def general_passage(rng: random.Random) -> str:
-    topic = rng.choice(sorted(GENERAL_TOPICS))
-    pools = GENERAL_TOPICS[topic]
-    return compose(rng, "", [(pools[0], 1), (pools[1], 4), (pools[2], 1)], GENERAL_VOCAB, {})
+CLAUSES_MORE: dict[str, list[list[str]]] = {
+    "Insurance": [
+        [
+            "During the term and for {years} thereafter, the {B} shall maintain, at its own cost, commercial general liability insurance with limits of not less than {amount} per occurrence.",
+            "The {B} shall procure and keep in force with reputable insurers the policies of insurance described in this Section.",
+            "Each party shall carry insurance adequate to cover its obligations under this Agreement, including professional indemnity cover of at least {amount}.",
+        ],
+        [
+            "The {A} shall be named as an additional insured on the {B}'s liability policies.",
+            "Certificates of insurance shall be delivered to the {A} before any work begins and on each renewal.",
+            "The {B} shall give the {A} at least {days} days' written notice of any cancellation or material reduction in cover.",
+            "The insurance required by this Section is primary and non-contributory to any insurance maintained by the {A}.",
+            "The amount of cover shall not limit the {B}'s liability under this Agreement.",
+        ],
+        [
+            "A failure to maintain the required insurance is a material breach of this Agreement.",
+            "The {B} shall require each of its subcontractors to carry equivalent insurance.",
+        ],
+    ],
+    "Audit Rights": [
+        [
+            "The {B} shall keep complete and accurate records relating to {deliverable} for at least {years} after the year to which they relate.",
+            "On {days} days' written notice, the {A} or an independent auditor appointed by it may inspect the books and records of the {B}.",
+        ],
+        [
+            "Audits shall be conducted during normal business hours and not more than once in any twelve-month period.",
+            "If an audit reveals an underpayment, the {B} shall pay the shortfall within {days} days together with interest.",
+            "Where an audit reveals an overcharge exceeding {percent} of the amounts due, the {B} shall also bear the reasonable cost of the audit.",
+            "The auditor shall be bound by obligations of confidentiality and shall report only whether the amounts paid were correct.",
+            "The {B} shall give the auditor reasonable access to its premises, systems and personnel.",
+        ],
+        [
+            "The rights in this Section survive termination for {years}.",
+            "Each party shall bear its own costs of an audit except as stated above.",
+        ],
+    ],
+    "Data Protection": [
+        [
+            "Each party shall comply with all applicable data protection laws in connection with the processing of personal data under this Agreement.",
+            "To the extent the {B} processes personal data on behalf of the {A}, it does so as a processor acting only on the documented instructions of the {A}.",
+            "The {B} shall implement appropriate technical and organisational measures to protect personal data against unauthorised or unlawful processing.",
+        ],
+        [
+            "The {B} shall notify the {A} without undue delay, and in any event within seventy-two hours, after becoming aware of a personal data breach.",
+            "Personal data shall not be transferred outside the country of origin without the prior written consent of the {A} and appropriate safeguards.",
+            "The {B} shall ensure that every person authorised to process the personal data is subject to a duty of confidence.",
+            "On termination, the {B} shall delete or return all personal data and delete existing copies unless the law requires storage.",
+            "The {B} shall assist the {A} in responding to requests from data subjects exercising their rights.",
+            "The {B} shall not engage another processor without the prior specific or general written authorisation of the {A}.",
+        ],
+        [
+            "The {B} shall make available all information necessary to demonstrate compliance with this Section.",
+            "In the event of conflict, the data processing terms prevail over any other provision of this Agreement.",
+        ],
+    ],
+    "Anti-Bribery": [
+        [
+            "Each party shall comply with all applicable laws relating to anti-bribery and anti-corruption.",
+            "Neither party shall offer, give, request or accept any bribe or improper payment in connection with this Agreement.",
+        ],
+        [
+            "Each party shall maintain adequate procedures designed to prevent bribery by persons associated with it.",
+            "The {B} shall promptly report to the {A} any request for an improper payment received in connection with this Agreement.",
+            "Facilitation payments are prohibited, whatever their amount.",
+            "The {B} shall keep accurate records of all payments made to public officials, if any are permitted by law.",
+        ],
+        [
+            "Breach of this Section entitles the other party to terminate this Agreement immediately by written notice.",
+            "The {B} shall ensure that its subcontractors accept obligations equivalent to those in this Section.",
+        ],
+    ],
+    "Service Levels": [
+        [
+            "The {B} shall provide {deliverable} so as to meet or exceed the service levels set out in the Schedule.",
+            "The {B} shall ensure that {deliverable} are available for at least 99.5 percent of each calendar month, excluding scheduled maintenance.",
+        ],
+        [
+            "If the {B} fails to meet a service level in any month, the {A} shall be entitled to the service credits stated in the Schedule.",
+            "Service credits are a price adjustment reflecting the reduced value of the services and not an estimate of loss.",
+            "Scheduled maintenance shall be notified at least {days} days in advance and performed outside business hours.",
+            "The {B} shall deliver a monthly report measuring its performance against each service level.",
+            "Persistent failure, meaning failure to meet the same service level in three consecutive months, is a material breach.",
+        ],
+        [
+            "Service credits shall not exceed {percent} of the monthly charges in aggregate.",
+            "The parties shall review the service levels annually in good faith.",
+        ],
+    ],
+    "Exclusivity": [
+        [
+            "During the term, the {A} appoints the {B} as its exclusive distributor of {deliverable} within the Territory.",
+            "The {A} shall not, during the term, appoint any other person to supply {deliverable} in the Territory.",
+        ],
+        [
+            "The {B} shall not actively market competing products in the Territory without the {A}'s prior written consent.",
+            "Exclusivity is conditional on the {B} achieving the minimum purchase commitment for each contract year.",
+            "If the minimum commitment is not met, the {A} may on {days} days' notice convert the appointment to a non-exclusive one.",
+            "Nothing in this Section prevents the {A} from responding to unsolicited orders from outside the Territory.",
+        ],
+        [
+            "The exclusivity granted in this Section ends automatically on expiry or termination of this Agreement.",
+            "The {B} acknowledges that the restrictions in this Section are reasonable in scope and duration.",
+        ],
+    ],
+    "Delivery and Title": [
+        [
+            "The {B} shall deliver {deliverable} to the delivery address on the dates stated in the relevant order.",
+            "Delivery shall be made on the terms specified in the order, and time of delivery is of the essence.",
+        ],
+        [
+            "Risk of loss passes to the {A} on completion of unloading at the delivery address.",
+            "Title passes to the {A} on the earlier of payment in full and delivery.",
+            "The {A} may reject any delivery that does not conform to the order within {days} days after receipt.",
+            "Partial deliveries are permitted only with the {A}'s written agreement.",
+            "The {B} shall pack {deliverable} securely and mark each package with the order number.",
+        ],
+        [
+            "If delivery is late by more than {days} days, the {A} may cancel the order without liability.",
+            "Acceptance of a delivery does not waive any claim for defects discovered later.",
+        ],
+    ],
+    "Term and Renewal": [
+        [
+            "This Agreement commences on the Effective Date and continues for an initial term of {years}.",
+            "The initial term of this Agreement is {months} from the date of the last signature below.",
+        ],
+        [
+            "Thereafter it renews automatically for successive periods of one year unless either party gives notice of non-renewal at least {days} days before the end of the then-current term.",
+            "The charges for any renewal term may be increased by no more than {percent} over the charges for the preceding term.",
+            "The parties shall meet at least {days} days before expiry to discuss the terms of any renewal.",
+            "Any order placed before expiry shall continue to be governed by this Agreement until completed.",
+        ],
+        [
+            "Expiry does not affect any rights or liabilities that accrued before it.",
+            "The provisions that by their nature are intended to survive shall survive expiry.",
+        ],
+    ],
+    "Acceptance Testing": [
+        [
+            "On delivery of {deliverable}, the {A} shall carry out the acceptance tests described in the Schedule.",
+            "The {B} shall not be entitled to payment for a milestone until {deliverable} for that milestone have passed acceptance testing.",
+        ],
+        [
+            "The {A} shall notify the {B} of any failure within {days} days after completing the tests, giving reasonable details.",
+            "The {B} shall correct any failure and resubmit {deliverable} for testing within {days} days.",
+            "If {deliverable} fail acceptance testing twice, the {A} may terminate the relevant order and recover all sums paid for it.",
+            "Use of {deliverable} in live operation before acceptance shall not constitute acceptance.",
+            "The {B} may attend acceptance tests at its own cost.",
+        ],
+        [
+            "Acceptance shall not relieve the {B} of its warranty obligations.",
+            "A certificate of acceptance signed by the {A} is conclusive evidence that the tests have been passed.",
+        ],
+    ],
+    "Insolvency": [
+        [
+            "Either party may terminate this Agreement immediately by notice if the other becomes insolvent or unable to pay its debts as they fall due.",
+            "An Insolvency Event occurs if a party has a receiver, administrator or liquidator appointed over any of its assets.",
+        ],
+        [
+            "An Insolvency Event includes the passing of a resolution for winding up, other than for a solvent reorganisation.",
+            "Each party shall notify the other promptly if it becomes aware of any circumstances likely to lead to an Insolvency Event.",
+            "On termination under this Section, all sums owing to the terminating party become immediately due.",
+            "The terminating party may retain and use any materials already paid for.",
+        ],
+        [
+            "The rights in this Section are in addition to any other remedies available to the terminating party.",
+            "This Section applies equally to any analogous procedure in any jurisdiction.",
+        ],
+    ],
+    "Publicity": [
+        [
+            "Neither party shall issue any press release or public statement about this Agreement without the other's prior written approval.",
+            "The {B} shall not use the name, logo or trade marks of the {A} in any advertising without consent.",
+        ],
+        [
+            "Approval shall not be unreasonably withheld or delayed for an announcement required by law or a stock exchange.",
+            "The {A} may identify the {B} as a supplier in its internal communications.",
+            "Any approved statement may be repeated afterwards without further approval, provided its substance is unchanged.",
+            "Each party shall remove any reference to the other from its website promptly on request.",
+        ],
+        [
+            "This Section survives termination for {years}.",
+            "Breach of this Section may be restrained by injunction.",
+        ],
+    ],
+    "Subcontracting": [
+        [
+            "The {B} shall not subcontract any of its obligations without the prior written consent of the {A}.",
+            "The {B} may use subcontractors to perform {deliverable}, provided it remains fully responsible for their acts and omissions.",
+        ],
+        [
+            "The {B} shall ensure that every subcontract contains terms no less protective of the {A} than those of this Agreement.",
+            "The {A} may require the removal of any subcontractor whose performance is unsatisfactory.",
+            "The {B} shall provide the {A} with a list of all current subcontractors on request.",
+            "Consent to a subcontract does not relieve the {B} of any obligation under this Agreement.",
+        ],
+        [
+            "The {B} shall pay its subcontractors within {days} days of receipt of a valid invoice.",
+            "Any subcontract shall terminate automatically on termination of this Agreement.",
+        ],
+    ],
+}
+STATUTE_MORE = {
+    "Residential repairs": [
+        "A landlord shall keep the dwelling fit for human habitation and in a reasonable state of repair throughout the tenancy.",
+        "A tenant may give written notice of a defect, and the landlord shall begin repairs within {days_short} days of receiving it.",
+        "If the landlord fails to act, the tenant may carry out the repair and deduct the reasonable cost from rent, up to one month's rent in any year.",
+        "This section does not apply to damage caused by the tenant's own failure to use the dwelling in a proper manner.",
+        "A landlord shall not retaliate against a tenant who has in good faith complained of a defect.",
+    ],
+    "Unsolicited calls": [
+        "No person shall make a telephone call for the purpose of marketing to a number registered on the do-not-call list.",
+        "A caller shall state at the beginning of each call the name of the person on whose behalf it is made.",
+        "Calls may be made only between nine in the morning and eight in the evening, local time of the person called.",
+        "A person who receives more than one call in violation of this section within any twelve months may recover {fine_small} for each call.",
+        "The regulator may impose a civil penalty of up to {fine} for each violation.",
+    ],
+    "Product recalls": [
+        "A manufacturer that becomes aware that a product it has placed on the market presents a serious risk shall notify the department within {days_short} days.",
+        "The department may order the manufacturer to recall the product from consumers and to offer a repair, replacement or refund.",
+        "A distributor shall cooperate with the manufacturer and the department in any recall.",
+        "A notice of recall shall be published in a manner likely to reach the persons who bought the product.",
+        "Failure to comply with a recall order is an offence punishable by a fine of up to {fine}.",
+    ],
+    "Wage payment": [
+        "An employer shall pay wages in full at least once every {days_short} days, on regular paydays designated in advance.",
+        "An employer shall give each employee an itemised statement showing gross wages, deductions and net pay.",
+        "No deduction may be made from wages unless required by law or authorised in writing by the employee.",
+        "An employee whose wages are not paid when due may recover the unpaid wages, liquidated damages in an equal amount and reasonable attorney's fees.",
+        "On termination of employment, all wages earned shall be paid no later than the next regular payday.",
+    ],
+    "Small claims procedure": [
+        "The small claims division has jurisdiction over actions for the recovery of money not exceeding {fine}.",
+        "A claim is commenced by filing a short statement of the claim with the clerk and paying the filing fee.",
+        "The rules of evidence do not apply strictly, and the judge may admit any evidence of a kind commonly relied on by reasonable persons.",
+        "A party may be represented by a person who is not a lawyer with the leave of the court.",
+        "An appeal lies only on a question of law and must be filed within {days_plain} days after judgment.",
+    ],
+    "Notaries": [
+        "A notary public shall not notarise a signature unless the signer appears personally before the notary at the time of notarisation.",
+        "A notary shall keep a journal recording the date, the type of act, and the name and address of each signer.",
+        "A notary may charge a fee not exceeding the amount set by regulation for each act.",
+        "A notary who knowingly makes a false certificate is guilty of a misdemeanour and the commission may be revoked.",
+        "A commission is valid for {n_years} years and may be renewed on application.",
+    ],
+}
+CASE_MORE = [
+    (
+        "logistics operator",
+        "p",
+        "breach of a service level agreement",
+        "The operator's warehouse management system was unavailable for several days, and the supplier argued that service credits were the only remedy.",
+        "the service credit regime did not exclude a claim for damages for a persistent failure amounting to repudiation",
+        "The court held that clear words are needed to exclude a remedy for repudiatory breach, and a schedule of price adjustments does not supply them.",
+    ),
+    (
+        "hospital trust",
+        "d",
+        "breach of a data processing agreement",
+        "A contractor processing patient records suffered a security incident, and the trust had delayed notifying the people affected.",
+        "the contractor was not liable for losses flowing from the trust's own delay in giving notice",
+        "The court applied ordinary principles of causation and found that the trust's delay was an intervening act that broke the chain.",
+    ),
+    (
+        "retail chain",
+        "p",
+        "breach of an exclusive supply agreement",
+        "The manufacturer began selling the same products online directly to customers in the distributor's territory.",
+        "online sales to customers in the territory breached the exclusivity clause even though the website was hosted abroad",
+        "The court looked at where the customers were and where the goods were delivered, not at where the seller's servers happened to be.",
+    ),
+    (
+        "engineering firm",
+        "d",
+        "recovery of the price of goods",
+        "The buyer rejected a consignment of pumps after testing showed a defect, and the seller sued for the price, saying the buyer had already put the pumps to use.",
+        "use of the goods for testing did not amount to acceptance that barred later rejection",
+        "The court reasoned that a buyer must have a reasonable opportunity to examine goods, and using them briefly for that purpose is consistent with the seller's ownership.",
+    ),
+    (
+        "telecommunications provider",
+        "d",
+        "breach of a renewal provision",
+        "The customer sent its notice of non-renewal by email two days before the deadline, and the provider said the contract required post.",
+        "the notice was effective because the contract allowed notice in writing and said nothing to exclude email",
+        "The court held that notice provisions are construed to achieve their purpose, which is to ensure that the other party actually learns of the decision.",
+    ),
+    (
+        "insurer",
+        "p",
+        "subrogated recovery for flood damage",
+        "After paying a warehouse owner for flood damage, the insurer sued the contractor whose drainage works had allegedly caused the flooding.",
+        "the waiver of subrogation in the construction contract barred the insurer's claim",
+        "The court explained that an insurer stands in the shoes of the insured and can have no better rights than the insured itself had against the contractor.",
+    ),
+]
+
+
+CONDITIONS_MORE = [
+    dict(
+        dx=["acute asthma exacerbation, moderate", "moderate exacerbation of asthma triggered by a viral infection"],
+        complaint=[
+            "wheeze and breathlessness not relieved by the reliever inhaler",
+            "night-time cough and chest tightness",
+        ],
+        vitals=(["36.9", "37.4", "37.8"], ["102", "108", "114"], ["22", "24", "25"], ["93", "94", "95"]),
+        exam=[
+            "Widespread expiratory wheeze; able to complete sentences.",
+            "Prolonged expiration with polyphonic wheeze in both lungs and no focal signs.",
+        ],
+        tests=[
+            "Peak expiratory flow 58 percent of best.",
+            "Peak flow improved from 52 to 78 percent of predicted after nebulised salbutamol.",
+            "Chest radiograph: hyperexpanded lungs, no focal opacity.",
+        ],
+        plan=[
+            "Nebulised salbutamol and ipratropium, oral prednisolone 40 mg daily for five days, and inhaler technique review.",
+            "Prednisolone 40 mg for five days, step up to a combination preventer inhaler, and a written asthma action plan.",
+        ],
+        course=[
+            "Bronchodilators were weaned to four-hourly by day two and peak flow recovered to 85 percent of best.",
+            "The patient was reviewed by the asthma nurse, who corrected a poor inhaler technique.",
+        ],
+        meds=[
+            "prednisolone 40 mg once daily to complete five days",
+            "a combination preventer inhaler two puffs twice daily",
+        ],
+    ),
+    dict(
+        dx=["iron deficiency anaemia", "iron deficiency anaemia, source to be investigated"],
+        complaint=["tiredness and breathlessness on climbing stairs", "fatigue, palpitations and pale skin"],
+        vitals=(["36.5", "36.7"], ["92", "98", "104"], ["16", "18"], ["97", "98", "99"]),
+        exam=[
+            "Conjunctival pallor; no lymphadenopathy; abdomen soft and non-tender.",
+            "Pale; flow murmur at the left sternal edge.",
+        ],
+        tests=[
+            "Haemoglobin 84 g/L with a mean cell volume of 71 fL.",
+            "Ferritin 6 micrograms/L.",
+            "Coeliac serology negative.",
+        ],
+        plan=[
+            "Oral ferrous sulfate 200 mg once daily, and an urgent referral for upper and lower endoscopy.",
+            "Start oral iron, repeat the blood count in four weeks, and investigate for gastrointestinal blood loss.",
+        ],
+        course=[
+            "Gastroscopy showed a duodenal ulcer, and a proton pump inhibitor was started.",
+            "Haemoglobin rose by 15 g/L over three weeks of oral iron.",
+        ],
+        meds=["ferrous sulfate 200 mg once daily", "omeprazole 40 mg once daily for eight weeks"],
+    ),
+    dict(
+        dx=["migraine without aura", "chronic migraine with medication-overuse headache"],
+        complaint=[
+            "recurrent throbbing one-sided headaches with nausea",
+            "near-daily headaches despite regular painkillers",
+        ],
+        vitals=(["36.6", "36.8"], ["68", "74", "80"], ["14", "16"], ["98", "99"]),
+        exam=[
+            "Neurological examination is normal, including fundoscopy.",
+            "No focal neurological signs; neck supple; normal optic discs.",
+        ],
+        tests=[
+            "Headache diary shows painkillers taken on 18 days a month.",
+            "Blood pressure and inflammatory markers are normal.",
+        ],
+        plan=[
+            "Stop regular analgesics, start propranolol 40 mg twice daily as prevention, and use a triptan for attacks.",
+            "Offer amitriptyline 10 mg at night as a preventive, keep a headache diary, and review in eight weeks.",
+        ],
+        course=["The patient was managed in the community throughout."],
+        meds=["propranolol 40 mg twice daily", "sumatriptan 50 mg at the onset of an attack"],
+    ),
+    dict(
+        dx=["acute gastroenteritis with mild dehydration", "viral gastroenteritis"],
+        complaint=["vomiting and watery diarrhoea", "abdominal cramps and loose stools after a family meal"],
+        vitals=(["37.6", "38.0", "38.2"], ["96", "104", "110"], ["16", "18", "20"], ["97", "98", "99"]),
+        exam=[
+            "Dry mucous membranes; abdomen soft with mild diffuse tenderness.",
+            "Capillary refill three seconds; hyperactive bowel sounds; no guarding.",
+        ],
+        tests=[
+            "Sodium 133 mmol/L, potassium 3.2 mmol/L, creatinine slightly raised.",
+            "Stool culture sent.",
+        ],
+        plan=[
+            "Oral rehydration solution, antiemetic as needed, and intravenous fluids if oral intake fails.",
+            "Intravenous fluids with potassium replacement, then oral fluids as tolerated and hand hygiene advice.",
+        ],
+        course=[
+            "Vomiting settled within 24 hours and the electrolytes normalised with fluids.",
+            "Stool culture grew no pathogens.",
+        ],
+        meds=["oral rehydration sachets after each loose stool", "ondansetron 4 mg up to twice daily for two days"],
+    ),
+]
+
+
+# ============================================================== held-out groups
+#
+# Every pool above and below (clause and section types, statute topics, case patterns, clinical scenarios, drugs,
+# sentence frames, layouts, names and other vocabularies) is cut by position into a training group and a held-out
+# group. Training passages are written only from the training group; validation and test passages only from the
+# held-out group (they share it with each other, but no passage). So held-out text shares no sentence frame, no
+# document type of its own, and no name with training: a model can lower its perplexity only by having learnt the
+# domain's language, not by recalling a template it saw.
+
+GROUPS = ("train", "heldout")
+HELD_OUT_POSITION = 1  # items at positions 1, 4, 7, ... (every third, starting with the second) are held out
+UNSPLIT_VOCAB = {"sex", "year"}  # splitting these would make held-out patients all one sex, or cases all one era
+
+
+def take(items, group: str) -> list:
+    """The items of `items` that belong to `group`: about a third held out, by position (not by chance, so a
+    change of seed never moves an item between groups)."""
+    items = list(items)
+    if len(items) < 2:
+        raise ValueError(f"a pool of {len(items)} item(s) cannot be split into groups: {items!r}")
+    held = group == "heldout"
+    return [x for i, x in enumerate(items) if (i % 3 == HELD_OUT_POSITION) == held]
+
+
+def take_vocab(vocab: dict[str, list[str]], group: str) -> dict[str, list[str]]:
+    return {k: list(v) if k in UNSPLIT_VOCAB else take(v, group) for k, v in vocab.items()}
+
+
+def take_each(table: dict[str, list], group: str) -> dict[str, list]:
+    """Each pool of a table of pools, cut to `group`."""
+    return {name: take(pool, group) for name, pool in table.items()}
+
+
+def take_keys(table: dict, group: str) -> dict:
+    return {k: table[k] for k in take(sorted(table), group)}
+
+
+def take_drugs(group: str) -> list[tuple]:
+    """The medicines of `group`: by position, except that a medicine the training group's clinical scenarios
+    prescribe is a training medicine (its name would otherwise reach training through those scenarios)."""
+    prescribed = " ".join(_strings(take(CONDITIONS + CONDITIONS_MORE, "train"))).lower()
+    trained = {d[0] for d in DRUGS if d in take(DRUGS, "train") or d[0].lower() in prescribed}
+    return [d for d in DRUGS if (d[0] in trained) == (group == "train")]
+
+
+# ============================================================== layouts and registers added for variety
+# Each list is a pool of alternative frames, split like every other pool (so each needs at least two items).
+
+CLAUSE_PREFACE = [
+    'This Section forms part of the agreement between {ca} (the "{A}") and {cb} (the "{B}").',
+    'As between {ca} (the "{A}") and {cb} (the "{B}"), the following terms apply.',
+    "The provisions below bind {ca}, referred to as the {A}, and {cb}, referred to as the {B}.",
+    'For the purposes of this Section, {ca} is the "{A}" and {cb} is the "{B}".',
+    "In this Section, references to the {A} mean {ca} and references to the {B} mean {cb}.",
+    "The following Section applies to every order placed by {cb} (the {B}) with {ca} (the {A}).",
+]
+CONTRACT_PREAMBLES = [
+    'This {kind} (the "Agreement") is entered into as of {date} by and between {ca} (the "{A}") and {cb} (the "{B}").',
+    "THIS {kind_upper} is made on {date} between {ca}, as {A}, and {cb}, as {B}.",
+    'The parties to this {kind} are {ca} ("{A}") and {cb} ("{B}"), and it takes effect on {date}.',
+    "{ca} and {cb} agree as follows, with effect from {date}, in this {kind}.",
+    "This {kind} records the terms on which {ca} (the {A}) deals with {cb} (the {B}) from {date}.",
+    "Dated {date}. Parties: (1) {ca} (the {A}); (2) {cb} (the {B}). Document: {kind}.",
+]
+CONTRACT_RECITALS = [
+    "WHEREAS the {A} wishes to obtain, and the {B} is willing to provide, the matters described below on the terms of this Agreement;",
+    "Background: the parties have worked together informally for some time and now wish to record their arrangement in writing.",
+    "RECITALS. The {B} carries on business in the supply of {deliverable}, and the {A} wishes to engage it.",
+    "The parties intend this Agreement to replace every earlier understanding between them on its subject matter.",
+    "It is agreed that the terms set out below apply to the supply of {deliverable}.",
+    "NOW, THEREFORE, in consideration of the mutual covenants contained herein, the parties agree as follows.",
+]
+CONTRACT_KINDS = [
+    "Master Services Agreement",
+    "Software Licence Agreement",
+    "Supply Agreement",
+    "Consulting Agreement",
+    "Distribution Agreement",
+    "Commercial Lease",
+    "Loan Agreement",
+    "Franchise Agreement",
+    "Mutual Non-Disclosure Agreement",
+]
+CONTRACT_DATES = [
+    "1 March 2021",
+    "15 January 2019",
+    "30 June 2022",
+    "the Effective Date",
+    "12 September 2020",
+    "4 April 2023",
+    "the date of the last signature below",
+]
+STATUTE_TAILS = [
+    "Source: {y} Acts, ch. {ch}, § {s}.",
+    "Cross-reference: see {code} § {n}.",
+    "History: added by {y} Acts, ch. {ch}; amended {y2}.",
+    "Editor's note: subsection numbering follows the {y} revision.",
+    "Derived from former § {n} of the {code}.",
+    "Effective date: this section applies to causes of action accruing on or after 1 July {y}.",
+]
+STATUTE_DEFINITIONS = [
+    'In this section, "{term}" has the meaning given in § {n}.',
+    'For the purposes of this chapter, the term "{term}" includes any successor or assignee.',
+    'As used in this section, "{term}" means a person who regularly engages in the activity regulated by this chapter.',
+    "Nothing in this section limits any right or remedy available under any other law of this State.",
+    "The provisions of this section are severable, and the invalidity of one subsection does not affect the others.",
+    "A rule adopted by the department under this section has the force of law.",
+]
+STATUTE_TERMS = ["person", "consumer", "business day", "record", "owner", "public body", "employer", "resident"]
+CASE_CAPTION_SUFFIX = ["Holdings", "Corp.", "Ltd.", "LLC", "Partners", "Group plc", "Enterprises Inc."]
+CASE_PLAINTIFF = [
+    "The plaintiff, a {plaintiff}, sued for {claim}.",
+    "A {plaintiff} brought this action for {claim}.",
+    "This appeal arises from a claim by a {plaintiff} for {claim}.",
+    "The claimant, described in the record as a {plaintiff}, sought relief for {claim}.",
+    "In the proceedings below, a {plaintiff} alleged {claim}.",
+    "The dispute began when a {plaintiff} filed suit alleging {claim}.",
+]
+CASE_BELOW = [
+    "The trial court {below}.",
+    "At first instance, the court {below}.",
+    "The lower court {below}, and this appeal followed.",
+    "Below, the judge {below}.",
+    "After a hearing, the district court {below}.",
+    "The court of first instance {below}, and the losing party appealed.",
+]
+CASE_HELD = [
+    "On appeal, the {court} held that {holding}.",
+    "The {court} concluded that {holding}.",
+    "Held: {holding}.",
+    "The question for the {court} was whether, on the facts found, {holding}; it answered yes.",
+    "A unanimous panel of the {court} decided that {holding}.",
+    "The {court} ruled that {holding}.",
+]
+OUTCOMES_AGREE = [
+    "Affirmed.",
+    "Affirmed, with costs to the respondent.",
+    "Appeal dismissed.",
+    "The judgment below is affirmed in all respects.",
+    "Appeal dismissed with costs.",
+]
+OUTCOMES_DISAGREE = [
+    "Reversed and remanded.",
+    "Judgment vacated and the matter remitted to the trial court.",
+    "Reversed in part and remanded for further proceedings consistent with this opinion.",
+    "Appeal allowed; the order below is set aside.",
+    "The judgment is reversed and judgment entered for the appellant.",
+    "Appeal allowed and a new trial ordered.",
+]
+# Court reasoning (the body of an appellate opinion), the register users bring most often besides contracts.
+OPINION_OPENERS = [
+    "{judge}, J., delivered the opinion of the court.",
+    "Opinion of the court by Justice {judge}.",
+    "{judge} LJ: This appeal concerns {claim}.",
+    "Before the court is an appeal in a dispute over {claim}.",
+    "Judge {judge}, writing for the panel.",
+    "PER CURIAM. We consider an appeal arising out of {claim}.",
+]
+OPINION_REVIEW = [
+    "We review the grant of summary judgment de novo, viewing the evidence in the light most favourable to the non-moving party.",
+    "The construction of a written contract is a question of law, which we decide afresh.",
+    "Findings of fact are reviewed for clear error, but the legal conclusions drawn from them are reviewed de novo.",
+    "An appellate court will not disturb the trial judge's evaluation of the evidence unless it is plainly wrong.",
+    "Whether a contractual term is ambiguous is a question of law for the court.",
+    "We may affirm on any ground supported by the record, even one the trial court did not rely on.",
+    "The interpretation of a statute is a matter of law, and we owe the lower court's reading no deference.",
+    "A decision to grant or refuse an injunction is reviewed for abuse of discretion.",
+    "The appellant bears the burden of showing that the error affected the outcome.",
+]
+OPINION_PRINCIPLES = [
+    "The object of interpretation is to find the meaning the words would convey to a reasonable person with the background knowledge the parties had.",
+    "Where the language is clear, the court gives effect to it, even if the result seems commercially unwise.",
+    "Words are read in their context, and a contract is read as a whole, so that no provision is rendered meaningless.",
+    "A party seeking to avoid a bargain on the ground of unfairness must show more than that it turned out badly.",
+    "Ambiguity is resolved against the party that drafted the term.",
+    "The court will not imply a term merely because it would be reasonable; it must be necessary to give the contract business efficacy.",
+    "Evidence of the parties' negotiations is generally inadmissible to construe the final written agreement.",
+    "A specific provision prevails over a general one dealing with the same subject.",
+    "Statutes in derogation of the common law are strictly construed.",
+    "The court presumes that the legislature did not intend an absurd result.",
+    "Equity will not assist a party who has slept on its rights.",
+    "Public policy limits the freedom of contract only in clear cases.",
+]
+OPINION_ARGUMENTS = [
+    "The appellant argues that the judge gave too little weight to the commercial purpose of the agreement.",
+    "Counsel for the respondent submits that the point was not taken below and cannot be raised now.",
+    "The appellant's principal contention is that the clause must be read against the party that drafted it.",
+    "The respondent answers that the wording admits of only one sensible meaning.",
+    "It is said that the trial court overlooked evidence of a later course of dealing between the parties.",
+    "The appellant complains that the judge decided a point neither side had argued.",
+    "The respondent relies on the absence of any written objection at the time.",
+    "Both parties accept that the facts are not in dispute; the disagreement is about their legal effect.",
+]
+OPINION_APPLY = [
+    "Applying those principles here, we conclude that {holding}.",
+    "On this record, we are satisfied that {holding}.",
+    "Measured against that standard, the argument fails, because {holding}.",
+    "It follows that {holding}.",
+    "We therefore agree with the respondent that {holding}.",
+    "For these reasons, we hold that {holding}.",
+]
+OPINION_CLOSERS = [
+    "Nothing in this opinion should be read as deciding the position under a differently worded clause.",
+    "We express no view on the remaining issues, which the trial court may address on remand.",
+    "The other grounds of appeal add nothing to the main argument and are rejected.",
+    "Costs follow the event.",
+    "We are grateful to counsel for their careful submissions.",
+    "The cross-appeal is dismissed as moot.",
+]
+JUDGES = [
+    "Okafor",
+    "Haldane",
+    "Moreau",
+    "Castellanos",
+    "Birkett",
+    "Nakamura",
+    "Ferreira",
+    "Lindgren",
+    "Adeyemi",
+    "Sorensen",
+    "Kaczmarek",
+    "Whitcombe",
+]
+
+
+NOTE_HEADS_MORE = [
+    "Outpatient review.",
+    "Telephone consultation.",
+    "Medical admission note.",
+    "Acute medical unit clerking.",
+    "Follow-up visit.",
+    "Urgent care note.",
+    "Respiratory clinic letter.",
+]
+NOTE_SUBJECTIVE = [
+    "S: {age}-year-old {sex} with {pmh} presents with {complaint} for {duration}.",
+    "S: {name}, a {age}-year-old {sex} with a background of {pmh}, reports {complaint} over the last {duration}.",
+    "History: {complaint} for {duration} in a {age}-year-old {sex}; past history of {pmh}.",
+    "Presenting complaint: {complaint}, {duration}. Background: {pmh}.",
+    "{name} ({age}, {sex}) attends with {complaint} which began {duration} ago; known {pmh}.",
+    "Seen today: {age}-year-old {sex}, {duration} of {complaint}. Relevant history includes {pmh}.",
+]
+NOTE_OBJECTIVE = [
+    "O: BP {sys}/{dia} mmHg, HR {hr} bpm, RR {rr}, temperature {temp} C, SpO2 {spo2}% on room air. {exam}",
+    "On examination: pulse {hr}, blood pressure {sys}/{dia}, respiratory rate {rr}, saturations {spo2}% on air, temperature {temp}. {exam}",
+    "Observations: T {temp}, HR {hr}, BP {sys}/{dia}, RR {rr}, sats {spo2}%. {exam}",
+    "Exam: {exam} Vital signs: heart rate {hr}/min, BP {sys}/{dia}, temp {temp} C, oxygen saturation {spo2} percent.",
+    "Examination findings: {exam} Temperature {temp} C; pulse {hr}; BP {sys}/{dia} mmHg; RR {rr}; SpO2 {spo2}%.",
+    "Vitals {temp} C, {hr} bpm, {sys}/{dia}, RR {rr}, {spo2}% RA. {exam}",
+]
+NOTE_ASSESSMENT = [
+    "A: {dx}.",
+    "Impression: {dx}.",
+    "Assessment: most likely {dx}.",
+    "Working diagnosis: {dx}.",
+    "Clinical impression is of {dx}.",
+    "Diagnosis: {dx}.",
+]
+NOTE_PLAN = [
+    "P: {plan}",
+    "Plan: {plan}",
+    "Management: {plan}",
+    "Agreed plan: {plan}",
+    "Actions: {plan}",
+    "Treatment plan: {plan}",
+]
+NOTE_FOLLOWUP = [
+    "Review after {duration}: {course}",
+    "Follow-up visit. {course}",
+    "Addendum, {duration} later: {course}",
+    "Telephone review after {duration}. {course}",
+    "Seen again in clinic. {course}",
+    "Progress since last review: {course}",
+]
+DISCHARGE_HEADS = [
+    "Discharge summary. Patient: {name}, {age}-year-old {sex}.",
+    "Hospital discharge letter for {name} ({age}, {sex}).",
+    "Discharge summary for {name}, aged {age}.",
+    "Inpatient discharge note. Name: {name}. Age: {age}.",
+    "Summary of admission: {name}, {age}-year-old {sex}.",
+    "Discharge communication to the GP regarding {name}, {age}.",
+]
+DISCHARGE_REASON = [
+    "Admitted with {complaint}; diagnosis on discharge: {dx}.",
+    "Reason for admission: {complaint} in a patient with {pmh}. Final diagnosis: {dx}.",
+    "Presented with {complaint} and was found to have {dx}.",
+    "Principal diagnosis: {dx}. Presenting symptoms: {complaint}.",
+    "Admitted via the emergency department with {complaint}; the final diagnosis was {dx}.",
+    "Diagnosis: {dx}, presenting as {complaint}, on a background of {pmh}.",
+]
+DISCHARGE_INITIAL = [
+    "Initial management: {plan}",
+    "Treatment on admission: {plan}",
+    "In the emergency department: {plan}",
+    "Early management included the following. {plan}",
+    "First 24 hours: {plan}",
+    "On arrival: {plan}",
+]
+DISCHARGE_STAY = [
+    "Length of stay: {los} days.",
+    "Discharged home after {los} days in a stable condition.",
+    "Total inpatient stay {los} days.",
+    "Went home on day {los}, mobilising independently.",
+    "Discharged on day {los} to the care of the family.",
+    "The admission lasted {los} days.",
+]
+DISCHARGE_MEDS = [
+    "Discharge medications: {meds}.",
+    "New medicines on discharge: {first_med}.",
+    "Medicines to take home: {meds}.",
+    "Changes to medication: started {first_med}.",
+    "TTO: {meds}.",
+    "Please continue {meds}.",
+]
+DISCHARGE_GP = [
+    "The GP is asked to review renal function and blood pressure in one week.",
+    "{followup}",
+    "GP actions: check electrolytes in one week and review the medication list.",
+    "Please arrange a review in the practice within two weeks.",
+    "Hospital follow-up has been booked in clinic in six weeks.",
+    "No GP action is required beyond the routine review.",
+]
+LEAFLET_HEADS = [
+    "Patient information leaflet: {name}.",
+    "Package leaflet: information for the user. {name}.",
+    "Your medicine: {name}.",
+    "About {name}: what you need to know.",
+    "Information for patients prescribed {name}.",
+    "{name}: a guide for patients and carers.",
+]
+LEAFLET_CLASS = [
+    "{name} is {klass}.",
+    "{name} is a prescription medicine; it is {klass}.",
+    "{name} belongs to a group of medicines called {klass_bare}.",
+    "The medicine in this leaflet, {name}, is {klass}.",
+    "{name} works as {klass}.",
+    "Type of medicine: {klass_bare}.",
+]
+LEAFLET_USES = [
+    "It is used for {uses}.",
+    "What {name} is used for: {uses}.",
+    "Doctors prescribe it for {uses}.",
+    "You have been given this medicine for {uses}.",
+    "It is used to treat {uses}.",
+    "Uses: {uses}.",
+]
+LEAFLET_AVOID = [
+    "Do not take {name} if {avoid}.",
+    "Before you take {name}, tell your doctor if {avoid}, as it may not be suitable for you.",
+    "{name} is not suitable for everyone: it should not be used if {avoid}.",
+    "Check with your doctor first if {avoid}.",
+    "Warning: do not use this medicine if {avoid}.",
+    "You should not take it if {avoid}.",
+]
+LEAFLET_DOSE = [
+    "The usual adult dose is {dose}.",
+    "How to take it: the usual adult dose is {dose}, but always follow your prescriber's instructions.",
+    "Adults usually take {dose}.",
+    "Dose: {dose}, unless your doctor tells you otherwise.",
+    "Most adults are prescribed {dose}.",
+    "Take it exactly as prescribed; a typical adult dose is {dose}.",
+]
+LEAFLET_SIDE = [
+    "Common side effects include {side}.",
+    "Like all medicines, {name} can cause side effects, such as {side}, although not everybody gets them.",
+    "Possible side effects: {side}.",
+    "Some people notice {side}.",
+    "Side effects reported by users include {side}.",
+    "Tell your doctor if you get {side} and it bothers you.",
+]
+LEAFLET_EXTRAS = [
+    "Tell your doctor or pharmacist if you are taking, have recently taken or might take any other medicines, including herbal remedies.",
+    "If you are pregnant or breastfeeding, ask your doctor for advice before taking this medicine.",
+    "If you take more than you should, contact your doctor or the nearest emergency department immediately.",
+    "If you forget a dose, take it as soon as you remember unless it is nearly time for the next dose; do not take a double dose.",
+    "Store below 25 C in the original package and keep out of the sight and reach of children.",
+    "Keep all appointments for blood tests and reviews while you take this medicine.",
+    "Do not stop taking this medicine suddenly without talking to your doctor.",
+    "Ask your pharmacist how to dispose of medicines you no longer use.",
+    "Some of the ingredients may cause allergic reactions in sensitive people.",
+]
+# Prescribing information (the professional drug-information register).
+DRUGINFO_LAYOUTS = [
+    (
+        "Indications: {uses}.",
+        "Dosage and administration: {dose}.",
+        "Contraindications: {avoid}.",
+        "Adverse reactions: {side}.",
+    ),
+    ("Therapeutic class: {klass_bare}.", "Licensed use: {uses}.", "Posology: {dose}.", "Undesirable effects: {side}."),
+    (
+        "{name} ({klass_bare}) is indicated for {uses}.",
+        "Recommended dose: {dose}.",
+        "It is contraindicated when {avoid}.",
+        "The most frequent adverse events are {side}.",
+    ),
+    (
+        "Pharmacological group: {klass_bare}.",
+        "Approved indications include {uses}.",
+        "Adult dosing: {dose}.",
+        "Reported adverse effects comprise {side}.",
+    ),
+    ("Drug class: {klass_bare}.", "Use: {uses}.", "Dose (adults): {dose}.", "Avoid if {avoid}."),
+    (
+        "Summary of product characteristics: {name}.",
+        "Therapeutic indications: {uses}.",
+        "Method of administration and dose: {dose}.",
+        "Contraindicated if {avoid}.",
+    ),
+]
+DRUGINFO_NOTES = [
+    "Monitor renal function before starting and periodically during treatment.",
+    "Review the need for continued therapy at least every twelve months.",
+    "Dose reduction may be required in hepatic impairment.",
+    "Use with caution in the elderly, who may be more sensitive to adverse effects.",
+    "Clinically significant interactions are listed in the full product information.",
+    "Counsel the patient on the expected benefits and the common adverse effects before the first dose.",
+    "Report suspected adverse reactions through the national reporting scheme.",
+    "Safety in pregnancy has not been established; weigh the benefit against the risk.",
+    "Check adherence and technique before increasing the dose.",
+]
+# Research abstracts (structured, with numbers), the register of the biomedical literature.
+ABSTRACT_BACKGROUND = [
+    "Background: {cond} is a frequent cause of hospital attendance, and the best initial treatment remains uncertain.",
+    "Introduction: the evidence for {drug_l} in {cond} comes mostly from small observational studies.",
+    "Objective: to estimate the effect of {drug_l} on outcomes in adults with {cond}.",
+    "Background: guidelines differ on whether {drug_l} should be offered routinely to people with {cond}.",
+    "Aims: we assessed whether early {drug_l} improves recovery from {cond}.",
+    "Context: practice varies widely in the management of {cond} in primary care.",
+]
+ABSTRACT_METHODS = [
+    "Methods: we conducted a randomised, double-blind, placebo-controlled trial at {sites} centres and enrolled {n} adults.",
+    "Methods: in this retrospective cohort study, we identified {n} patients from electronic records at {sites} hospitals.",
+    "Design: pragmatic open-label trial; {n} participants were allocated one to one to {drug_l} or usual care.",
+    "Methods: a prospective registry of {n} consecutive patients admitted to {sites} units was analysed.",
+    "We searched four databases and pooled {sites} randomised trials including {n} participants in a meta-analysis.",
+    "Setting and participants: {n} adults recruited from {sites} general practices were followed for twelve months.",
+]
+ABSTRACT_OUTCOME = [
+    "The primary outcome was {outcome} at {weeks} weeks.",
+    "The main outcome measure was {outcome}.",
+    "Our primary end point was {outcome} within {weeks} weeks of enrolment.",
+    "We compared {outcome} between groups using a Cox model.",
+    "Outcomes were assessed by investigators unaware of group allocation; the primary one was {outcome}.",
+    "The prespecified primary outcome was {outcome}.",
+]
+ABSTRACT_OUTCOMES = [
+    "hospital readmission",
+    "all-cause mortality",
+    "time to symptom resolution",
+    "treatment failure",
+    "length of hospital stay",
+    "a composite of death or admission to intensive care",
+    "change in a validated symptom score",
+]
+ABSTRACT_RESULTS = [
+    "Results: the primary outcome occurred in {p1}% of the treatment group and {p2}% of the control group (hazard ratio {ratio}; 95% CI {lo} to {hi}).",
+    "Results: {n_events} events were recorded; the adjusted odds ratio was {ratio} (95% confidence interval {lo} to {hi}).",
+    "Findings: compared with usual care, the intervention changed the primary outcome from {p2}% to {p1}% (relative risk {ratio}).",
+    "Median follow-up was {weeks} weeks; the risk ratio for the primary outcome was {ratio} ({lo} to {hi}).",
+    "The rate of the primary outcome was {p1} versus {p2} per 100 patient-years.",
+    "Results: of the participants, {p1}% in the treated group met the primary end point, against {p2}% in the comparison group.",
+]
+ABSTRACT_SAFETY = [
+    "Serious adverse events were similar in the two groups.",
+    "Adverse events led to discontinuation in {p3}% of treated participants.",
+    "No new safety signals were identified.",
+    "Minor adverse effects, mostly gastrointestinal, were more common with active treatment.",
+    "Two deaths occurred, neither judged to be related to the study drug.",
+    "Loss to follow-up was below {p3}% in both arms.",
+]
+ABSTRACT_CONCLUSIONS = [
+    "Conclusions: in adults with {cond}, {drug_l} did not improve the primary outcome.",
+    "Conclusion: {drug_l} modestly reduced {outcome} and appears safe, but larger trials are needed.",
+    "Interpretation: these findings support current guidance and do not justify a change in practice.",
+    "Conclusions: the benefit was confined to patients with more severe disease at baseline.",
+    "Our results suggest that routine use of {drug_l} in {cond} should be reconsidered.",
+    "Conclusions: the effect was smaller than expected, and residual confounding cannot be excluded.",
+]
+ABSTRACT_TITLES = [
+    "{drug} for {cond}: a randomised trial.",
+    "Outcomes of {cond} treated with {drug_l}: a cohort study.",
+    "Early {drug_l} versus usual care in {cond}.",
+    "Effect of {drug_l} on recovery from {cond}.",
+    "{drug} in adults with {cond}: a systematic review and meta-analysis.",
+    "Treatment of {cond} in routine practice: a registry analysis.",
+]
+ABSTRACT_VOCAB = {
+    "sites": [str(n) for n in range(3, 42, 2)],
+    "n": [str(n) for n in (128, 214, 356, 482, 640, 815, 1024, 1290, 2046, 3310, 4875, 7200, 9641)],
+    "weeks": ["4", "6", "8", "12", "24", "26", "52"],
+    "p1": [f"{v:.1f}" for v in (4.2, 6.8, 9.1, 11.5, 14.0, 17.3, 21.6, 25.9, 30.4)],
+    "p2": [f"{v:.1f}" for v in (5.9, 8.4, 10.2, 13.7, 15.8, 19.5, 24.1, 28.8, 33.0)],
+    "p3": ["1.2", "2.5", "3.1", "4.8", "6.0", "7.4"],
+    "ratio": ["0.71", "0.78", "0.84", "0.91", "0.96", "1.02", "1.08", "0.65"],
+    "lo": ["0.52", "0.58", "0.63", "0.70", "0.77", "0.81"],
+    "hi": ["0.98", "1.04", "1.12", "1.19", "1.27", "1.33"],
+    "n_events": ["87", "143", "212", "305", "461", "598"],
+}
+
+
+GENERAL_MORE: dict[str, list[list[str]]] = {
+    "gardening": [
+        [
+            "The tomatoes on the balcony have finally started to turn red.",
+            "This spring I dug a small vegetable patch at the bottom of the garden.",
+            "Our allotment was a jungle of weeds when we took it over in {month}.",
+        ],
+        [
+            "I water early in the morning, before the sun gets too strong, so less of it evaporates.",
+            "A thick layer of mulch kept the soil damp through the dry spell.",
+            "The slugs ate half the lettuces before I thought of putting copper tape around the beds.",
+            "Beans are the easiest crop I have grown, and they seem to thrive on neglect.",
+            "A neighbour gave me a box of seedlings she had grown on her windowsill.",
+            "The compost heap took almost a year to become something I could dig into the beds.",
+            "Planting marigolds between the rows seems to keep some of the pests away.",
+        ],
+        [
+            "There is nothing quite like eating something you grew yourself.",
+            "Next year I want to try potatoes in sacks.",
+            "It is slow work, but it gives me a reason to be outside every evening.",
+        ],
+    ],
+    "pets": [
+        [
+            "We adopted a scruffy terrier from the shelter in {month}.",
+            "Our old cat has decided that the laundry basket is now her bed.",
+            "My son has been asking for a rabbit for years, and this {day} we finally gave in.",
+        ],
+        [
+            "The first week was chaos, with chewed shoes and muddy paw prints on every floor.",
+            "She follows me from room to room and sits by the door whenever I leave.",
+            "A long walk in the park every morning has made us both calmer.",
+            "The vet suggested a smaller portion at dinner and more play during the day.",
+            "He learnt to sit within a day, but coming back when called is still a work in progress.",
+            "The neighbours' children come over after school just to say hello to him.",
+            "We moved the food bowl to the kitchen, which ended the nightly crunching noises in the hall.",
+        ],
+        [
+            "The house feels much livelier now.",
+            "I cannot remember what our evenings were like before.",
+            "It has been more work than I expected, and worth every minute.",
+        ],
+    ],
+    "commuting": [
+        [
+            "I have been cycling to work since the start of {month}.",
+            "The bus to the office now takes twice as long because of the roadworks.",
+            "Working from home two days a week has changed how I think about the journey.",
+        ],
+        [
+            "The route along the canal is longer but far quieter than the main road.",
+            "I keep a book in my bag, so a late train is no longer a disaster.",
+            "A colleague and I started sharing a car, which halves the cost of parking.",
+            "On wet days the waterproof trousers are the difference between misery and mild annoyance.",
+            "Leaving fifteen minutes earlier avoids the worst of the crowds on the platform.",
+            "The new cycle lane opened last month, and it already feels busier than the road.",
+            "I listen to podcasts on the way in and music on the way home.",
+        ],
+        [
+            "I arrive more awake than I used to, which surprised me.",
+            "On a sunny morning it is the best part of my day.",
+            "It is not glamorous, but it works.",
+        ],
+    ],
+}
+
+
+OPINION_POOLS = {
+    "openers": OPINION_OPENERS,
+    "review": OPINION_REVIEW,
+    "principles": OPINION_PRINCIPLES,
+    "arguments": OPINION_ARGUMENTS,
+    "apply": OPINION_APPLY,
+    "closers": OPINION_CLOSERS,
+}
+STATUTE_MORE.update(
+    {
+        "Charitable solicitations": [
+            "A charitable organisation that solicits contributions in this State shall register with the Secretary of State before any solicitation begins.",
+            "A professional fundraiser shall disclose, before accepting a contribution, the name of the charity and the share of each gift it will receive.",
+            "Each registered organisation shall file an annual financial report within {n_months} months after the end of its fiscal year.",
+            "A solicitation that misrepresents the purpose for which contributions will be used is a deceptive practice.",
+            "The Attorney General may suspend a registration for failure to file a required report.",
+        ],
+        "Dog ownership": [
+            "The owner of a dog that bites a person who is lawfully in a public or private place is liable for the resulting damages.",
+            "It is a defence that the person bitten was provoking the dog at the time.",
+            "A dog shall be kept on a leash not longer than two metres in any public park unless the area is signposted as an exercise area.",
+            "An animal control officer may seize a dog that is found at large and return it to its owner on payment of the impound fee.",
+            "A dog that has bitten a person shall be confined and observed for ten days.",
+        ],
+        "Home improvement contracts": [
+            "A home improvement contract for more than {fine_small} shall be in writing and signed by both the contractor and the homeowner.",
+            "The contract shall state the approximate start and completion dates and a description of the work and materials.",
+            "The homeowner may cancel the contract by written notice before midnight of the third business day after signing.",
+            "A contractor shall not demand a deposit exceeding one third of the contract price before work begins.",
+            "A contractor who abandons a job without justification is liable for the homeowner's reasonable cost of completion.",
+        ],
+    }
+)
+CASE_MORE += [
+    (
+        "marketing agency",
+        "p",
+        "unpaid invoices and the implied duty of cooperation",
+        "The client refused to approve any campaign materials for four months and then withheld payment because no campaign had run.",
+        "the client could not rely on the absence of a campaign that its own refusal to cooperate had prevented",
+        "The court held that a party may not take advantage of its own failure to do what was necessary for the other to perform.",
+    ),
+    (
+        "shipping company",
+        "d",
+        "demurrage under a charterparty",
+        "The vessel waited at anchor for eleven days because the port was congested, and the owners claimed demurrage for the whole period.",
+        "laytime did not begin until a valid notice of readiness was given, which could not happen before the vessel reached the berth",
+        "The court applied the settled rule that a notice of readiness given before the vessel has arrived at the agreed destination is invalid.",
+    ),
+    (
+        "university",
+        "d",
+        "breach of an employment contract",
+        "A researcher claimed that the university had promised her a permanent post in a recruitment letter.",
+        "the letter was a statement of intention and not a contractual promise of permanent employment",
+        "The court found that the language of hope and expectation in the letter fell short of the certainty needed for a binding term.",
+    ),
+]
+OPINION_REVIEW += [
+    "Questions of mixed law and fact attract deference unless an extricable error of law is shown.",
+    "The court will not interfere with an exercise of discretion merely because it would have decided differently.",
+    "The sufficiency of the pleadings is a question of law reviewed afresh.",
+]
+OPINION_PRINCIPLES += [
+    "A contract should be read so as to avoid making any of its terms surplus.",
+    "Commercial common sense is a guide to meaning only where the words allow more than one reading.",
+    "A party who wishes to exclude liability for negligence must say so in clear terms.",
+    "Subsequent conduct is not ordinarily a guide to what the parties meant at the time they contracted.",
+    "A term is not unreasonable merely because it operates harshly in the events that happened.",
+    "Where the parties have set out a complete code for a subject, the court will not supplement it with implied terms.",
+]
+OPINION_ARGUMENTS += [
+    "The appellant says that the judge was wrong to find the clause unambiguous.",
+    "The respondent contends that the appeal raises no point of principle.",
+    "Counsel argued that the relevant correspondence was written on a without-prejudice basis.",
+    "The appellant criticises the judge's approach to the expert evidence.",
+]
+OPINION_CLOSERS += [
+    "The application for permission to cross-appeal is refused.",
+    "We would invite written submissions on the form of the order.",
+    "The stay granted pending appeal is lifted.",
+]
+ABSTRACT_BACKGROUND += [
+    "Rationale: small trials suggested a benefit of {drug_l} in {cond}, but they were underpowered.",
+    "Background: adherence to treatment in {cond} is poor, and simple strategies to improve it are needed.",
+    "Purpose: to describe outcomes of {cond} in older adults treated in routine practice.",
+]
+ABSTRACT_METHODS += [
+    "Methods: a cluster-randomised trial in {sites} practices compared a nurse-led review with usual care in {n} patients.",
+    "Methods: we linked primary care and hospital records for {n} adults and used propensity score matching.",
+    "A nested case-control study within a cohort of {n} patients was performed across {sites} sites.",
+]
+ABSTRACT_RESULTS += [
+    "Results: {n_events} participants reached the primary end point; the between-group difference was not significant (ratio {ratio}).",
+    "After adjustment for age, sex and comorbidity, the association was weaker (hazard ratio {ratio}; {lo} to {hi}).",
+    "Results: in the matched cohort, {p1}% of treated and {p2}% of untreated patients experienced the outcome.",
+]
+ABSTRACT_CONCLUSIONS += [
+    "Conclusions: a simple intervention reduced {outcome} in {cond}, and its wider use should be evaluated.",
+    "Interpretation: the findings are hypothesis-generating and need confirmation in a randomised setting.",
+    "Conclusions: treatment with {drug_l} was associated with modest benefit and few adverse events.",
+]
+LEAFLET_EXTRAS += [
+    "This medicine may make you feel drowsy; do not drive or operate machinery if it affects you.",
+    "Avoid alcohol while taking this medicine unless your doctor says otherwise.",
+    "Bring this leaflet with you if you need to go to hospital.",
+]
+DRUGINFO_NOTES += [
+    "Measure blood pressure and heart rate at each dose change.",
+    "Avoid co-prescription with other drugs that share the same adverse effect profile.",
+    "Take a full medication history, including over-the-counter products, before prescribing.",
+]
+CLAUSE_PREFACE += [
+    "This Section governs dealings between {ca}, the {A}, and {cb}, the {B}.",
+    "Where this Section refers to the {A} it means {ca}; where it refers to the {B} it means {cb}.",
+    "The parties to this Section are {ca} and {cb}, acting as {A} and {B} respectively.",
+]
+
+
+NOTE_POOLS = {
+    "heads": NOTE_HEADS + NOTE_HEADS_MORE,
+    "subjective": NOTE_SUBJECTIVE,
+    "objective": NOTE_OBJECTIVE,
+    "assessment": NOTE_ASSESSMENT,
+    "plan": NOTE_PLAN,
+    "followup": NOTE_FOLLOWUP,
+}
+DISCHARGE_POOLS = {
+    "heads": DISCHARGE_HEADS,
+    "reason": DISCHARGE_REASON,
+    "initial": DISCHARGE_INITIAL,
+    "stay": DISCHARGE_STAY,
+    "meds": DISCHARGE_MEDS,
+    "gp": DISCHARGE_GP,
+}
+LEAFLET_POOLS = {
+    "heads": LEAFLET_HEADS,
+    "klass": LEAFLET_CLASS,
+    "uses": LEAFLET_USES,
+    "avoid": LEAFLET_AVOID,
+    "dose": LEAFLET_DOSE,
+    "side": LEAFLET_SIDE,
+    "extras": LEAFLET_EXTRAS,
+}
+ABSTRACT_POOLS = {
+    "titles": ABSTRACT_TITLES,
+    "background": ABSTRACT_BACKGROUND,
+    "methods": ABSTRACT_METHODS,
+    "outcome": ABSTRACT_OUTCOME,
+    "results": ABSTRACT_RESULTS,
+    "safety": ABSTRACT_SAFETY,
+    "conclusions": ABSTRACT_CONCLUSIONS,
+}
+
+
+# ============================================================== a group's pools
+
+
+def pools(group: str) -> dict:
+    """Every pool the passage makers draw from, cut to `group`."""
+    drugs = take_drugs(group)
+    return {
+        "group": group,
+        "clauses": take_keys({**CLAUSES, **CLAUSES_MORE}, group),
+        "clause_preface": take(CLAUSE_PREFACE, group),
+        "preambles": take(CONTRACT_PREAMBLES, group),
+        "recitals": take(CONTRACT_RECITALS, group),
+        "kinds": take(CONTRACT_KINDS, group),
+        "dates": take(CONTRACT_DATES, group),
+        "party_pairs": take(PARTY_PAIRS, group),
+        "company": (take(COMPANY_A, group), take(COMPANY_B, group), take(COMPANY_SUFFIX, group)),
+        "legal_vocab": take_vocab(LEGAL_VOCAB, group),
+        "statutes": take_keys({**STATUTE_TOPICS, **STATUTE_MORE}, group),
+        "statute_vocab": take_vocab(STATUTE_VOCAB, group),
+        "statute_openers": STATUTE_OPENERS,  # "(a)".."(f)": markers, not frames
+        "statute_tails": take(STATUTE_TAILS, group),
+        "statute_definitions": take(STATUTE_DEFINITIONS, group),
+        "statute_terms": take(STATUTE_TERMS, group),
+        "codes": take(CODES, group),
+        "case_vocab": take_vocab(CASE_VOCAB, group),
+        "scenarios": take(CASE_SCENARIOS + CASE_MORE, group),
+        "case_extra": take(CASE_EXTRA, group),
+        "caption_suffix": take(CASE_CAPTION_SUFFIX, group),
+        "case_plaintiff": take(CASE_PLAINTIFF, group),
+        "case_below": take(CASE_BELOW, group),
+        "case_held": take(CASE_HELD, group),
+        "outcomes": {True: take(OUTCOMES_AGREE, group), False: take(OUTCOMES_DISAGREE, group)},
+        "opinion": take_each(OPINION_POOLS, group),
+        "judges": take(JUDGES, group),
+        "conditions": take(CONDITIONS + CONDITIONS_MORE, group),
+        "drugs": drugs,
+        "first": {sex: take(names, group) for sex, names in FIRST.items()},
+        "med_vocab": take_vocab(MED_VOCAB, group),
+        "note": take_each(NOTE_POOLS, group),
+        "discharge": take_each(DISCHARGE_POOLS, group),
+        "leaflet": take_each(LEAFLET_POOLS, group),
+        "druginfo": {"layouts": take(DRUGINFO_LAYOUTS, group), "notes": take(DRUGINFO_NOTES, group)},
+        "abstract": take_each(ABSTRACT_POOLS, group),
+        "abstract_vocab": dict(take_vocab(ABSTRACT_VOCAB, group), outcome=take(ABSTRACT_OUTCOMES, group)),
+        "general": take_keys({**GENERAL_TOPICS, **GENERAL_MORE}, group),  # whole topics, with their frames
+        "general_vocab": take_vocab(GENERAL_VOCAB, group),
+    }
+
+
+def pick(rng: random.Random, pool: list[str], values: dict[str, str]) -> str:
+    """One frame of `pool`, filled from `values` (format ignores the keys a frame does not use)."""
+    return rng.choice(pool).format(**values)
+
+
+def _strings(tree) -> list[str]:
+    if isinstance(tree, str):
+        return [tree]
+    if isinstance(tree, dict):
+        return [s for k, v in tree.items() for s in _strings(k) + _strings(v)]
+    if isinstance(tree, (list, tuple)):
+        return [s for item in tree for s in _strings(item)]
+    return []
+
+
+def held_out_strings(min_words: int = 5) -> dict[str, list[str]]:
+    """What the held-out group owns, for checking that training never contains it: `frames`, each held-out
+    string's literal runs of at least `min_words` words between its {slots}; `names`, the held-out people,
+    companies, judges and medicines (as whole words)."""
+    p = pools("heldout")
+    shared = set(_strings(STATUTE_OPENERS)) | {
+        s for k in UNSPLIT_VOCAB for v in (MED_VOCAB, CASE_VOCAB) for s in v.get(k, [])
+    }
+    frames = set()
+    for text in _strings(p):
+        if text in shared:
+            continue
+        for run in re.split(r"\{[^}]*\}", text):
+            run = run.strip(" .,;:")
+            if len(run.split()) >= min_words:
+                frames.add(run)
+    first, second, _ = p["company"]
+    names = first + p["case_vocab"]["surname"] + p["judges"] + [n for v in p["first"].values() for n in v]
+    names += [d[0] for d in p["drugs"]]
+    return {"frames": sorted(frames), "names": sorted(set(names))}
+
+
+# ============================================================== legal passage makers
+
+
+def _company(rng: random.Random, p: dict) -> str:
+    first, second, suffix = p["company"]
+    return f"{rng.choice(first)} {rng.choice(second)} {rng.choice(suffix)}"
+
+
+def _clause(rng: random.Random, p: dict, title: str, number: str, fixed: dict) -> str:
+    """A numbered section of clause type `title`; now and then one of its body sentences comes from another type
+    of the same group, as drafters borrow across clauses (so training meets sentences in new company)."""
+    opening, body, closing = p["clauses"][title]
+    if rng.random() < 0.25:
+        other = rng.choice([t for t in sorted(p["clauses"]) if t != title])
+        body = body + [rng.choice(p["clauses"][other][1])]
+    return compose(rng, f"{number} {title}.", clause_slots([opening, body, closing]), p["legal_vocab"], fixed)
+
+
+def _parties(rng: random.Random, p: dict) -> dict:
+    a, b = rng.choice(p["party_pairs"])
+    return {
+        "A": a,
+        "B": b,
+        "ca": _company(rng, p),
+        "cb": _company(rng, p),
+        "deliverable": rng.choice(p["legal_vocab"]["deliverable"]),
+    }
+
+
+def legal_clause(rng: random.Random, p: dict) -> str:
+    """One numbered contract section, sometimes naming the parties first."""
+    fixed = _parties(rng, p)
+    title = rng.choice(sorted(p["clauses"]))
+    text = _clause(rng, p, title, f"{rng.randint(2, 24)}.{rng.randint(1, 9)}", fixed)
+    if rng.random() < 0.3:
+        number, rest = text.split(" ", 1)
+        title_part, body = rest.split(". ", 1)
+        text = f"{number} {title_part}. {pick(rng, p['clause_preface'], fixed)} {body}"
+    return text
+
+
+def legal_contract(rng: random.Random, p: dict) -> str:
+    """The opening of a contract: preamble, recitals, then two to four sections of different types, so that
+    sentences of different clause types meet in one document (as they do in a real agreement)."""
+    fixed = _parties(rng, p)
+    kind = rng.choice(p["kinds"])
+    values = dict(fixed, kind=kind, kind_upper=kind.upper(), date=rng.choice(p["dates"]))
+    parts = [pick(rng, p["preambles"], values)]
+    parts += [pick(rng, [r], values) for r in rng.sample(p["recitals"], rng.randint(0, 2))]
+    titles = rng.sample(sorted(p["clauses"]), rng.randint(2, min(4, len(p["clauses"]))))
+    parts += [_clause(rng, p, t, f"{i}.", fixed) for i, t in enumerate(titles, 1)]
+    return " ".join(parts)
+
+
+def _statute_section(rng: random.Random, p: dict, topic: str) -> str:
+    pool = p["statutes"][topic]
+    k = rng.randint(min(2, len(pool)), min(5, len(pool)))
+    picked = sorted(rng.sample(range(len(pool)), k))
+    values = {
+        "term": rng.choice(p["statute_terms"]),
+        "n": str(rng.randint(100, 999)),
+        "code": rng.choice(p["codes"]),
+    }
+    sentences = [fill(rng, pool[j], p["statute_vocab"], {}) for j in picked]
+    if rng.random() < 0.5:
+        sentences.append(pick(rng, p["statute_definitions"], values))
+    body = " ".join(f"{p['statute_openers'][i]} {s}" for i, s in enumerate(sentences))
+    return f"§ {rng.randint(12, 99)}-{rng.randint(101, 999)}. {topic}. {body}"
+
+
+def legal_statute(rng: random.Random, p: dict) -> str:
+    """One or two statute sections (different topics), with a source note or cross-reference at times."""
+    topics = rng.sample(sorted(p["statutes"]), rng.choice([1, 1, 2]))
+    text = " ".join(_statute_section(rng, p, t) for t in topics)
+    if rng.random() < 0.6:
+        y = rng.randint(1987, 2023)
+        values = {
+            "y": str(y),
+            "y2": str(y + rng.randint(1, 6)),
+            "ch": str(rng.randint(10, 400)),
+            "s": str(rng.randint(1, 30)),
+            "code": rng.choice(p["codes"]),
+            "n": str(rng.randint(100, 999)),
+        }
+        text += " " + pick(rng, p["statute_tails"], values)
+    return text
+
+
+def _case_facts(rng: random.Random, p: dict) -> dict:
+    plaintiff, winner, claim, background, holding, reasoning = rng.choice(p["scenarios"])
+    vocab = p["case_vocab"]
+    agree = rng.random() < 0.5  # did the trial court reach the same result as the appeal court?
+    winner_below = winner if agree else {"p": "d", "d": "p"}[winner]
+    return {
+        "plaintiff": plaintiff,
+        "claim": claim,
+        "background": background,
+        "holding": holding,
+        "reasoning": reasoning,
+        "agree": agree,
+        "court": rng.choice(vocab["court"]),
+        "below": rng.choice(vocab[f"procedural_for_{winner_below}"]),
+        "judge": rng.choice(p["judges"]),
+        "caption": f"{rng.choice(vocab['surname'])} v. {rng.choice(vocab['surname'])} {rng.choice(p['caption_suffix'])}",
+    }
+
+
+def legal_case(rng: random.Random, p: dict) -> str:
+    """A case summary: caption, parties, facts, procedural history, holding, reasoning, outcome."""
+    f = _case_facts(rng, p)
+    vocab = dict(p["case_vocab"], years_contract=["three years", "five years", "two years", "ten years"])
+    parts = [
+        f"{f['caption']}, {f['court']} ({rng.choice(vocab['year'])}).",
+        pick(rng, p["case_plaintiff"], f),
+        f["background"],
+        pick(rng, p["case_below"], f),
+        pick(rng, p["case_held"], f),
+        f["reasoning"],
+    ]
+    parts += [fill(rng, t, vocab, {}) for t in rng.sample(p["case_extra"], rng.randint(0, 2))]
+    parts.append(rng.choice(p["outcomes"][f["agree"]]))
+    return " ".join(parts)
+
+
+def legal_opinion(rng: random.Random, p: dict) -> str:
+    """Court reasoning: the body of an appellate opinion, with the standard of review, the governing principles,
+    the parties' arguments and their application to the facts, in varying order and length."""
+    f = _case_facts(rng, p)
+    o = p["opinion"]
+    parts = [pick(rng, o["openers"], f), f["background"], pick(rng, p["case_below"], f)]
+    parts += rng.sample(o["review"], rng.randint(1, 2))
+    args = rng.sample(o["arguments"], rng.randint(1, 2))
+    principles = rng.sample(o["principles"], rng.randint(1, 3))
+    parts += args + principles if rng.random() < 0.5 else principles + args
+    parts += [f["reasoning"], pick(rng, o["apply"], f)]
+    parts += rng.sample(o["closers"], rng.randint(0, 2))
+    parts.append(rng.choice(p["outcomes"][f["agree"]]))
+    return " ".join(parts)
+
+
+# ============================================================== medical passage makers
+
+
+def _condition_vocab(rng: random.Random, p: dict) -> tuple[dict, dict]:
+    cond = rng.choice(p["conditions"])
+    temp, hr, rr, spo2 = cond["vitals"]
+    sex = rng.choice(p["med_vocab"]["sex"])
+    fixed = {
+        "sex": sex,
+        "dx": rng.choice(cond["dx"]),
+        "complaint": rng.choice(cond["complaint"]),
+        "temp": rng.choice(temp),
+        "hr": rng.choice(hr),
+        "rr": rng.choice(rr),
+        "spo2": rng.choice(spo2),
+        "exam": rng.choice(cond["exam"]),
+        "name": f"{rng.choice(p['first'][sex])} {rng.choice(p['case_vocab']['surname'])}",
+        "plan": rng.choice(cond["plan"]),
+    }
+    return cond, fixed
+
+
+def medical_note(rng: random.Random, p: dict) -> str:
+    """A clinical note around one coherent scenario: history, findings, tests, assessment, plan."""
+    cond, fixed = _condition_vocab(rng, p)
+    n, v = p["note"], p["med_vocab"]
+    slots = [
+        (n["subjective"], 1),
+        (v["history"], 2),
+        (v["living"], 1),
+        (n["objective"], 1),
+        (cond["tests"], 3),
+        (n["assessment"], 1),
+        (n["plan"], 1),
+        (v["followup"], 1),
+    ]
+    text = compose(rng, rng.choice(n["heads"]), slots, v, fixed)
+    if rng.random() < 0.35:  # a later entry in the same record: the notes users bring run over several visits
+        course = " ".join(rng.sample(cond["course"], len(cond["course"])))
+        values = dict(fixed, duration=rng.choice(v["duration"]), course=course)
+        text += " " + pick(rng, n["followup"], values) + " " + pick(rng, n["plan"], fixed)
+    return text
+
+
+def medical_discharge(rng: random.Random, p: dict) -> str:
+    """A discharge summary: reason for admission, tests, management, hospital course, medicines, follow-up."""
+    cond, fixed = _condition_vocab(rng, p)
+    d, v = p["discharge"], p["med_vocab"]
+    meds = rng.sample(cond["meds"], len(cond["meds"]))
+    fixed = dict(fixed, meds=" and ".join(meds), first_med=meds[0], age=rng.choice(v["age"]))
+    fixed["followup"] = rng.choice(v["followup"])
+    slots = [
+        (d["reason"], 1),
+        (cond["tests"], 2),
+        (d["initial"], 1),
+        (cond["course"] + v["generic_course"], 3),
+        (d["stay"], 1),
+        (d["meds"], 1),
+        (d["gp"], 1),
+    ]
+    return compose(rng, pick(rng, d["heads"], fixed), slots, v, fixed)
+
+
+def _drug_values(drug: tuple) -> dict:
+    name, klass, uses, side, avoid, dose, advice = drug
+    bare = klass.split(" ", 1)[1] if klass.startswith(("a ", "an ")) else klass
+    return {
+        "name": name,
+        "klass": klass,
+        "klass_bare": bare,
+        "uses": uses,
+        "side": side,
+        "avoid": avoid,
+        "dose": dose,
+        "advice": advice,
+    }
+
+
+def medical_leaflet(rng: random.Random, p: dict) -> str:
+    """A patient leaflet for one medicine, its sections in the usual order."""
+    values = _drug_values(rng.choice(p["drugs"]))
+    lf = p["leaflet"]
+    parts = [pick(rng, lf[k], values) for k in ("heads", "klass", "uses", "avoid", "dose", "side")]
+    parts.append(values["advice"])
+    parts += rng.sample(lf["extras"], rng.randint(1, 3))
+    return " ".join(parts)
+
+
+def medical_druginfo(rng: random.Random, p: dict) -> str:
+    """Prescribing information for one to three medicines (the professional register), with monitoring notes."""
+    drugs = rng.sample(p["drugs"], rng.choice([1, 1, 2, 3]))
+    parts = []
+    for drug in drugs:
+        values = _drug_values(drug)
+        parts.append(f"{values['name']}.")
+        parts += [frame.format(**values) for frame in rng.choice(p["druginfo"]["layouts"])]
+        parts += rng.sample(p["druginfo"]["notes"], rng.randint(1, 2))
+    return " ".join(parts)
+
+
+def medical_abstract(rng: random.Random, p: dict) -> str:
+    """A structured research abstract about a condition and a medicine, with made-up figures."""
+    cond = rng.choice(p["conditions"])["dx"][0].split(",")[0]
+    drug = _drug_values(rng.choice(p["drugs"]))["name"]
+    values = {k: rng.choice(v) for k, v in p["abstract_vocab"].items()}
+    values.update(cond=cond, drug=drug, drug_l=drug[0].lower() + drug[1:])
+    a = p["abstract"]
+    parts = [pick(rng, a["titles"], values), pick(rng, a["background"], values), pick(rng, a["methods"], values)]
+    parts += [pick(rng, a["outcome"], values), pick(rng, a["results"], values)]
+    parts += [pick(rng, [s], values) for s in rng.sample(a["safety"], rng.randint(0, 2))]
+    parts.append(pick(rng, a["conclusions"], values))
+    return " ".join(parts)
+
+
+# ============================================================== general passage maker
+
+
+def general_passage(rng: random.Random, p: dict) -> str:
+    """An everyday first-person paragraph on one topic."""
+    topic = rng.choice(sorted(p["general"]))
+    openers, bodies, closers = p["general"][topic]
+    return compose(rng, "", [(openers, 1), (bodies, 4), (closers, 1)], p["general_vocab"], {})
+
+
+LEGAL_MAKERS = [legal_clause, legal_contract, legal_statute, legal_case, legal_opinion]
+MEDICAL_MAKERS = [medical_note, medical_discharge, medical_leaflet, medical_druginfo, medical_abstract]
 
 
 # ============================================================== instruction and chat data
@@ -1985,33 +3307,34 @@ def to_jsonl(records: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
 
-def split_passages(passages: list[str]) -> dict[str, list[dict]]:
-    out, start = {}, 0
-    for split, size in SPLIT_SIZES.items():
-        out[split] = [{"text": t} for t in passages[start : start + size]]
-        start += size
-    return out
+def domain_splits(
+    rng: random.Random, makers: list, sizes: dict[str, int], words: dict[str, tuple[int, int]]
+) -> dict[str, list[dict]]:
+    """train from the training group; validation and test (distinct passages) from the held-out group."""
+    held_sizes = [sizes[s] for s in ("validation", "test") if s in sizes]
+    train = generate_unique(rng, makers, pools("train"), sizes["train"], words["train"])
+    held = generate_unique(rng, makers, pools("heldout"), sum(held_sizes), words["heldout"])
+    rng.shuffle(train)
+    rng.shuffle(held)
+    chunks = {"train": train, "validation": held[: held_sizes[0]], "test": held[held_sizes[0] :]}
+    return {split: [{"text": t} for t in chunks[split]] for split in sizes}
 
 
 def build_corpora(seed: int = 0) -> dict[str, str]:
     """relative path -> JSONL content of every corpus file."""
     rng = random.Random(seed)
-    total = sum(SPLIT_SIZES.values())
-    legal = generate_unique(rng, [legal_clause, legal_clause, legal_statute, legal_case], total)
-    medical = generate_unique(rng, [medical_note, medical_discharge, medical_leaflet], total)
-    general = generate_unique(rng, [general_passage], GENERAL_SIZE)
-    rng.shuffle(legal)
-    rng.shuffle(medical)
     files = {}
-    for domain, passages in (("legal", legal), ("medical", medical)):
-        for split, records in split_passages(passages).items():
+    for domain, makers in (("legal", LEGAL_MAKERS), ("medical", MEDICAL_MAKERS)):
+        for split, records in domain_splits(rng, makers, DOMAIN_SIZES, DOMAIN_WORDS).items():
             files[f"{domain}/{split}.jsonl"] = to_jsonl(records)
+    general = domain_splits(rng, [general_passage], GENERAL_SIZES, GENERAL_WORDS)
+    files["general/train.jsonl"] = to_jsonl(general["train"])
+    files["general/validation.jsonl"] = to_jsonl(general["validation"])
     legal_qa, medical_qa = legal_instructions(rng), medical_instructions(rng)
     files["legal/instructions.jsonl"] = to_jsonl(legal_qa)
     files["medical/instructions.jsonl"] = to_jsonl(medical_qa)
     files["legal/chat.jsonl"] = to_jsonl(chats(rng, legal_qa, LEGAL_SYSTEM, 30))
     files["medical/chat.jsonl"] = to_jsonl(chats(rng, medical_qa, MEDICAL_SYSTEM, 30))
-    files["general/validation.jsonl"] = to_jsonl([{"text": t} for t in general])
     return files
 
 
