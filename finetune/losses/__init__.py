@@ -1,4 +1,5 @@
-"""Losses as pure functions: GAN objectives, the VAE ELBO, diffusion targets/weights, causal LM loss."""
+"""Losses as pure functions: GAN objectives, the VAE ELBO, diffusion targets/weights, causal LM loss, and the
+teacher/student divergences of distillation and forgetting."""
 
 from finetune.losses.diffusion import (
     diffusion_loss,
@@ -8,6 +9,7 @@ from finetune.losses.diffusion import (
     snr_weights,
     split_prior_batch,
 )
+from finetune.losses.distill import DenseTeacher, TopKTeacher, divergence_from_hidden, row_divergence, scored_rows
 from finetune.losses.gan import (
     GAN_LOSSES,
     clip_weights_,
@@ -27,6 +29,11 @@ from finetune.losses.lm import causal_lm_loss, count_trained_tokens
 from finetune.losses.vae import elbo, gaussian_kl
 
 __all__ = [
+    "DenseTeacher",
+    "TopKTeacher",
+    "divergence_from_hidden",
+    "row_divergence",
+    "scored_rows",
     "GAN_LOSSES",
     "causal_lm_loss",
     "clip_weights_",

@@ -1,4 +1,4 @@
-"""Measurements: perplexity for language models; FID / KID / IS and a digits judge for image models.
+"""Measurements: perplexity and forgetting against the base model for language models; FID / KID / IS and a digits judge for image models.
 
 Import what you need from here; the digits judge lives in finetune.metrics.judge.
 """
@@ -12,10 +12,15 @@ from finetune.metrics.fid import (
     kid,
     per_class_accuracy,
 )
+from finetune.metrics.forgetting import ForgettingConfig, base_samples_file, kl_to_base, top_k_reference
 from finetune.metrics.judge import DigitsJudge, load_judge
 from finetune.metrics.perplexity import perplexity
 
 __all__ = [
+    "ForgettingConfig",
+    "base_samples_file",
+    "kl_to_base",
+    "top_k_reference",
     "DigitsJudge",
     "fid",
     "frechet_distance",

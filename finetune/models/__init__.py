@@ -26,6 +26,7 @@ __all__, __getattr__ = lazy_exports(
             "configure_pad_token",
             "conversion_dir",
             "convert_gguf",
+            "derived_cache_path",
             "describe_base",
             "fit_context",
             "lm_head_bypassed",

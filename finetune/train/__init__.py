@@ -9,11 +9,14 @@ from finetune.train.loop import (
     validate_train_config,
     weight_dtype,
 )
+from finetune.train.objectives import DistillConfig, GuardConfig
 from finetune.train.precision import cast_frozen
 from finetune.train.setup import Run, build_accelerator, finished_run, open_recipe, start_run
 from finetune.train.timing import peak_memory, synced_clock
 
 __all__ = [
+    "DistillConfig",
+    "GuardConfig",
     "Hooks",
     "NonFiniteTraining",
     "Run",
