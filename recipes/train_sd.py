@@ -48,6 +48,7 @@ from finetune.losses.diffusion import (
     split_prior_batch,
 )
 from finetune.methods.dreambooth import PriorConfig, class_image_prompts, ensure_class_images, validate_prior
+from finetune.methods.sd_distill import DistillConfig
 from finetune.methods.sd_lora import SDLoraConfig
 from finetune.methods.sd_registry import SD_METHODS, SDMethodName
 from finetune.methods.textual_inversion import RowRestorer, TextualInversionConfig
@@ -83,6 +84,7 @@ class SDRecipeConfig:
     textual_inversion: TextualInversionConfig = field(
         default_factory=TextualInversionConfig
     )  # method=textual_inversion
+    distill: DistillConfig = field(default_factory=DistillConfig)  # method=distill_unet: student variant, loss weights
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)  # optional text-encoder training
     loss: DiffusionLossConfig = field(default_factory=DiffusionLossConfig)  # loss weighting and noise options
     ema: EMAConfig = field(default_factory=EMAConfig)  # EMA of the trained weights
@@ -129,6 +131,10 @@ def main(argv=None):
 
     # Model and data, validated before anything is written: a bad folder, image or token leaves no output_dir.
     parts = load_sd_components(cfg.model)
+    # distill_unet: the loaded UNet is the frozen teacher; the smaller student cut from it is the UNet that trains.
+    distill = method.distillation(parts.unet, parts.text_encoder, cfg) if method.distillation else None
+    if distill is not None:
+        parts.unet = distill.student
     set_seed(seed)  # building a tiny model reseeds torch; training noise must follow train.seed
     vae, text_encoder, tokenizer, unet, noise_scheduler = (
         parts.vae,
@@ -170,6 +176,8 @@ def main(argv=None):
     cast_frozen(text_encoder.to(device).parameters(), torch.float32 if method.text_encoder_fp32 else dtype)
     cast_training_params([unet, text_encoder], torch.float32)  # diffusers' guard; they never left fp32 here
     vae.to(device, torch.float32 if cfg.efficiency.vae_fp32 else dtype)
+    if distill is not None:
+        distill.to(device, dtype)  # the teacher is frozen: the weight dtype, like the other frozen parts
     # textual inversion: only the new rows may change; made after the cast, so its copy has their device and dtype
     restorer = RowRestorer(text_encoder.get_input_embeddings().weight, concept.token_ids) if concept else None
     if cfg.efficiency.channels_last:
@@ -247,6 +255,9 @@ def main(argv=None):
         weights = (
             snr_weights(noise_scheduler, timesteps, cfg.loss.snr_gamma, prediction_type) if cfg.loss.snr_gamma else None
         )
+        if not cfg.prior.enabled and distill is not None:
+            # distill_unet: w_denoise * denoise + w_out * MSE(pred, teacher's) + w_feat * sum MSE(stage outputs)
+            return distill.loss(diffusion_loss(pred, target, weights), pred, noisy, timesteps, cond)
         if not cfg.prior.enabled:
             return diffusion_loss(pred, target, weights)
         # DreamBooth: the batch is instance examples then class examples; loss = instance + lambda * prior.

@@ -1,5 +1,5 @@
 """Methods, one module each: LoRA/DoRA, prompt / p- / prefix tuning, full fine-tuning with gradual unfreezing (LM);
-SD LoRA, textual inversion, DreamBooth prior preservation (SD); each recipe's table of them (registry.py: LM_METHODS,
+SD LoRA, textual inversion, DreamBooth prior preservation, UNet distillation (SD); each recipe's table of them (registry.py: LM_METHODS,
 sd_registry.py: SD_METHODS).
 
 Names load on first use (finetune/_exports.py).
@@ -45,6 +45,14 @@ __all__, __getattr__ = lazy_exports(
             "recommended_lr",
         ],
         "registry": ["LM_METHODS", "LMMethod", "LMMethodName", "Trainable"],
+        "sd_distill": [
+            "DistillConfig",
+            "UNetDistillation",
+            "check_teacher_dir",
+            "feature_distillation_loss",
+            "output_distillation_loss",
+            "validate_distill",
+        ],
         "sd_lora": [
             "TEXT_ENCODER_TARGETS",
             "UNET_TARGETS",

@@ -19,6 +19,7 @@ import torch
 
 from finetune.errors import UserError
 from finetune.export.sd import EMBEDDING_FILE, PIPELINE_DIR, save_sd_lora, save_sd_pipeline, save_textual_inversion
+from finetune.methods.sd_distill import DistillConfig, UNetDistillation, check_teacher_dir, validate_distill
 from finetune.methods.sd_lora import SDLoraConfig, add_lora, lora_layers, validate_sd_lora
 from finetune.methods.textual_inversion import (
     TextualInversionConfig,
@@ -32,7 +33,9 @@ from finetune.methods.textual_inversion import (
 )
 from finetune.models.sd import SDParts, build_pipeline, load_sd_components
 
-SDMethodName = Literal["lora", "full", "textual_inversion"]  # the recipe's `method` key: one name per SD_METHODS entry
+SDMethodName = Literal[
+    "lora", "full", "textual_inversion", "distill_unet"
+]  # the recipe's `method` key: one name per SD_METHODS entry
 
 Params = list[torch.nn.Parameter]
 
@@ -65,6 +68,9 @@ class SDMethod:
     prior_preservation: bool = True  # DreamBooth's class images can keep the base model's idea of the class
     concept: Callable[[Any, Any, Any], Concept] | None = None  # (tokenizer, text_encoder, cfg) -> the word it learns
     text_encoder_fp32: bool = False  # the text encoder's frozen weights stay fp32 under mixed precision
+    # (loaded unet, text_encoder, cfg) -> a UNetDistillation: the loaded UNet becomes its frozen teacher and its
+    # `.student` is the UNet that trains (and saves); its `.loss` adds the distillation terms to the step's loss
+    distillation: Callable[[Any, Any, Any], UNetDistillation] | None = None
 
 
 def _lora_trainable(unet, text_encoder, cfg) -> tuple[Params, Params]:
@@ -92,6 +98,16 @@ def _full_save(path: Path, parts: SDParts, cfg, dtype: torch.dtype) -> list[Path
         base = load_sd_components(cfg.model) if dtype != torch.float32 else parts
     text_encoder = parts.text_encoder if cfg.text_encoder.train else base.text_encoder
     return [save_sd_pipeline(path / PIPELINE_DIR, build_pipeline(base, unet=parts.unet, text_encoder=text_encoder))]
+
+
+def _distill_check(cfg) -> None:
+    validate_distill(cfg.distill)
+    if cfg.text_encoder.train:
+        raise UserError(
+            "method=distill_unet trains the student UNet only (the teacher's text encoder is kept); unset text_encoder.train"
+        )
+    if not cfg.model.tiny:
+        check_teacher_dir(cfg.model.pretrained)
 
 
 def _ti_concept(tokenizer, text_encoder, cfg) -> Concept:
@@ -141,5 +157,14 @@ SD_METHODS: dict[str, SDMethod] = {
         # CPU (autocast there does not cast layer_norm): its text encoder stays fp32, as in diffusers'
         # textual_inversion.py. Autocast still runs its matmuls in the mixed precision.
         text_encoder_fp32=True,
+    ),
+    "distill_unet": SDMethod(
+        section="distill",
+        config=DistillConfig,
+        trainable=_full_trainable,  # every weight of the student (the recipe put it in place of the loaded UNet)
+        save=_full_save,  # a whole pipeline around the student: a stock diffusers UNet of the smaller config
+        check=_distill_check,
+        prior_preservation=False,  # class images of the teacher would teach what distillation already does
+        distillation=lambda unet, text_encoder, cfg: UNetDistillation(unet, text_encoder, cfg.distill),
     ),
 }

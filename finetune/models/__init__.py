@@ -71,6 +71,17 @@ __all__, __getattr__ = lazy_exports(
             "scale_latents",
             "step_probe",
         ],
+        "sd_student": [
+            "STUDENT_REMOVALS",
+            "StudentPlan",
+            "block_output",
+            "count_parameters",
+            "feature_pairs",
+            "parse_variant",
+            "plan_student",
+            "student_from_teacher",
+            "teacher_key",
+        ],
         "small_nets": [
             "Arch",
             "ConvDiscriminator",
