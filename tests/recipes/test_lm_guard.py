@@ -16,6 +16,7 @@ from finetune.data.text import TextDataConfig, make_collate
 from finetune.metrics.perplexity import summed_nll
 from finetune.models.causal_lm import build_tiny_llama, build_tiny_tokenizer
 from finetune.train import objectives as ob
+from tests.recipes.test_lm import tiny  # noqa: F401  (the tiny LLaMA and data the LM recipe tests share)
 
 BATCH, ROWS = 4, 1
 
@@ -203,54 +204,31 @@ def test_bad_objective_settings_are_refused_before_any_model_loads(guard, distil
         ob.check_objectives(ob.GuardConfig(**guard), ob.DistillConfig(**distill), batch_size=4)
 
 
-def _recipe_run(tmp_path, name, *extra):
-    """The LM recipe in-process on the tiny LLaMA: forgetting measured, base samples cached under tmp_path."""
+def _recipe_run(tiny, tmp_path, name, *extra):
+    """The LM recipe in-process on test_lm's tiny LLaMA: forgetting measured, base samples cached under tmp_path,
+    the guard's general text the part of data/general/validation.jsonl the measure does not use."""
     import recipes.train_lm as recipe
     from tests.conftest import ROOT
+    from tests.recipes.test_lm import args_for
 
-    folder = tmp_path / "tiny"
-    if not folder.exists():
-        build_tiny_llama().save_pretrained(folder / "model", safe_serialization=True)
-        build_tiny_tokenizer().save_pretrained(folder / "model")
-        for split, src, n in (
-            ("train", "legal/train", 48),
-            ("val", "legal/validation", 8),
-            ("general", "general/validation", 8),
-        ):
-            lines = (ROOT / "data" / f"{src}.jsonl").read_text().splitlines()[:n]
-            (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
-        lines = (ROOT / "data" / "general" / "validation.jsonl").read_text().splitlines()[8:]
-        (folder / "general_train.jsonl").write_text("\n".join(lines) + "\n")  # shares nothing with the measure
+    general_train = tmp_path / "general_train.jsonl"
+    lines = (ROOT / "data" / "general" / "validation.jsonl").read_text().splitlines()[8:]  # test_lm measures [:8]
+    general_train.write_text("\n".join(lines) + "\n")
     out = tmp_path / name
+    common = ["train.max_steps=10", "optim.lr=5e-2", "forgetting.samples=4", "forgetting.sample_tokens=48"]
     recipe.main(
-        [
-            f"model.name_or_path={folder / 'model'}",
-            f"model.cache_dir={tmp_path / 'cache'}",
-            f"data.train_file={folder / 'train.jsonl'}",
-            f"data.validation_file={folder / 'val.jsonl'}",
-            f"data.general_validation_file={folder / 'general.jsonl'}",
-            f"guard.train_file={folder / 'general_train.jsonl'}",
-            "data.max_length=128",
-            f"train.output_dir={out}",
-            "train.batch_size=4",
-            "train.max_steps=10",
-            "optim.lr=5e-2",
-            "scheduler.warmup_steps=1",
-            "forgetting.samples=4",
-            "forgetting.sample_tokens=48",
-            "export.verify=false",
-            "train.progress_bar=false",
-            "train.tensorboard=false",
-            *extra,
-        ]
+        args_for(tiny, out, f"model.cache_dir={tmp_path / 'cache'}", f"guard.train_file={general_train}", *common)
+        + ["export.verify=false", *extra]
     )
     return json.loads((out / "summary.json").read_text())
 
 
-def test_recipe_reports_forgetting_and_the_kl_guard_keeps_the_model_closer_to_its_base(tmp_path, capsys):
-    plain = _recipe_run(tmp_path, "plain", "method=lora")
+def test_recipe_reports_forgetting_and_the_kl_guard_keeps_the_model_closer_to_its_base(tiny, tmp_path, capsys):
+    plain = _recipe_run(tiny, tmp_path, "plain", "method=lora")
     assert "drawn now" in capsys.readouterr().out
-    guarded = _recipe_run(tmp_path, "kl", "method=lora", "guard.method=kl", "guard.beta=100", "guard.fraction=0.5")
+    guarded = _recipe_run(
+        tiny, tmp_path, "kl", "method=lora", "guard.method=kl", "guard.beta=100", "guard.fraction=0.5"
+    )
     assert "reused" in capsys.readouterr().out  # the base samples are drawn once per model and settings
     for summary in (plain, guarded):
         assert {"validation", "general_validation", "base_samples"} <= set(summary["perplexity_before"])
@@ -259,5 +237,5 @@ def test_recipe_reports_forgetting_and_the_kl_guard_keeps_the_model_closer_to_it
     assert 0 < kl_guarded < 0.8 * kl_plain, (kl_plain, kl_guarded)
     metrics = [json.loads(line) for line in (tmp_path / "kl" / "metrics.jsonl").read_text().splitlines()]
     assert any("general_kl_to_base" in m and "base_samples_ppl" in m for m in metrics if m.get("split") == "eval")
-    full = _recipe_run(tmp_path, "full", "method=full", "optim.lr=1e-3", "train.max_steps=2")
+    full = _recipe_run(tiny, tmp_path, "full", "method=full", "optim.lr=1e-3", "train.max_steps=2")
     assert set(full["forgetting"]) == {"general_kl_to_base_top64_lower_bound"}  # named as the bound it is
