@@ -12,7 +12,6 @@ writes the adapter (PEFT dir) or the full model, an optional merged model, and a
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import statistics
@@ -29,13 +28,11 @@ from finetune.errors import UserError, exit_on_user_error
 from finetune.export.gguf import GGUFChoice, check_exportable, check_recipe_gguf, export_run_gguf
 from finetune.export.lm import save_lm_artifacts, write_model_card
 from finetune.io import atomic_write_json
-from finetune.losses.lm import count_trained_tokens
 from finetune.methods.full import FullMethodConfig
 from finetune.methods.lora import LoraMethodConfig, restore_frozen_weights
 from finetune.methods.prompt_tuning import PromptMethodConfig
 from finetune.methods.registry import LM_METHODS, LMMethodName
 from finetune.metrics.forgetting import (
-    GUARD_PROMPTS,
     ForgettingConfig,
     base_samples_file,
     check_forgetting_config,
@@ -58,19 +55,16 @@ from finetune.optim.schedulers import SchedulerConfig, build_scheduler, validate
 from finetune.train import Hooks, TrainConfig, build_accelerator, start_run, train
 from finetune.train.loop import validate_train_config, weight_dtype
 from finetune.train.objectives import (
-    GUARD_SEED_OFFSET,
     DistillConfig,
     GuardConfig,
-    MixedSplit,
     check_objectives,
     distill_loss,
-    domain_tokens,
-    general_rows,
     general_top_k,
+    guard_general_split,
+    guard_training_data,
     kl_guard_loss,
     load_teacher,
-    mixed_batches,
-    mixed_collate,
+    trained_tokens,
 )
 from finetune.train.setup import finished_run
 
@@ -159,14 +153,6 @@ def eval_batches_on(device, dataset, collate, cfg: LMRecipeConfig) -> list[dict]
     ]
 
 
-def general_split(model, tokenizer, cfg: LMRecipeConfig):
-    """The guard's general text: guard.train_file, or base samples seeded and prompted apart from the measure's."""
-    if cfg.guard.source == "file":
-        return text_split(cfg.data, tokenizer, Path(str(cfg.guard.train_file)))
-    own = dataclasses.replace(cfg.forgetting, samples=cfg.guard.samples, seed=cfg.forgetting.seed + GUARD_SEED_OFFSET)
-    return text_split(cfg.data, tokenizer, base_samples_file(model, tokenizer, cfg.model, own, GUARD_PROMPTS)[0])
-
-
 @exit_on_user_error
 def main(argv=None):
     cfg = parse_recipe_args(LMRecipeConfig, argv, description=__doc__)
@@ -195,12 +181,12 @@ def main(argv=None):
         splits["base_samples"] = text_split(cfg.data, tokenizer, samples_path)
         accelerator.print(f"base samples: {samples_path} ({'reused' if reused else 'drawn now'})")
     dataset, batches_fn, collate_train = splits["train"], None, collate
-    count = (lambda b: count_trained_tokens(b["labels"])) if cfg.guard.method != "kl" else domain_tokens
+    count = trained_tokens  # the loop divides the summed loss by this, summed over the window
     if cfg.guard.method != "none":  # general rows in every micro-batch (train/objectives.py)
-        general = general_split(model, tokenizer, cfg)
-        dataset, collate_train = MixedSplit(splits["train"], general), mixed_collate(collate)
-        n_rows = general_rows(cfg.guard, cfg.train.batch_size)
-        batches_fn = mixed_batches(len(splits["train"]), len(general), cfg.train.batch_size, n_rows, cfg.train.seed)
+        general = guard_general_split(model, tokenizer, cfg.guard, cfg.forgetting, cfg.data, cfg.model)
+        dataset, batches_fn, collate_train, count = guard_training_data(
+            splits["train"], general, collate, cfg.guard, cfg.train.batch_size, cfg.train.seed
+        )
     out = start_run(accelerator, cfg, cfg.train)
     for name, ds in splits.items():
         accelerator.print(f"data {name}: {ds.stats}")

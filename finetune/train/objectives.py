@@ -22,6 +22,7 @@ local causal LM with the student's vocabulary, frozen, in eval mode, under no_gr
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,15 @@ import torch
 from finetune.errors import UserError
 from finetune.losses.distill import DenseTeacher, DivergenceKind, TopKTeacher, divergence_from_hidden, teacher_rows
 from finetune.losses.lm import causal_lm_loss, count_trained_tokens, fused_linear_cross_entropy
-from finetune.metrics.forgetting import base_teacher, hidden_and_head, top_k_reference
+from finetune.metrics.forgetting import (
+    GUARD_PROMPTS,
+    ForgettingConfig,
+    base_samples_file,
+    base_teacher,
+    hidden_and_head,
+    text_split,
+    top_k_reference,
+)
 from finetune.metrics.perplexity import summed_nll
 from finetune.models.causal_lm import LMModelConfig, load_causal_lm, resolve_model_source
 from finetune.train.batches import BatchesFn, shuffled_batches
@@ -177,10 +186,33 @@ def mixed_collate(collate):
     return collate_mixed
 
 
+def guard_general_split(model, tokenizer, guard: GuardConfig, forgetting: ForgettingConfig, data_cfg, model_cfg):
+    """The guard's general text, tokenized as the training data: guard.train_file, or the base model's own samples
+    (call before any adapter is applied), prompted and seeded apart from the samples that measure forgetting."""
+    if guard.source == "file":
+        return text_split(data_cfg, tokenizer, Path(str(guard.train_file)))
+    own = dataclasses.replace(forgetting, samples=guard.samples, seed=forgetting.seed + GUARD_SEED_OFFSET)
+    return text_split(data_cfg, tokenizer, base_samples_file(model, tokenizer, model_cfg, own, GUARD_PROMPTS)[0])
+
+
+def guard_training_data(train_split, general, collate, guard: GuardConfig, batch_size: int, seed: int):
+    """(dataset, batches_fn, collate_fn, count_items) for the loop: general rows in every micro-batch; the KL guard
+    normalises by the domain tokens only, replay by every trained token (see the module doc)."""
+    n_rows = general_rows(guard, batch_size)
+    batches = mixed_batches(len(train_split), len(general), batch_size, n_rows, seed)
+    count = domain_tokens if guard.method == "kl" else trained_tokens
+    return MixedSplit(train_split, general), batches, mixed_collate(collate), count
+
+
 def rows_of(batch: dict, rows: torch.Tensor) -> dict:
     """The sub-batch of the model inputs at `rows` (a 4D block mask is cut along its batch axis too)."""
     keys = ("input_ids", "attention_mask", "position_ids", "labels")
     return {k: batch[k][rows] for k in keys if k in batch}
+
+
+def trained_tokens(batch: dict) -> int:
+    """Trained tokens of every row (count_items of plain training and of replay)."""
+    return count_trained_tokens(batch["labels"])
 
 
 def domain_tokens(batch: dict) -> int:
