@@ -223,10 +223,11 @@ def main(argv=None):
     def step_fn(batch):
         seen["tokens"] += batch["input_ids"].numel()
         # Summed losses; the loop divides by the window's count (trained tokens; the domain ones under the KL guard).
-        if teacher is not None:
-            return distill_loss(model, teacher, batch, cfg.distill)  # (1 - alpha) CE + alpha divergence, per token
-        if cfg.guard.method == "kl":
-            return kl_guard_loss(model, batch, cfg.guard.beta, general_ref)  # CE + beta KL(base || adapted)
+        logs: dict[str, float] = {}  # the objective's terms, logged beside the loss
+        if teacher is not None:  # (1 - alpha) CE + alpha divergence, per token
+            return distill_loss(model, teacher, batch, cfg.distill, logs), logs
+        if cfg.guard.method == "kl":  # CE + beta KL(base || adapted)
+            return kl_guard_loss(model, batch, cfg.guard.beta, general_ref, logs), logs
         return summed_nll(model, batch, cfg.loss.fused)  # replay's general rows are ordinary trained rows
 
     def eval_fn(step):

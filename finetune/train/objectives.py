@@ -232,7 +232,9 @@ def general_top_k(model, general, collate, k: int, batch_size: int) -> list[TopK
     return refs
 
 
-def kl_guard_loss(model, batch: dict, beta: float, reference: list[TopKTeacher] | None) -> torch.Tensor:
+def kl_guard_loss(
+    model, batch: dict, beta: float, reference: list[TopKTeacher] | None, logs: dict | None = None
+) -> torch.Tensor:
     """CE_sum over the domain rows + beta * KL_sum(base || model) over the general rows * n_domain / n_general
     (see the module doc for the window's normalisation). One forward over all rows; the base sees the general rows
     only (adapter disabled, no_grad) unless `reference` holds the precomputed top-k of each general item."""
@@ -251,6 +253,8 @@ def kl_guard_loss(model, batch: dict, beta: float, reference: list[TopKTeacher] 
         teacher = TopKTeacher(teacher.logprobs.to(out.device), teacher.indices.to(out.device))
     kl = divergence_from_hidden(out[g_rows], weight, g_labels, teacher, "forward")
     n_domain, n_general = count_trained_tokens(domain_labels), count_trained_tokens(g_labels)
+    if logs is not None:  # the micro-batch's means, for the train log (the loop averages them over the window)
+        logs.update(domain_ce=float(ce.detach()) / max(n_domain, 1), guard_kl=float(kl.detach()) / max(n_general, 1))
     return ce + beta * kl * (n_domain / max(n_general, 1))
 
 
@@ -263,7 +267,7 @@ def _ce_sum(out: torch.Tensor, weight: torch.Tensor | None, labels: torch.Tensor
     return fused_linear_cross_entropy(out, weight, labels, reduction="sum")
 
 
-def distill_loss(model, teacher, batch: dict, cfg: DistillConfig) -> torch.Tensor:
+def distill_loss(model, teacher, batch: dict, cfg: DistillConfig, logs: dict | None = None) -> torch.Tensor:
     """(1 - alpha) * CE_sum + alpha * divergence_sum(teacher || model) over the batch's trained tokens."""
     labels = batch["labels"]
     if cfg.alpha == 0:
@@ -274,4 +278,8 @@ def distill_loss(model, teacher, batch: dict, cfg: DistillConfig) -> torch.Tenso
     div = divergence_from_hidden(
         out, weight, labels, DenseTeacher(teacher_rows(t_out, labels), t_weight), cfg.divergence, cfg.temperature
     )
-    return (1 - cfg.alpha) * _ce_sum(out, weight, labels) + cfg.alpha * div
+    ce = _ce_sum(out, weight, labels)
+    if logs is not None:  # per-token means of the two terms, for the train log
+        n = max(count_trained_tokens(labels), 1)
+        logs.update(ce=float(ce.detach()) / n, divergence=float(div.detach()) / n)
+    return (1 - cfg.alpha) * ce + cfg.alpha * div
