@@ -33,6 +33,7 @@ from finetune.errors import UserError
 # The fused CE's chunk size, shift and frozen-weight cast: the same memory budget and the same scored tokens.
 from finetune.losses.lm import _CHUNK_BYTES, _in_dtype, _shifted_labels
 
+CHUNK_BYTES = _CHUNK_BYTES  # fp32 logits per chunk, public for the callers that walk rows the same way
 DivergenceKind = Literal["forward", "reverse", "symmetric"]
 DIVERGENCES = ("forward", "reverse", "symmetric")
 

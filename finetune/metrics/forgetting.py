@@ -26,7 +26,7 @@ import torch
 
 from finetune.errors import UserError
 from finetune.io import atomic_write_text
-from finetune.losses.distill import DenseTeacher, TopKTeacher, divergence_from_hidden, teacher_rows
+from finetune.losses.distill import CHUNK_BYTES, DenseTeacher, TopKTeacher, divergence_from_hidden, teacher_rows
 from finetune.losses.lm import count_trained_tokens
 from finetune.metrics.perplexity import batch_labels, logits_for
 from finetune.models.causal_lm import LMModelConfig, derived_cache_path, lm_head_bypassed
@@ -113,10 +113,17 @@ def top_k_reference(model, batches, k: int) -> list[TopKTeacher]:
             labels = batch_labels(batch)
             out, weight = hidden_and_head(model, batch)
             rows = teacher_rows(out, labels)
-            logits = rows if weight is None else rows.to(weight.dtype) @ weight.t()
-            top, idx = torch.log_softmax(logits.float(), dim=-1).topk(min(k, logits.shape[-1]), dim=-1)
-            refs.append(TopKTeacher(top, idx.to(torch.int32)))
+            vocab = rows.shape[-1] if weight is None else weight.shape[0]
+            chunk = max(1, CHUNK_BYTES // (4 * vocab))  # the (rows x vocab) logits a chunk at a time, as the loss
+            parts = [_top_k(rows[s : s + chunk], weight, k) for s in range(0, rows.shape[0], chunk)]
+            refs.append(TopKTeacher(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])))
     return refs
+
+
+def _top_k(rows: torch.Tensor, weight: torch.Tensor | None, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = rows if weight is None else rows.to(weight.dtype) @ weight.t()
+    top, idx = torch.log_softmax(logits.float(), dim=-1).topk(min(k, logits.shape[-1]), dim=-1)
+    return top, idx.to(torch.int32)
 
 
 def kl_key(top_k: int | None) -> str:
