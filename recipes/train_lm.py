@@ -177,13 +177,15 @@ def main(argv=None):
     # Forgetting against the base (metrics/forgetting.py): the base's own samples are drawn before anything trains.
     forgetting = cfg.forgetting.enabled and "general_validation" in splits
     if forgetting and cfg.forgetting.samples:
-        samples_path, reused = base_samples_file(model, tokenizer, cfg.model, cfg.forgetting)
+        with accelerator.main_process_first():  # one process draws and caches them, the others read the cache
+            samples_path, reused = base_samples_file(model, tokenizer, cfg.model, cfg.forgetting)
         splits["base_samples"] = text_split(cfg.data, tokenizer, samples_path)
         accelerator.print(f"base samples: {samples_path} ({'reused' if reused else 'drawn now'})")
     dataset, batches_fn, collate_train = splits["train"], None, collate
     count = trained_tokens  # the loop divides the summed loss by this, summed over the window
     if cfg.guard.method != "none":  # general rows in every micro-batch (train/objectives.py)
-        general = guard_general_split(model, tokenizer, cfg.guard, cfg.forgetting, cfg.data, cfg.model)
+        with accelerator.main_process_first():
+            general = guard_general_split(model, tokenizer, cfg.guard, cfg.forgetting, cfg.data, cfg.model)
         dataset, batches_fn, collate_train, count = guard_training_data(
             splits["train"], general, collate, cfg.guard, cfg.train.batch_size, cfg.train.seed
         )
