@@ -239,9 +239,9 @@ def main(argv=None):
         if "validation" in ppl:
             metrics["val_loss"] = math.log(ppl["validation"])
         if forgetting:
-            general = eval_batches_on(device, splits["general_validation"], collate, cfg)
+            batches = eval_batches_on(device, splits["general_validation"], collate, cfg)  # the reference's order
             with accelerator.autocast():
-                metrics[kl_key(None if live_base else cfg.forgetting.top_k)] = kl_to_base(model, general, kl_ref)
+                metrics[kl_key(None if live_base else cfg.forgetting.top_k)] = kl_to_base(model, batches, kl_ref)
         return metrics
 
     def save_fn(path: Path):
