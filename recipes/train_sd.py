@@ -76,7 +76,7 @@ from finetune.train.setup import conv_backend, cpu_conv_backend, finished_run
 
 @dataclass
 class SDRecipeConfig:
-    method: SDMethodName = "lora"  # what trains: UNet LoRA, all UNet weights, or new token embeddings
+    method: SDMethodName = "lora"  # what trains: UNet LoRA, all UNet weights, new token embeddings, a distilled UNet
     model: SDModelConfig = field(default_factory=SDModelConfig)  # which Stable Diffusion, its resolution and objective
     data: SDDataConfig = field(default_factory=SDDataConfig)  # instance images + prompt, or a captioned folder
     prior: PriorConfig = field(default_factory=PriorConfig)  # DreamBooth prior preservation (class images)
