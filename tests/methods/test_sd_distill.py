@@ -15,6 +15,7 @@ import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
 import finetune.methods.sd_distill as sd_distill
+from finetune.config import load_config
 from finetune.errors import UserError
 from finetune.methods.sd_distill import (
     DistillConfig,
@@ -23,10 +24,11 @@ from finetune.methods.sd_distill import (
     output_distillation_loss,
     validate_distill,
 )
+from finetune.methods.sd_registry import SD_METHODS
 from finetune.models.sd import build_tiny_sd
 from finetune.models.sd_student import count_parameters
 from finetune.train.logging import read_metrics
-from recipes.train_sd import main
+from recipes.train_sd import SDRecipeConfig, main
 from tests.conftest import ROOT
 from tests.recipes.conftest import fresh_accelerate_state, shipped_mixed_precision  # noqa: F401 (fixtures)
 
@@ -219,3 +221,24 @@ def test_bad_input_stops_with_one_line_and_writes_nothing(tmp_path, capsys, case
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith("error:") and message in err[0], err
     assert not out.exists()
+
+
+def test_the_registry_entry_trains_and_saves_the_student_only(tmp_path):
+    cfg = load_config(SDRecipeConfig, None, ["model.tiny=true", "method=distill_unet", "data.caption_dir=unused"])
+    method, parts = SD_METHODS["distill_unet"], build_tiny_sd()
+    teacher = parts.unet
+    distill = method.distillation(teacher, parts.text_encoder, cfg)
+    parts.unet = distill.student  # as the recipe does
+    for module in (parts.vae, parts.text_encoder, parts.unet):
+        module.requires_grad_(False)
+    unet_params, te_params = method.trainable(parts.unet, parts.text_encoder, cfg)
+    assert te_params == [] and {id(p) for p in unet_params} == {id(p) for p in distill.student.parameters()}
+    assert not any(p.requires_grad for m in (teacher, parts.text_encoder, parts.vae) for p in m.parameters())
+    with torch.no_grad():  # "training": the saved numbers must be these
+        for p in unet_params:
+            p.add_(0.01 * torch.randn_like(p))
+    paths = method.save(tmp_path, parts, cfg, torch.float32)
+    assert [p.relative_to(tmp_path).as_posix() for p in paths] == ["pipeline"]
+    saved = UNet2DConditionModel.from_pretrained(paths[0] / "unet", use_safetensors=True)
+    assert all(torch.equal(a, b) for a, b in zip(saved.parameters(), distill.student.parameters()))
+    assert count_parameters(saved) < count_parameters(teacher)
