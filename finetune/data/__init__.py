@@ -1,5 +1,5 @@
-"""Data: text/instruction/chat sets and packing, image folders and DreamBooth sets, SD training items and latent
-caching, the digits and stroke-symbol worlds, and the data inspector.
+"""Data: the user's corpus from any source kind, text/instruction/chat sets and packing, image folders and DreamBooth
+sets, SD training items and latent caching, the digits and stroke-symbol worlds, and the data inspector.
 
 Names load on first use (finetune/_exports.py). Two modules each have a `make_collate` (text batches, SD batches):
 import those from finetune.data.text and finetune.data.sd.
@@ -10,6 +10,18 @@ from finetune._exports import lazy_exports
 __all__, __getattr__ = lazy_exports(
     __name__,
     {
+        "corpus": [
+            "FILE_COLUMN",
+            "LINE_COLUMN",
+            "ROLE_SPLITS",
+            "TABLE_BUILDERS",
+            "TEXT_SUFFIXES",
+            "document_keys",
+            "folder_files",
+            "load_source",
+            "read_text_document",
+            "source_kind",
+        ],
         "digits": [
             "DIGIT_WORDS",
             "MIN_SIZE",
@@ -89,20 +101,27 @@ __all__, __getattr__ = lazy_exports(
             "CHAT_ROLES",
             "FORMAT_EXAMPLES",
             "IGNORE_INDEX",
+            "MODEL_COLUMNS",
+            "PIECE_CHARS",
+            "ArrowExamples",
             "SplitStats",
             "TextDataConfig",
             "TokenizedSplit",
             "block_causal_mask",
             "build_text_datasets",
             "check_config",
+            "check_data_files",
             "collate_text",
             "document_labels",
+            "document_token_ids",
             "load_jsonl_dataset",
             "load_raw_splits",
             "pack_documents",
             "pad_token_id",
             "read_jsonl",
             "segment_ids",
+            "split_by_document",
+            "text_pieces",
             "tokenize_chat_split",
             "tokenize_conversation",
             "tokenize_documents",

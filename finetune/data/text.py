@@ -1,6 +1,8 @@
 """Text, instruction and chat data for causal-LM fine-tuning.
 
-JSONL files become map-style torch datasets of `input_ids` / `labels` (and `position_ids` when packed):
+Each `data.*_file` source (a JSONL/JSON/CSV/parquet file, a folder of .txt/.md files, a save_to_disk directory or
+a hub dataset id: see finetune/data/corpus.py) becomes a map-style torch dataset of `input_ids` / `labels` (and
+`position_ids` when packed):
 
 - format "text" ({"text": ...}): each document is tokenized, EOS is appended, and documents are packed into
   blocks of `max_length` tokens. Inside a block `position_ids` restart at 0 where a document starts, and the
@@ -10,20 +12,32 @@ JSONL files become map-style torch datasets of `input_ids` / `labels` (and `posi
 - format "instruction" ({"prompt", "completion"}) and "chat" ({"messages": [...]}): rendered with the
   tokenizer's chat template; only assistant answers and the end-of-turn token after each are trained.
 
-Every file is checked line by line before `datasets` loads it, so a bad line is reported as `file:line`.
+Every JSONL file is checked line by line before `datasets` loads it, so a bad line is reported as `file:line`.
+
+Tokenizing and packing run as batched `datasets.map` calls that write Arrow files (under data.cache_dir, or the
+datasets cache), named by a fingerprint of the source, the tokenizer, the settings and this module's code: memory
+stays bounded by the largest document whatever the corpus size, and a second run over the same corpus reads the
+cached files instead of tokenizing again. The splits index those files as 1D long tensors.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
+from finetune.data import corpus
 from finetune.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # label value the causal-LM loss skips (transformers' convention)
 CHAT_ROLES = ("system", "user", "assistant", "tool")
@@ -36,21 +50,25 @@ FORMAT_EXAMPLES = {
 
 @dataclass
 class TextDataConfig:
-    train_file: str  # JSONL training file, one JSON object per line
+    train_file: (
+        str  # JSONL training file, or .json/.csv/.parquet, a folder of .txt/.md, a save_to_disk dir, a hub id[:split]
+    )
     format: Literal["text", "instruction", "chat"] = (
         "text"  # record shape: {"text"}, {"prompt","completion"} or {"messages"}
     )
-    validation_file: str | None = None  # JSONL validation file (same format as train); None: see validation_fraction
-    test_file: str | None = None  # JSONL test file (same format as train), evaluated at the end
-    general_validation_file: str | None = None  # general-domain {"text"} JSONL used to measure forgetting
-    text_field: str = "text"  # key of the document in "text" records (and in the general validation file)
+    validation_file: str | None = None  # validation source (kinds and format as train); None: see validation_fraction
+    test_file: str | None = None  # test source (same kinds and format as train), evaluated at the end
+    general_validation_file: str | None = None  # general-domain text source (any kind above) used to measure forgetting
+    text_field: str = "text"  # key/column of the document in "text" records (and in the general validation source)
     max_length: int = 256  # block size when packing; otherwise the longest sequence (longer ones are truncated)
     pack: bool = True  # "text" only: concatenate documents (EOS after each) into full blocks of max_length tokens
     packed_attention: Literal["block_mask", "position_ids", "none"] = (
         "block_mask"  # how packed documents are kept apart (see collate_text)
     )
     validation_fraction: float = 0.0  # with no validation_file: fraction of train documents held out as validation
-    seed: int = 0  # seed of the validation_fraction split
+    seed: int = 0  # seed of the validation_fraction split (made by document: a document is wholly in one split)
+    cache_dir: str | None = None  # where loaded and tokenized Arrow files are cached; None: the datasets cache
+    hub_config: str | None = None  # config (subset) name of hub dataset sources, e.g. wikitext-2-raw-v1
 
 
 @dataclass
@@ -62,18 +80,55 @@ class SplitStats:
     truncated: int  # records cut at max_length (their tail is dropped)
 
 
-class TokenizedSplit(torch.utils.data.Dataset):
-    """A deterministic map-style dataset of token lists; items are dicts of 1D long tensors."""
+MODEL_COLUMNS = ("input_ids", "labels", "position_ids")  # what an item holds (position_ids only when packed)
 
-    def __init__(self, examples: list[dict[str, list[int]]], stats: SplitStats):
-        self.examples = examples
+
+class ArrowExamples(Sequence):
+    """The examples of an Arrow-backed split as a read-only list of dicts of token lists (read on access)."""
+
+    def __init__(self, ds):
+        self.ds = ds.select_columns([c for c in MODEL_COLUMNS if c in ds.column_names])
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self.ds[j] for j in range(*i.indices(len(self)))]
+        return self.ds[i]
+
+    def __iter__(self):
+        for batch in self.ds.iter(batch_size=256):
+            columns = list(batch)
+            yield from ({c: batch[c][j] for c in columns} for j in range(len(batch[columns[0]])))
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, (list, Sequence)) and len(self) == len(other) and list(self) == list(other)
+
+
+class TokenizedSplit(torch.utils.data.Dataset):
+    """A deterministic map-style dataset of token lists; items are dicts of 1D long tensors.
+
+    `examples` is a list of dicts of token lists, or a `datasets.Dataset` with those columns (Arrow files on
+    disk, as `build_text_datasets` makes them: items are read from the memory-mapped files on access).
+    """
+
+    def __init__(self, examples, stats: SplitStats):
+        self._numpy = None
+        if isinstance(examples, list):
+            self.examples: list | ArrowExamples = examples
+        else:
+            self.examples = ArrowExamples(examples)
+            self._numpy = self.examples.ds.with_format("numpy")
         self.stats = stats
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {k: torch.tensor(v, dtype=torch.long) for k, v in self.examples[i].items()}
+        if self._numpy is None:
+            return {k: torch.tensor(v, dtype=torch.long) for k, v in self.examples[i].items()}
+        return {k: torch.from_numpy(v.astype(np.int64)) for k, v in self._numpy[i].items()}
 
 
 # ---------------------------------------------------------------- validation of files, line by line
@@ -82,7 +137,10 @@ class TokenizedSplit(torch.utils.data.Dataset):
 def check_config(cfg: TextDataConfig) -> None:
     """Reject settings that cannot work, before any file is read."""
     if not cfg.train_file:
-        raise UserError("data.train_file is empty; set it to a JSONL file, e.g. data.train_file=data/legal/train.jsonl")
+        raise UserError(
+            "data.train_file is empty; set it to a JSONL file or a folder of .txt files, e.g. "
+            "data.train_file=data/legal/train.jsonl"
+        )
     if cfg.max_length < 2:
         raise UserError(f"data.max_length={cfg.max_length} is too small; use at least 2 (typically 256-2048)")
     if not 0.0 <= cfg.validation_fraction < 1.0:
@@ -168,27 +226,30 @@ def read_jsonl(path: str, fmt: str, text_field: str = "text") -> list[int]:
     return line_numbers
 
 
-def load_jsonl_dataset(path: str, fmt: str, text_field: str = "text"):
+def load_jsonl_dataset(path: str, fmt: str, text_field: str = "text", cache_dir: str | None = None):
     """Validate `path` line by line, then load it with `datasets` (adds a `__line__` column for error messages)."""
     import datasets
 
     line_numbers = read_jsonl(path, fmt, text_field)
-    bars = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()  # a bar per small file is noise; restored below
     try:
-        ds = datasets.load_dataset("json", data_files={"data": str(path)}, split="data")
+        ds = corpus.quiet_datasets(
+            datasets.load_dataset, "json", data_files={"data": str(path)}, split="data", cache_dir=cache_dir
+        )
     except Exception as e:  # pyarrow rejects e.g. a field that is a number on one line and a string on another
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(
             f"{path}: datasets could not load the file ({first}); give each field one type on every line"
         ) from None
-    finally:
-        if bars:
-            datasets.enable_progress_bars()
-    return ds.add_column("__line__", line_numbers)
+    return ds.add_column(corpus.LINE_COLUMN, line_numbers)
 
 
 # ---------------------------------------------------------------- tokenization
+
+PIECE_CHARS = 1 << 16  # a longer document is tokenized in pieces of about this many characters (bounded memory)
+TRUNCATED = "__truncated"  # per-sequence flag column of unpacked splits: the record was cut at max_length
+# Text with the cut points a long document is split at, used to check that a tokenizer gives the same tokens for
+# the pieces as for the whole (byte-level BPE does; a tokenizer that prepends a space to every call does not).
+_PROBE = "Ab cd's ef, gh ij.\nKl mn  op qr 12 st Éu vw-xy zé ab ÇD ef gh\n\nij kl mn op"
 
 
 def _eos_id(tokenizer) -> int:
@@ -197,16 +258,119 @@ def _eos_id(tokenizer) -> int:
     return tokenizer.eos_token_id
 
 
+def text_pieces(text: str, size: int | None = None) -> list[str]:
+    """`text` cut into pieces of about `size` characters, each cut right before a space between two letters.
+
+    Written by hand (no library splits text for a tokenizer): a byte-level BPE pre-tokenizer (GPT-2 / LLaMA-3
+    regex) already splits there and no token spans such a point, so the tokens of the pieces, joined, are the
+    tokens of the whole text. A run of `size` characters without such a space stays in one longer piece.
+    """
+    size = size or PIECE_CHARS
+    pieces, start = [], 0
+    while len(text) - start > size:
+        cut = _cut_point(text, start + 1, start + size)
+        if cut is None:
+            break
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
+
+
+def _between_letters(text: str, pos: int) -> bool:
+    return 0 < pos < len(text) - 1 and text[pos - 1].isalpha() and text[pos + 1].isalpha()
+
+
+def _cut_point(text: str, lo: int, hi: int) -> int | None:
+    """The last space between two letters in text[lo:hi], else the first one after hi, else None."""
+    pos = text.rfind(" ", lo, hi)
+    while pos >= lo and not _between_letters(text, pos):
+        pos = text.rfind(" ", lo, pos)
+    if pos >= lo:
+        return pos
+    pos = text.find(" ", hi)
+    while pos != -1 and not _between_letters(text, pos):
+        pos = text.find(" ", pos + 1)
+    return pos if pos != -1 else None
+
+
+def _special_ends(tokenizer) -> tuple[list[int], list[int]] | None:
+    """The ids the tokenizer adds before and after a text (e.g. BOS), or None when they cannot be told apart."""
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for i in range(len(full) - len(bare) + 1):
+        if full[i : i + len(bare)] == bare:
+            return full[:i], full[i + len(bare) :]
+    return None
+
+
+def _in_pieces(text: str, tokenizer, ends: tuple[list[int], list[int]], size: int) -> np.ndarray:
+    """`tokenizer(text)["input_ids"]` computed over text_pieces, a few pieces per tokenizer call."""
+    pieces = text_pieces(text, size)
+    parts = [np.asarray(ends[0], dtype=np.int32)]
+    for i in range(0, len(pieces), 16):  # 16 pieces (~1M characters) of encodings held at a time
+        ids = tokenizer(pieces[i : i + 16], add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        parts += [np.asarray(p, dtype=np.int32) for p in ids]
+    parts.append(np.asarray(ends[1], dtype=np.int32))
+    return np.concatenate(parts)
+
+
+def _pieces_are_exact(tokenizer) -> tuple[list[int], list[int]] | None:
+    """The tokenizer's special ends when tokenizing in pieces gives its tokens exactly (checked on _PROBE), else None."""
+    ends = _special_ends(tokenizer)
+    if ends is not None and _in_pieces(_PROBE, tokenizer, ends, size=4).tolist() == tokenizer(_PROBE)["input_ids"]:
+        return ends
+    corpus.report_once("this tokenizer tokenizes text pieces differently from the whole; long documents go whole")
+    return None
+
+
+def document_token_ids(texts: list[str], tokenizer, piece_chars: int | None = None) -> list[np.ndarray]:
+    """Token ids (int32) of each document, as `tokenizer(text)` gives them (its own special tokens, e.g. BOS),
+    with EOS at the end; documents longer than `piece_chars` are tokenized in pieces (see text_pieces)."""
+    eos = _eos_id(tokenizer)
+    piece_chars = piece_chars or PIECE_CHARS
+    long = [i for i, t in enumerate(texts) if len(t) > piece_chars]
+    ends = _pieces_are_exact(tokenizer) if long else None
+    cut = set(long) if ends is not None else set()
+    whole = [i for i in range(len(texts)) if i not in cut]
+    ids: list[np.ndarray] = [np.empty(0, dtype=np.int32)] * len(texts)
+    if whole:
+        encoded = tokenizer([texts[i] for i in whole], add_special_tokens=True, return_attention_mask=False)
+        for i, doc in zip(whole, encoded["input_ids"]):
+            ids[i] = np.asarray(doc, dtype=np.int32)
+    for i in cut:
+        ids[i] = _in_pieces(texts[i], tokenizer, ends, piece_chars)  # type: ignore[arg-type]
+    return [doc if len(doc) and doc[-1] == eos else np.append(doc, np.int32(eos)) for doc in ids]
+
+
 def tokenize_documents(texts: list[str], tokenizer) -> list[list[int]]:
     """Token ids of each document, with the tokenizer's own special tokens (e.g. BOS) and EOS at the end."""
-    eos = _eos_id(tokenizer)
-    ids = tokenizer(texts, add_special_tokens=True)["input_ids"]
-    return [doc if doc and doc[-1] == eos else doc + [eos] for doc in ids]
+    return [doc.tolist() for doc in document_token_ids(texts, tokenizer)]
 
 
 def document_labels(doc: list[int]) -> list[int]:
     """Labels of one document: its tokens, except the first, which no token of the document can predict."""
     return [IGNORE_INDEX] + doc[1:]
+
+
+def _stream(docs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The documents concatenated, and a mask of the tokens that start one."""
+    if not docs:
+        return np.empty(0, dtype=np.int32), np.empty(0, dtype=bool)
+    ids = np.concatenate(docs)
+    starts = np.zeros(len(ids), dtype=bool)
+    starts[np.cumsum([0] + [len(d) for d in docs[:-1]])] = True
+    return ids, starts
+
+
+def _pack_stream(ids: np.ndarray, starts: np.ndarray, block_size: int) -> dict[str, np.ndarray]:
+    """Labels and positions of a token stream that begins at a block start: positions restart at 0 at every
+    document start and every block start (a cut document goes on as a new segment); segment starts are untrained."""
+    idx = np.arange(len(ids))
+    restart = starts | (idx % block_size == 0)
+    positions = idx - np.maximum.accumulate(np.where(restart, idx, 0))
+    labels = np.where(positions == 0, IGNORE_INDEX, ids)
+    return {"input_ids": ids, "labels": labels.astype(ids.dtype), "position_ids": positions.astype(ids.dtype)}
 
 
 def pack_documents(docs: list[list[int]], block_size: int) -> list[dict[str, list[int]]]:
@@ -217,16 +381,57 @@ def pack_documents(docs: list[list[int]], block_size: int) -> list[dict[str, lis
     block boundary continues in the next block as a new segment starting at position 0. A segment's first
     token gets label IGNORE_INDEX: nothing inside its segment can predict it.
     """
-    stream = [tok for doc in docs for tok in doc]
-    positions = [p for doc in docs for p in range(len(doc))]
-    blocks = []
-    for start in range(0, len(stream), block_size):
-        ids, pos = stream[start : start + block_size], positions[start : start + block_size]
-        cont = next((i for i, p in enumerate(pos) if p == 0 and i > 0), len(pos))  # end of a continued piece
-        pos = [p - pos[0] for p in pos[:cont]] + pos[cont:]
-        labels = [IGNORE_INDEX if p == 0 else t for t, p in zip(ids, pos)]
-        blocks.append({"input_ids": ids, "labels": labels, "position_ids": pos})
-    return blocks
+    ids, starts = _stream([np.asarray(d, dtype=np.int64) for d in docs])
+    cols = _pack_stream(ids, starts, block_size)
+    return [{k: v[s : s + block_size].tolist() for k, v in cols.items()} for s in range(0, len(ids), block_size)]
+
+
+def _list_array(lengths: list[int] | np.ndarray, values: np.ndarray):
+    """An Arrow list<int32> column of consecutive runs of `values` (no per-row Python lists)."""
+    import pyarrow as pa
+
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.astype(np.int32)))
+
+
+class _Packer:
+    """A batched `datasets.map` function over Arrow batches of documents: packed blocks out (pack_documents).
+
+    It carries the stream's unfinished block from one batch to the next, so it relies on map calling it on the
+    batches in order in one process (no num_proc); the batch holding the last document flushes the rest.
+    """
+
+    def __init__(self, tokenizer, text_field: str, block_size: int, n_docs: int):
+        self.tokenizer, self.field, self.block_size, self.n_docs = tokenizer, text_field, block_size, n_docs
+        self.carry = (np.empty(0, dtype=np.int32), np.empty(0, dtype=bool))
+
+    def __call__(self, batch, indices: list[int]):
+        import pyarrow as pa
+
+        ids, starts = _stream(document_token_ids(batch.column(self.field).to_pylist(), self.tokenizer))
+        ids, starts = np.concatenate([self.carry[0], ids]), np.concatenate([self.carry[1], starts])
+        end = len(ids) if indices[-1] == self.n_docs - 1 else len(ids) // self.block_size * self.block_size
+        self.carry = (ids[end:], starts[end:])
+        cols = _pack_stream(ids[:end], starts[:end], self.block_size)
+        lengths = np.diff(np.append(np.arange(0, end, self.block_size), end))
+        return pa.table({k: _list_array(lengths, v) for k, v in cols.items()})
+
+
+def _truncated_documents(batch, tokenizer, text_field: str, max_length: int):
+    """A batched map function: one sequence per document, cut at max_length, with the TRUNCATED flag."""
+    import pyarrow as pa
+
+    docs = document_token_ids(batch.column(text_field).to_pylist(), tokenizer)
+    kept = [d[:max_length] for d in docs]
+    labels = [np.concatenate([[IGNORE_INDEX], d[1:]]).astype(np.int32) for d in kept]
+    lengths = [len(d) for d in kept]
+    return pa.table(
+        {
+            "input_ids": _list_array(lengths, np.concatenate(kept)),
+            "labels": _list_array(lengths, np.concatenate(labels)),
+            TRUNCATED: pa.array([len(d) > max_length for d in docs]),
+        }
+    )
 
 
 def _chat_template_text(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
@@ -280,25 +485,89 @@ def _truncate(ids: list[int], labels: list[int], max_length: int) -> tuple[dict[
     return {"input_ids": ids[:max_length], "labels": labels[:max_length]}, len(ids) > max_length
 
 
-def _stats(examples: list[dict[str, list[int]]], documents: int, truncated: int) -> SplitStats:
-    return SplitStats(
-        documents=documents,
-        sequences=len(examples),
-        tokens=sum(len(e["input_ids"]) for e in examples),
-        trained_tokens=sum(sum(1 for t in e["labels"] if t != IGNORE_INDEX) for e in examples),
-        truncated=truncated,
+def _chat_example(row: dict, tokenizer, fmt: str, max_length: int, path: str) -> dict:
+    try:
+        ids, labels = tokenize_conversation(_messages_of(row, fmt), tokenizer)
+    except Exception as e:  # the template itself rejected the conversation (e.g. role order)
+        raise UserError(
+            f"{path}:{row[corpus.LINE_COLUMN]}: the chat template cannot render this record ({e}); fix the roles/order of its messages"
+        ) from None
+    example, cut = _truncate(ids, labels, max_length)
+    return {**example, TRUNCATED: cut}
+
+
+# What a prepared split depends on besides its source and settings: this module's code (an edit re-prepares).
+_CODE_DIGEST = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+
+def _tokenizer_digest(tokenizer) -> str:
+    """A digest of everything that decides the tokens: the fast tokenizer's full state, or the object itself."""
+    from datasets.fingerprint import Hasher
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    state = backend.to_str() if backend is not None else Hasher.hash(tokenizer)
+    return Hasher.hash(
+        [type(tokenizer).__name__, state, tokenizer.eos_token_id, getattr(tokenizer, "chat_template", None)]
     )
 
 
+def _prepare(ds, fn, kind: str, cfg: TextDataConfig, tokenizer, **map_kwargs):
+    """`ds.map(fn, ...)` written to (or, the second time, read from) an Arrow file named by its fingerprint."""
+    import datasets
+    from datasets.fingerprint import Hasher
+
+    key = [ds._fingerprint, kind, cfg.max_length, cfg.pack, cfg.format, _tokenizer_digest(tokenizer), _CODE_DIGEST]
+    fingerprint = Hasher.hash(key)
+    root = Path(cfg.cache_dir or datasets.config.HF_DATASETS_CACHE) / "finetune_text"
+    root.mkdir(parents=True, exist_ok=True)
+    run = functools.partial(
+        ds.map,
+        fn,
+        remove_columns=ds.column_names,
+        new_fingerprint=fingerprint,
+        cache_file_name=str(root / f"{kind}-{fingerprint}.arrow"),
+        load_from_cache_file=True,
+        desc=f"tokenizing ({kind})",
+        **map_kwargs,
+    )
+    out = corpus.quiet_datasets(run) if len(ds) < 1000 else run()  # a bar only where it takes a while
+    return out.with_format(None)
+
+
+def _documents_per_batch(ds, text_field: str, budget: int = 16 << 20) -> int:
+    """Documents per map batch so that a batch holds about `budget` bytes of text, judged by the longest one."""
+    import pyarrow.compute as pc
+
+    longest = pc.max(pc.binary_length(ds.data.column(text_field))).as_py() or 1
+    return max(1, min(1000, budget // longest))
+
+
+def _arrow_stats(ds, documents: int) -> SplitStats:
+    """SplitStats of a prepared split, summed over its Arrow batches (no Python lists of tokens)."""
+    import pyarrow.compute as pc
+
+    tokens = trained = truncated = 0
+    for t in ds.with_format("arrow").iter(batch_size=4096):
+        tokens += pc.sum(pc.list_value_length(t["input_ids"])).as_py() or 0
+        trained += pc.sum(pc.not_equal(pc.list_flatten(t["labels"]), IGNORE_INDEX)).as_py() or 0
+        if TRUNCATED in t.column_names:
+            truncated += pc.sum(t[TRUNCATED]).as_py() or 0
+    return SplitStats(documents, len(ds), tokens, trained, truncated)
+
+
 def tokenize_text_split(ds, cfg: TextDataConfig, tokenizer, text_field: str) -> TokenizedSplit:
-    """Documents -> packed blocks (cfg.pack) or one truncated sequence per document."""
-    docs = tokenize_documents(list(ds[text_field]), tokenizer)
+    """Documents -> packed blocks (cfg.pack) or one truncated sequence per document, as Arrow files."""
+    docs = ds.select_columns([text_field]).with_format("arrow")
+    batch_size = _documents_per_batch(ds, text_field)
     if cfg.pack:
-        blocks = pack_documents(docs, cfg.max_length)
-        return TokenizedSplit(blocks, _stats(blocks, len(docs), truncated=0))
-    pairs = [_truncate(doc, document_labels(doc), cfg.max_length) for doc in docs]
-    examples = [e for e, _ in pairs]
-    return TokenizedSplit(examples, _stats(examples, len(docs), sum(cut for _, cut in pairs)))
+        packer = _Packer(tokenizer, text_field, cfg.max_length, len(ds))
+        out = _prepare(docs, packer, "packed", cfg, tokenizer, batched=True, batch_size=batch_size, with_indices=True)
+    else:
+        cut = functools.partial(
+            _truncated_documents, tokenizer=tokenizer, text_field=text_field, max_length=cfg.max_length
+        )
+        out = _prepare(docs, cut, "truncated", cfg, tokenizer, batched=True, batch_size=batch_size)
+    return TokenizedSplit(out, _arrow_stats(out, len(ds)))
 
 
 def tokenize_chat_split(ds, cfg: TextDataConfig, tokenizer, path: str) -> TokenizedSplit:
@@ -307,25 +576,16 @@ def tokenize_chat_split(ds, cfg: TextDataConfig, tokenizer, path: str) -> Tokeni
         raise UserError(
             f"the tokenizer has no chat template, needed for data.format={cfg.format}; use an instruct/chat tokenizer or data.format=text"
         )
-    examples, truncated = [], 0
-    for row in ds:
-        try:
-            ids, labels = tokenize_conversation(_messages_of(row, cfg.format), tokenizer)
-        except Exception as e:  # the template itself rejected the conversation (e.g. role order)
-            raise UserError(
-                f"{path}:{row['__line__']}: the chat template cannot render this record ({e}); fix the roles/order of its messages"
-            ) from None
-        example, cut = _truncate(ids, labels, cfg.max_length)
-        examples.append(example)
-        truncated += cut
-    return TokenizedSplit(examples, _stats(examples, len(examples), truncated))
+    one = functools.partial(_chat_example, tokenizer=tokenizer, fmt=cfg.format, max_length=cfg.max_length, path=path)
+    out = _prepare(ds, one, "chat", cfg, tokenizer)
+    return TokenizedSplit(out, _arrow_stats(out, len(ds)))
 
 
 # ---------------------------------------------------------------- building all splits
 
 
 def _split_files(cfg: TextDataConfig) -> dict[str, tuple[str, str, str]]:
-    """split -> (path, format, text field) for every configured file."""
+    """split -> (source, format, text field) for every configured source."""
     files: dict[str, tuple[str, str, str]] = {"train": (cfg.train_file, cfg.format, cfg.text_field)}
     if cfg.validation_file:
         files["validation"] = (cfg.validation_file, cfg.format, cfg.text_field)
@@ -336,20 +596,69 @@ def _split_files(cfg: TextDataConfig) -> dict[str, tuple[str, str, str]]:
     return files
 
 
-def load_raw_splits(cfg: TextDataConfig) -> dict[str, Any]:
-    """split -> validated `datasets.Dataset` of records; the validation split may be carved from train."""
-    check_config(cfg)
-    raw = {split: load_jsonl_dataset(path, fmt, field) for split, (path, fmt, field) in _split_files(cfg).items()}
-    if cfg.validation_fraction > 0:
-        n_val = int(round(cfg.validation_fraction * len(raw["train"])))
-        if n_val < 1 or n_val >= len(raw["train"]):
+def split_by_document(ds, fraction: float, seed: int, fmt: str = "text", text_field: str = "text"):
+    """(kept, held out): a seeded split of the documents of `ds`, never of passages or blocks (the split comes
+    before packing), and equal documents stay on one side, so no document's text is in both.
+
+    With no repeated document this is exactly `ds.train_test_split(test_size=n, seed=seed)` (numpy's
+    default_rng(seed) permutation, the held-out part first), so seeded splits made before stay as they were.
+    """
+    groups: dict[bytes, list[int]] = {}
+    for i, key in enumerate(corpus.document_keys(ds, fmt, text_field)):
+        groups.setdefault(key, []).append(i)
+    members = list(groups.values())
+    n_held = int(round(fraction * len(members)))
+    if n_held < 1 or n_held >= len(members):
+        raise UserError(
+            f"data.validation_fraction={fraction} of {len(members)} distinct train documents leaves an empty split; "
+            "change the fraction or give data.validation_file"
+        )
+    order = np.random.default_rng(seed).permutation(len(members))
+    held = [i for g in order[:n_held] for i in members[g]]
+    kept = [i for g in order[n_held:] for i in members[g]]
+    return ds.select(kept), ds.select(held)
+
+
+def _refuse_copies_of_training(raw: dict[str, Any], cfg: TextDataConfig) -> None:
+    """A validation or test source whose every document is also a training document measures nothing held out."""
+    train = set(corpus.document_keys(raw["train"], cfg.format, cfg.text_field))
+    for split, key, fix in (
+        ("validation", "validation_file", "or remove it and set data.validation_fraction=0.1"),
+        ("test", "test_file", "or remove it"),
+    ):
+        if split not in raw:
+            continue
+        keys = corpus.document_keys(raw[split], cfg.format, cfg.text_field)
+        if all(k in train for k in keys):
             raise UserError(
-                f"data.validation_fraction={cfg.validation_fraction} of {len(raw['train'])} train records leaves an empty split; "
-                "change the fraction or give data.validation_file"
+                f"data.{key} '{getattr(cfg, key)}' repeats the training data (all {len(keys)} of its documents are in "
+                f"data.train_file), so it cannot measure held-out perplexity; give documents that are not in "
+                f"training, {fix}"
             )
-        parts = raw["train"].train_test_split(test_size=n_val, seed=cfg.seed, shuffle=True)
-        raw["train"], raw["validation"] = parts["train"], parts["test"]
+
+
+def load_raw_splits(cfg: TextDataConfig) -> dict[str, Any]:
+    """split -> checked `datasets.Dataset` of records; the validation split may be carved from train."""
+    check_config(cfg)
+    raw = {
+        split: corpus.load_source(path, fmt, field, split, cfg.cache_dir, cfg.hub_config)
+        for split, (path, fmt, field) in _split_files(cfg).items()
+    }
+    if cfg.validation_fraction > 0:
+        raw["train"], raw["validation"] = split_by_document(
+            raw["train"], cfg.validation_fraction, cfg.seed, cfg.format, cfg.text_field
+        )
+    _refuse_copies_of_training(raw, cfg)
     return raw
+
+
+def check_data_files(cfg: TextDataConfig) -> None:
+    """Check every configured source before any model loads: UserError names the source and the fix.
+
+    The sources are loaded and checked as `build_text_datasets` will use them (files line by line, columns,
+    empty documents, validation copies of training); the Arrow files `datasets` writes are reused by the build.
+    """
+    load_raw_splits(cfg)
 
 
 def build_text_datasets(cfg: TextDataConfig, tokenizer) -> dict[str, TokenizedSplit]:
