@@ -11,6 +11,7 @@ __all__, __getattr__ = lazy_exports(
     __name__,
     {
         "corpus": [
+            "documents_per_batch",
             "FILE_COLUMN",
             "LINE_COLUMN",
             "ROLE_SPLITS",

@@ -113,6 +113,15 @@ def quiet_datasets(fn, *args, **kwargs):
             datasets.enable_progress_bars()
 
 
+def documents_per_batch(ds, text_field: str, budget: int = 16 << 20) -> int:
+    """Records per batch so that a batch holds about `budget` bytes of text, judged by the longest document
+    (a batch of a thousand 50 MB documents would be 50 GB in Python)."""
+    import pyarrow.compute as pc
+
+    longest = pc.max(pc.binary_length(ds.data.column(text_field))).as_py() or 1
+    return max(1, min(1000, budget // longest))
+
+
 def _first_line(e: Exception) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
@@ -212,6 +221,7 @@ def _load_folder(root: str, text_field: str, cache_dir: str | None):
     stamp = [(r, p.stat().st_size, p.stat().st_mtime_ns) for r, p in zip(rel, texts)]
     fingerprint = Hasher.hash(["finetune-folder-v1", str(Path(root).resolve()), text_field, stamp])
     features = datasets.Features({text_field: datasets.Value("string"), FILE_COLUMN: datasets.Value("string")})
+    largest = max(s for _, s, _ in stamp) or 1
     try:
         ds = quiet_datasets(
             datasets.Dataset.from_generator,
@@ -220,6 +230,7 @@ def _load_folder(root: str, text_field: str, cache_dir: str | None):
             cache_dir=cache_dir,
             gen_kwargs={"root": str(root), "files": rel, "text_field": text_field},
             fingerprint=fingerprint,
+            writer_batch_size=max(1, min(1000, (16 << 20) // largest)),  # files held in memory before a write
         )
     except Exception:
         if any(read_text_document(p) is not None for p in texts):
@@ -274,7 +285,8 @@ def _non_empty_documents(ds, source: str, text_field: str, columns: list[str]):
         raise UserError(
             f"{source}: column '{text_field}' holds {feature}, not text; set data.text_field to the text column"
         )
-    kept = quiet_datasets(ds.filter, _has_text, input_columns=[text_field], batched=True)
+    batch_size = documents_per_batch(ds, text_field)
+    kept = quiet_datasets(ds.filter, _has_text, input_columns=[text_field], batched=True, batch_size=batch_size)
     empty = len(ds) - len(kept)
     if empty == len(ds):
         raise UserError(f"{source}: all {empty} documents are empty; fill in the '{text_field}' column")
@@ -290,13 +302,14 @@ def _has_text(texts: list[str | None]) -> list[bool]:
 # ---------------------------------------------------------------- document identity
 
 
-def document_keys(ds, fmt: str, text_field: str, batch_size: int = 256) -> list[bytes]:
+def document_keys(ds, fmt: str, text_field: str) -> list[bytes]:
     """A 16-byte digest per record, equal for equal documents: what the split and the overlap checks compare.
 
     Text documents are compared by their text; chat-like records by their JSON (line numbers aside).
     """
     keys = []
     columns = [text_field] if fmt == "text" else [c for c in ds.column_names if c not in (LINE_COLUMN, FILE_COLUMN)]
+    batch_size = documents_per_batch(ds, text_field) if fmt == "text" else 256
     for batch in ds.select_columns(columns).iter(batch_size=batch_size):
         for i in range(len(batch[columns[0]])):
             record: Any = batch[text_field][i] if fmt == "text" else {c: batch[c][i] for c in columns}

@@ -534,14 +534,6 @@ def _prepare(ds, fn, kind: str, cfg: TextDataConfig, tokenizer, **map_kwargs):
     return out.with_format(None)
 
 
-def _documents_per_batch(ds, text_field: str, budget: int = 16 << 20) -> int:
-    """Documents per map batch so that a batch holds about `budget` bytes of text, judged by the longest one."""
-    import pyarrow.compute as pc
-
-    longest = pc.max(pc.binary_length(ds.data.column(text_field))).as_py() or 1
-    return max(1, min(1000, budget // longest))
-
-
 def _arrow_stats(ds, documents: int) -> SplitStats:
     """SplitStats of a prepared split, summed over its Arrow batches (no Python lists of tokens)."""
     import pyarrow.compute as pc
@@ -558,7 +550,7 @@ def _arrow_stats(ds, documents: int) -> SplitStats:
 def tokenize_text_split(ds, cfg: TextDataConfig, tokenizer, text_field: str) -> TokenizedSplit:
     """Documents -> packed blocks (cfg.pack) or one truncated sequence per document, as Arrow files."""
     docs = ds.select_columns([text_field]).with_format("arrow")
-    batch_size = _documents_per_batch(ds, text_field)
+    batch_size = corpus.documents_per_batch(ds, text_field)
     if cfg.pack:
         packer = _Packer(tokenizer, text_field, cfg.max_length, len(ds))
         out = _prepare(docs, packer, "packed", cfg, tokenizer, batched=True, batch_size=batch_size, with_indices=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import finetune.data.corpus as corpus
 import finetune.data.text as text
 from finetune.data.corpus import FILE_COLUMN, load_source, source_kind
 from finetune.data.text import (
@@ -192,7 +193,7 @@ def test_arrow_packing_over_many_batches_and_pieces_matches_the_reference(tmp_pa
     docs = [" ".join(DOCS[(i + j) % len(DOCS)] for j in range(i % 4 + 1)) for i in range(23)]
     path = write_jsonl(tmp_path / "t.jsonl", [{"text": d} for d in docs])
     whole = [tok(d)["input_ids"] + [tok.eos_token_id] for d in docs]
-    monkeypatch.setattr(text, "_documents_per_batch", lambda ds, field: 3)  # 8 map batches
+    monkeypatch.setattr(corpus, "documents_per_batch", lambda ds, field, budget=0: 3)  # 8 map batches
     monkeypatch.setattr(text, "PIECE_CHARS", 40)  # most documents tokenized in several pieces
     train = build_text_datasets(TextDataConfig(train_file=path, max_length=32, cache_dir=str(tmp_path / "c")), tok)
     assert list(train["train"].examples) == pack_documents(whole, 32)
