@@ -1,8 +1,8 @@
 """The user's own corpus: every source a `data.*_file` setting accepts, loaded through `datasets`.
 
 A source is one of
-- a folder of .txt / .md files: one document per file, found recursively and taken in sorted order (so the same
-  folder always gives the same documents in the same order); files that are not UTF-8 text are skipped;
+- a folder of .txt / .md files (or one such file): one document per file, found recursively and in sorted order
+  (so the same folder always gives the same documents in the same order); files that are not UTF-8 text are skipped;
 - a .jsonl / .json, .csv or .parquet file;
 - a directory written by `datasets`' `save_to_disk` (a Dataset, or a DatasetDict whose split is picked by role);
 - a dataset id on the Hugging Face hub, optionally `id:split` (default split: the role's, e.g. "validation").
@@ -43,17 +43,20 @@ def report_once(message: str) -> None:
 
 
 def source_kind(source: str) -> str:
-    """How `source` is read: "folder", "saved" (save_to_disk), "jsonl", "json", "csv", "parquet" or "hub"."""
+    """How `source` is read: "folder", "textfile" (one .txt/.md document), "saved" (save_to_disk), "jsonl", "json",
+    "csv", "parquet" or "hub"."""
     p = Path(source)
     if p.is_dir():
         saved = any((p / name).is_file() for name in ("state.json", "dataset_dict.json"))
         return "saved" if saved else "folder"
     if p.is_file():
         suffix = p.suffix.lower()
+        if suffix in TEXT_SUFFIXES:
+            return "textfile"
         if suffix not in TABLE_BUILDERS:
             raise UserError(
-                f"data file '{source}' has suffix '{p.suffix}'; use .jsonl, .json, .csv, .parquet or a folder of "
-                ".txt/.md files"
+                f"data file '{source}' has suffix '{p.suffix}'; use .jsonl, .json, .csv, .parquet, .txt/.md or a "
+                "folder of .txt/.md files"
             )
         return suffix[1:]
     if p.suffix.lower() in (*TABLE_BUILDERS, *TEXT_SUFFIXES) or not _HUB_ID.fullmatch(source):
@@ -70,16 +73,16 @@ def load_source(
     counts them; a source with nothing left is refused. Chat-like records carry LINE_COLUMN for error messages.
     """
     kind = source_kind(source)
-    if kind == "folder" and fmt != "text":
+    if kind in ("folder", "textfile") and fmt != "text":
         raise UserError(
-            f"'{source}' is a folder of plain documents, which only data.format=text reads; give a JSONL file for "
+            f"'{source}' holds plain documents (.txt/.md), which only data.format=text reads; give a JSONL file for "
             f"data.format={fmt}"
         )
     if kind == "jsonl" or (kind == "json" and not _is_json_array(source)):
         from finetune.data.text import load_jsonl_dataset  # the line-by-line check lives beside the formats
 
         return load_jsonl_dataset(source, fmt, text_field, cache_dir)  # empty records were refused line by line
-    if kind == "folder":
+    if kind in ("folder", "textfile"):
         ds = _load_folder(source, text_field, cache_dir)
     elif kind == "saved":
         ds = _load_saved(source, role)
@@ -205,12 +208,14 @@ def _folder_documents(root: str, files: list[str], text_field: str) -> Iterator[
             yield {text_field: text, FILE_COLUMN: rel}
 
 
-def _load_folder(root: str, text_field: str, cache_dir: str | None):
-    """One record per text file, written to Arrow by `datasets` (from_generator: the files stream through)."""
+def _load_folder(source: str, text_field: str, cache_dir: str | None):
+    """One record per text file of a folder (or the one file `source` names), written to Arrow by `datasets`
+    (from_generator: the files stream through)."""
     import datasets
     from datasets.fingerprint import Hasher
 
-    texts, others = folder_files(root)
+    root = source if Path(source).is_dir() else str(Path(source).parent)
+    texts, others = folder_files(root) if Path(source).is_dir() else ([Path(source)], 0)
     if not texts:
         raise UserError(
             f"folder '{root}' has no .txt or .md files ({others} other file(s)); put one document per .txt/.md file "

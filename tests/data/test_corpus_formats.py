@@ -112,6 +112,15 @@ def test_chat_records_from_other_formats_train_the_same_tokens(tmp_path, tiny_to
     assert examples(got) == examples(want) and got["train"].stats.trained_tokens > 0
 
 
+def test_one_text_file_is_one_document(tmp_path, tiny_tok):
+    (tmp_path / "opinion.txt").write_text(DOCS[1], encoding="utf-8")
+    jsonl = write_source("jsonl", tmp_path / "a", [{"text": DOCS[1]}])
+    assert source_kind(str(tmp_path / "opinion.txt")) == "textfile"
+    cfg = dict(max_length=8, cache_dir=str(tmp_path / "c"))
+    got = build_text_datasets(TextDataConfig(train_file=str(tmp_path / "opinion.txt"), **cfg), tiny_tok)
+    assert examples(got) == examples(build_text_datasets(TextDataConfig(train_file=jsonl, **cfg), tiny_tok))
+
+
 def test_every_data_key_takes_any_source_kind(tmp_path, tiny_tok):
     train = write_source("folder", tmp_path / "t", [{"text": d} for d in DOCS[:3]])
     val = write_source("csv", tmp_path / "v", [{"text": d} for d in DOCS[3:]])
