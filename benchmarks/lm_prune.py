@@ -99,8 +99,9 @@ def prune(name: str, args: list[str] | None, work: Path) -> tuple[Path, float]:
     return out, time.perf_counter() - started
 
 
-def recover(model_dir: Path, work: Path, name: str, steps: int) -> dict:
-    """The LM recipe's LoRA run from `model_dir`, in its own process as a user runs it; its summary.json."""
+def recover(model_dir: Path, work: Path, name: str, steps: int, extra: tuple[str, ...] = ()) -> dict:
+    """The LM recipe's LoRA run from `model_dir` (plus `extra` overrides), in its own process as a user runs it;
+    its summary.json."""
     out = work / f"{name}_lora"
     shutil.rmtree(out, ignore_errors=True)
     cmd = [
@@ -116,6 +117,7 @@ def recover(model_dir: Path, work: Path, name: str, steps: int) -> dict:
         f"train.max_steps={steps}",
         f"scheduler.warmup_steps={min(5, steps - 1)}",
         *RECOVERY,
+        *extra,
     ]
     started = time.perf_counter()
     run(cmd, f"recovery of {name}")
