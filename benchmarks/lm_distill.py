@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.lm_prune import (  # noqa: E402  (after the path insert, as a script)
     EVAL_FILES,
     base_dir,
+    data_commit_of_corpora,
     forward_tokens_per_second,
     load,
     perplexities,
@@ -105,12 +105,7 @@ def main() -> None:
     )
     for name, r in rows.items():
         r["forward_tokens_per_second"] = speed["teacher" if name == "teacher" else "student"]
-    data_commit = subprocess.run(
-        ["git", "log", "-1", "--format=%h", "--", "data/legal", "data/general"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    data_commit = data_commit_of_corpora()
     raw = {
         "rows": rows,
         "student": a.student,

@@ -78,6 +78,12 @@ def run(cmd: list[str], what: str) -> subprocess.CompletedProcess:
     return proc
 
 
+def data_commit_of_corpora() -> str:
+    """The last commit that changed the scored and trained corpora: the table says which data it measured."""
+    cmd = ["git", "log", "-1", "--format=%h", "--", "data/legal", "data/general"]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
 def base_dir() -> Path:
     """The shipped SmolLM2's safetensors conversion (made on first use), the directory every variant starts from."""
     from finetune.models.causal_lm import LMModelConfig, cache_root, convert_gguf, smollm2_gguf_path
@@ -252,12 +258,7 @@ def main() -> None:
     rows = {name: measure(name, VARIANTS[name][1], work, a.steps) for name in names}
     for name, speed in forward_tokens_per_second(rows, a.repeats).items():
         rows[name]["forward_tokens_per_second"] = speed
-    data_commit = subprocess.run(
-        ["git", "log", "-1", "--format=%h", "--", "data/legal", "data/general"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    data_commit = data_commit_of_corpora()
     raw = {
         "rows": rows,
         "command": " ".join(["python"] + sys.argv),
