@@ -1,22 +1,31 @@
-"""LoRA vs full fine-tuning vs gradual unfreezing (vs prompt tuning) on the legal corpus, at one step budget.
+"""Domain gained vs general lost: LoRA, full fine-tuning, gradual unfreezing and prompt tuning, each with no
+forgetting guard, with replay of general text, and with a KL-to-base penalty, at one step budget.
 
-    python benchmarks/lm_methods.py                         # all four methods, ~20 minutes on 2 CPU cores
-    python benchmarks/lm_methods.py --methods lora,unfreeze # a subset (rows of earlier runs are kept)
+    python benchmarks/lm_methods.py                                   # the 12 runs, ~45 minutes on 2 CPU cores
+    python benchmarks/lm_methods.py --methods lora,prompt --guards none,kl   # a subset (earlier rows are kept)
 
-Every method runs the recipe exactly as a user does, in its own process:
-`accelerate launch --config_file accelerate_config.yaml recipes/train_lm.py --config <config> [overrides]`,
-with the step budget, batch and sequence length of the main job (recipes/configs/legal_lora.yaml: 60 steps,
-batch 4, 256-token blocks) and bf16 autocast from accelerate_config.yaml. Before/after perplexities on the legal
-validation split (domain) and the general-text split (forgetting) are read from each run's summary.json.
+Every run is the recipe exactly as a user runs it, in its own process:
+`accelerate launch --config_file accelerate_config.yaml recipes/train_lm.py --config <config> [overrides]`, with the
+main job's budget (recipes/configs/legal_lora.yaml: 60 steps, batch 4, 256-token blocks) and bf16 autocast from
+accelerate_config.yaml. Evaluations run only at the end (train.eval_every=0) and no merged/GGUF export is written,
+which changes no trained weight. The figures come from each run's summary.json:
 
-- lora:     recipes/configs/legal_lora.yaml unchanged (the main job itself, decoder layers compiled; its wall time
-            includes the cold compile, the merged export and the reload checks);
+- domain: perplexity on data/legal/test.jsonl, template-disjoint from training (data/README.md), base -> adapted;
+- general text: perplexity on data/general/validation.jsonl (topics that share no frame with anything trained);
+- KL to base: mean per-token KL(base || adapted) on that general text (a top-k lower bound for full / unfreeze,
+  whose base is not kept in memory; exact for LoRA and prompt, whose base is the model with its adapter disabled);
+- base samples: perplexity on text the untouched model wrote itself from generic prompts (metrics/forgetting.py).
+
+Methods:
+- lora:     recipes/configs/legal_lora.yaml (decoder layers compiled, as the main job);
 - full:     recipes/configs/legal_unfreeze.yaml with full.unfreeze=none and full.discriminative_factor=1
             (every weight trains from step 0 at one learning rate, 1e-4);
 - unfreeze: recipes/configs/legal_unfreeze.yaml unchanged (ULMFiT: top group first, one more every 10 steps,
             lr / 2.6 per group below the top);
-- prompt:   recipes/configs/legal_lora.yaml with method=prompt (20 virtual tokens, lr 3e-2, plain 2D mask; compiled
-            layers as the main job). full and unfreeze run eager, so compare their times with that in mind.
+- prompt:   recipes/configs/legal_lora.yaml with method=prompt (20 virtual tokens, lr 3e-2, plain 2D mask).
+Guards (recipes/train_lm.py `guard:`; general rows come from data/general/train.jsonl, which shares no topic with
+the general validation text): none; replay (a quarter of each micro-batch is general text, trained as usual);
+kl (the same general rows, trained with beta * KL(base || adapted) instead of their cross-entropy, beta 0.1).
 
 Results: benchmarks/results/lm_methods.md (and lm_methods.json with the raw summaries).
 """
@@ -39,6 +48,13 @@ RESULTS = ROOT / "benchmarks" / "results" / "lm_methods.md"
 CONFIGS = ROOT / "recipes" / "configs"
 COMMON = ["train.progress_bar=false", "train.tensorboard=false"]
 
+COMMON += ["train.eval_every=0", "train.save_every=0", "export.merged=false", "export.gguf=none"]
+GENERAL_TRAIN = str(ROOT / "data" / "general" / "train.jsonl")
+GUARDS = {
+    "none": [],
+    "replay": ["guard.method=replay", f"guard.train_file={GENERAL_TRAIN}"],
+    "kl": ["guard.method=kl", f"guard.train_file={GENERAL_TRAIN}"],
+}
 METHODS = {
     "lora": ("LoRA r=16, all-linear (lr 1e-3; compiled layers)", "legal_lora.yaml", []),
     "full": (
@@ -61,9 +77,10 @@ METHODS = {
 }
 
 
-def run_method(name: str, work: Path, steps: int | None) -> dict:
+def run_method(name: str, guard: str, work: Path, steps: int | None) -> dict:
     label, config, overrides = METHODS[name]
-    out = work / name
+    overrides = overrides + GUARDS[guard]
+    out = work / f"{name}-{guard}"
     shutil.rmtree(out, ignore_errors=True)
     cmd = [
         str(Path(sys.executable).parent / "accelerate"),
@@ -82,11 +99,12 @@ def run_method(name: str, work: Path, steps: int | None) -> dict:
     proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
     wall = time.perf_counter() - started
     if proc.returncode != 0:
-        raise SystemExit(f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"{name} with guard {guard} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
     summary = json.loads((out / "summary.json").read_text())
     summary.pop("step_seconds", None)
     return {
         "label": label,
+        "guard": guard,
         "config": config,
         "overrides": overrides,
         "wall_seconds": round(wall, 1),
@@ -98,20 +116,27 @@ def pct(before: float, after: float) -> str:
     return f"{before:.2f} -> {after:.2f} ({100 * (after / before - 1):+.1f}%)"
 
 
+def kl_cell(summary: dict) -> str:
+    (key, value), *_ = summary["forgetting"].items()
+    return f"{value:.4f}" + (" (top-k bound)" if key.endswith("lower_bound") else "")
+
+
 def table(rows: dict) -> list[str]:
     lines = [
-        "| method | trainable params | legal ppl before -> after | general ppl before -> after | train s | job wall s |",
-        "|---|---|---|---|---|---|",
+        "| method | guard | trainable params | legal test ppl (domain) | general ppl | KL to base (nats/token) "
+        "| base-sample ppl | train s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for name in METHODS:
-        if name not in rows:
+    for key in (f"{m}-{g}" for m in METHODS for g in GUARDS):
+        if key not in rows:
             continue
-        r = rows[name]
+        r = rows[key]
         s = r["summary"]
         b, a = s["perplexity_before"], s["perplexity_after"]
         lines.append(
-            f"| {r['label']} | {s['trainable_parameters']:,} | {pct(b['validation'], a['validation'])} | "
-            f"{pct(b['general_validation'], a['general_validation'])} | {s['train_seconds']:.0f} | {r['wall_seconds']:.0f} |"
+            f"| {r['label']} | {r['guard']} | {s['trainable_parameters']:,} | {pct(b['test'], a['test'])} | "
+            f"{pct(b['general_validation'], a['general_validation'])} | {kl_cell(s)} | "
+            f"{pct(b['base_samples'], a['base_samples'])} | {s['train_seconds']:.0f} |"
         )
     return lines
 
@@ -121,6 +146,7 @@ def main() -> None:
     p.add_argument(
         "--methods", default="lora,full,unfreeze,prompt", help=f"comma-separated subset of {','.join(METHODS)}"
     )
+    p.add_argument("--guards", default="none,replay,kl", help=f"comma-separated subset of {','.join(GUARDS)}")
     p.add_argument("--steps", type=int, default=None, help="override the configs' 60 steps (smoke runs)")
     p.add_argument("--work", default=str(ROOT / "outputs" / "lm_methods"), help="where the runs write their outputs")
     p.add_argument(
@@ -128,31 +154,33 @@ def main() -> None:
     )
     a = p.parse_args()
     names = [m.strip() for m in a.methods.split(",") if m.strip()]
-    unknown = [m for m in names if m not in METHODS]
+    guards = [g.strip() for g in a.guards.split(",") if g.strip()]
+    unknown = [m for m in names if m not in METHODS] + [g for g in guards if g not in GUARDS]
     if unknown:
-        raise SystemExit(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+        raise SystemExit(f"unknown {unknown}; methods: {', '.join(METHODS)}; guards: {', '.join(GUARDS)}")
     from finetune.io import atomic_write_json, atomic_write_text
 
     raw_path = Path(a.results).with_suffix(".json")
     rows = json.loads(raw_path.read_text()) if raw_path.is_file() else {}
     work = Path(a.work)
     for name in names:
-        rows[name] = run_method(name, work, a.steps)
-        s = rows[name]["summary"]
-        print(
-            f"{name}: {s['relative_change']} in {s['train_seconds']} s (job {rows[name]['wall_seconds']} s)", flush=True
-        )
-        atomic_write_json(raw_path, rows)
+        for guard in guards:
+            key = f"{name}-{guard}"
+            rows[key] = run_method(name, guard, work, a.steps)
+            s = rows[key]["summary"]
+            print(f"{key}: {s['relative_change']} {s['forgetting']} in {s['train_seconds']} s", flush=True)
+            atomic_write_json(raw_path, rows)
     device = f"CPU ({os.cpu_count()} cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})"
     steps = {r["summary"]["steps"] for r in rows.values()}
     lines = [
-        "# Domain gained vs general lost: LoRA, full fine-tuning, gradual unfreezing, prompt tuning",
+        "# Domain gained vs general lost: four methods, each without and with a forgetting guard",
         "",
         f"SmolLM2-135M-Instruct on the legal corpus; {', '.join(map(str, sorted(steps)))} optimizer steps of batch 4 x "
-        f"256-token packed blocks each; bf16 autocast (accelerate_config.yaml); on {device}. Perplexity on the legal "
-        "validation split (domain) and on general text (data/general/validation.jsonl, forgetting), before and after "
-        "training, from each run's summary.json. Each method in its own `accelerate launch ... recipes/train_lm.py` "
-        "process (see benchmarks/lm_methods.py for the exact configs and overrides).",
+        f"256-token packed blocks each; bf16 autocast (accelerate_config.yaml); on {device}. Base -> adapted: "
+        "perplexity on the template-disjoint legal test split (domain), on general text (data/general/validation.jsonl) "
+        "and on the base model's own samples, and the mean KL(base || adapted) per general token; from each run's "
+        "summary.json. Each run in its own `accelerate launch ... recipes/train_lm.py` process (see "
+        "benchmarks/lm_methods.py for the exact configs and overrides).",
         "",
         f"Command: `{' '.join(['python'] + sys.argv)}`",
         "",

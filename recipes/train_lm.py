@@ -197,6 +197,8 @@ def main(argv=None):
     # Perplexity before training, on the untouched base model; a full fine-tune keeps the base's top-k log-probs.
     with torch.no_grad(), accelerator.autocast():
         before = {k: evaluate_ppl(model, ds, collate, cfg, accelerator.device) for k, ds in eval_splits.items()}
+        if "test" in splits:  # never evaluated during training, so no choice (best step, unfreezing) has seen it
+            before["test"] = evaluate_ppl(model, splits["test"], collate, cfg, device)
         kl_ref = general_ref = None
         if forgetting and not live_base:
             general_eval = eval_batches_on(device, splits["general_validation"], collate, cfg)
@@ -279,6 +281,9 @@ def main(argv=None):
     model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     if trained.cast_frozen:
         restore_frozen_weights(model, load_causal_lm(cfg.model)[0])
+    if "test" in splits:  # the final weights as exported, in the precision of the measure before training
+        with torch.no_grad(), accelerator.autocast():
+            after["test"] = evaluate_ppl(model.eval(), splits["test"], collate, cfg, device)
     verify = save_lm_artifacts(
         model,
         tokenizer,
