@@ -22,7 +22,8 @@ import torch
 from accelerate.utils import send_to_device
 
 from finetune.config import parse_recipe_args, to_dict
-from finetune.data.text import TextDataConfig, build_text_datasets, make_collate, read_jsonl
+from finetune.data.inspect import overlap_lines
+from finetune.data.text import TextDataConfig, build_text_datasets, check_data_files, make_collate
 from finetune.data.text import check_config as check_data_config
 from finetune.errors import UserError, exit_on_user_error
 from finetune.export.gguf import GGUFChoice, check_exportable, check_recipe_gguf, export_run_gguf
@@ -73,6 +74,7 @@ from finetune.train.setup import finished_run
 class EvalConfig:
     batch_size: int = 8  # sequences per evaluation forward pass
     max_batches: int = 0  # evaluate at most this many batches per split (0: the whole split)
+    overlap_check: bool = True  # print each held-out split's 8-gram / duplicate overlap with train, warn past 20%
 
 
 @dataclass
@@ -119,15 +121,7 @@ def check_combination(cfg: LMRecipeConfig) -> None:
     validate_scheduler_config(cfg.scheduler, cfg.train.max_steps)
     check_data_config(cfg.data)
     resolve_model_source(cfg.model)  # a missing path or a non-GGUF file fails here, before anything loads
-    d = cfg.data
-    for path, fmt in (
-        (d.train_file, d.format),
-        (d.validation_file, d.format),
-        (d.test_file, d.format),
-        (d.general_validation_file, "text"),
-    ):
-        if path:
-            read_jsonl(path, fmt, d.text_field)  # every line checked now: errors name file:line
+    check_data_files(cfg.data)  # every source loaded and checked now: errors name the file (and line) and the fix
     LM_METHODS[cfg.method].check(cfg)
     check_forgetting_config(cfg.forgetting)
     check_objectives(cfg.guard, cfg.distill, cfg.train.batch_size)
@@ -160,6 +154,9 @@ def main(argv=None):
     if finished_run(cfg.train) is not None:
         return  # finished_run has said so in one line: nothing to do
     accelerator = build_accelerator(cfg.train.seed)
+    if cfg.eval.overlap_check and accelerator.is_main_process:  # a held-out split that shares text with train lies
+        for line in overlap_lines(cfg.data):
+            print(line)
 
     # Model and data first: their errors must leave no output directory behind.
     model, tokenizer = load_causal_lm(cfg.model, compute_dtype=weight_dtype(accelerator))  # NF4 computes in it

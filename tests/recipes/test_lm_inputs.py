@@ -67,3 +67,17 @@ def test_eval_refuses_a_max_length_beyond_the_context_and_defaults_to_the_contex
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["documents"] == 8 and result["truncated"] > 0 and result["perplexity"] > 1
+
+
+def test_a_validation_split_sharing_documents_with_train_is_reported_before_training(tiny, tmp_path):
+    """Not refused (half of it is new text), but the run says how many validation documents are training copies."""
+    train = (tiny / "train.jsonl").read_text().splitlines()
+    fresh = (tiny / "test.jsonl").read_text().splitlines()
+    val = tmp_path / "val.jsonl"
+    val.write_text("\n".join(train[:3] + fresh[:5]) + "\n")
+    proc = run(args_for(tiny, tmp_path / "run", f"data.validation_file={val}", "train.max_steps=1"))
+    assert "overlap with train" in proc.stdout
+    (line,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("warning: validation:") and "exact" in ln]
+    assert "3 of 8 documents are exact copies of training documents" in line
+    quiet = run(args_for(tiny, tmp_path / "quiet", "train.max_steps=1", "eval.overlap_check=false"))
+    assert "overlap with train" not in quiet.stdout and "warning: validation" not in quiet.stdout
