@@ -221,12 +221,14 @@ def table(rows: dict) -> list[str]:
         "general ppl: pruned -> recovered |",
         "|---|---|---|---|---|",
     ]
-    for name, r in rows.items():
+    for name in [n for n in VARIANTS if n in rows]:  # the .json stores rows sorted by name; the table keeps this order
+        r = rows[name]
         p, b, a = r["parameters"], r["perplexity_before"], r["perplexity_after"]
         best, median = r["forward_tokens_per_second"]["best"], r["forward_tokens_per_second"]["median"]
         speed = f"{best:.0f} / {median:.0f}"
         if dense and name != "dense":
-            speed += f" ({100 * (best / dense['forward_tokens_per_second']['best'] - 1):+.0f}%)"
+            ref = dense["forward_tokens_per_second"]
+            speed += f" ({100 * (best / ref['best'] - 1):+.0f}% / {100 * (median / ref['median'] - 1):+.0f}%)"
         removed = f" (layers {', '.join(map(str, r['removed_layers']))})" if r.get("removed_layers") else ""
         lines.append(
             f"| {VARIANTS[name][0]}{removed} | {p['nonzero'] / 1e6:.1f}M / {p['total'] / 1e6:.1f}M | {speed} | "
@@ -243,8 +245,12 @@ def main() -> None:
     p.add_argument("--only", default="", help="comma-separated variants (default: all): " + ", ".join(VARIANTS))
     p.add_argument("--work", default=str(ROOT / "outputs" / "lm_prune"), help="where pruned models and runs go")
     p.add_argument("--results", default=str(RESULTS), help="markdown results file (a .json with raw numbers beside it)")
+    p.add_argument("--rewrite", action="store_true", help="only rebuild the markdown from the results' .json")
     a = p.parse_args()
-    from finetune.io import atomic_write_json, atomic_write_text
+    if a.rewrite:
+        write_markdown(json.loads(Path(a.results).with_suffix(".json").read_text()), Path(a.results))
+        return
+    from finetune.io import atomic_write_json
     from finetune.quiet import quiet_libraries
 
     quiet_libraries()
@@ -268,33 +274,55 @@ def main() -> None:
         "threads": os.environ.get("OMP_NUM_THREADS", "unset"),
     }
     atomic_write_json(Path(a.results).with_suffix(".json"), raw)
+    write_markdown(raw, Path(a.results))
+
+
+def mask_spread(rows: dict) -> str:
+    """How far the masked rows' speeds land from the unpruned one's, best and median: the machine's noise."""
+    dense = rows["dense"]["forward_tokens_per_second"]
+    masked = [r["forward_tokens_per_second"] for n, r in rows.items() if n != "dense" and not r.get("removed_layers")]
+    if not masked:
+        return ""
+    change = {k: [100 * (m[k] / dense[k] - 1) for m in masked] for k in ("best", "median")}
+    return (
+        f" The masked rows land {min(change['best']):+.0f}% to {max(change['best']):+.0f}% from the unpruned model "
+        f"by their best pass and {min(change['median']):+.0f}% to {max(change['median']):+.0f}% by their median: "
+        "the spread of this shared machine, not a speed-up."
+    )
+
+
+def write_markdown(raw: dict, results: Path) -> None:
+    from finetune.io import atomic_write_text
+
+    rows = raw["rows"]
+    repeats = len(next(iter(rows.values()))["forward_tokens_per_second"]["seconds"])
     device = f"CPU ({os.cpu_count()} cores, OMP_NUM_THREADS={raw['threads']})"
     text = "\n".join(
         [
             "# Pruning SmolLM2-135M-Instruct: masks and removed layers, before and after a LoRA recovery",
             "",
             f"Each variant made by `finetune prune` from SmolLM2-135M-Instruct (fp32); recovery: the LM recipe "
-            f"(recipes/configs/legal_lora.yaml, LoRA r=16 on every linear layer) for {a.steps} steps of batch 4 x 256 "
-            "tokens from the pruned directory, the same for every row, adapter kept unmerged. Calibration for Wanda and "
-            "the layer scores: the first 8,192 tokens of data/legal/train.jsonl. Perplexity on data/legal/test.jsonl "
-            "and data/general/validation.jsonl (one document per sequence, up to 256 tokens) as loaded in fp32; "
-            f"forward tokens/s: batch 4 x 256, no grad, fp32, models timed round-robin over {a.repeats} rounds "
-            "(best: the least disturbed pass on this shared machine; change against the unpruned model's best); "
-            f"on {device}, data at "
-            f"commit {data_commit}. Whole run: {raw['wall_seconds'] / 60:.0f} min.",
+            f"(recipes/configs/legal_lora.yaml, LoRA r=16 on every linear layer) for {raw['steps']} steps of batch "
+            "4 x 256 tokens from the pruned directory, the same for every row, adapter kept unmerged. Calibration for "
+            "Wanda and the layer scores: the first 8,192 tokens of data/legal/train.jsonl. Perplexity on "
+            "data/legal/test.jsonl and data/general/validation.jsonl (one document per sequence, up to 256 tokens) as "
+            f"loaded in fp32; forward tokens/s: batch 4 x 256, no grad, fp32, models timed round-robin over {repeats} "
+            "rounds (best: the least disturbed pass on this shared machine; the change is against the unpruned model's "
+            f"best / median); on {device}, data at commit {raw['data_commit']}. Whole run: "
+            f"{raw['wall_seconds'] / 60:.0f} min.",
             "",
             f"Command: `{raw['command']}`",
             "",
             *table(rows),
             "",
             "Unstructured and 2:4 masks save no CPU time here: the zeros are stored and multiplied like any other "
-            "weight (dense kernels, same parameter count on disk and in memory); 2:4 only pays on GPUs with sparse "
-            "tensor cores and a sparse kernel, which this CPU run does not have. Removing layers is the only row that "
-            "runs faster and stores less.",
+            "weight (dense kernels, the same parameter count on disk and in memory); 2:4 only pays on GPUs with sparse "
+            "tensor cores and a sparse kernel, which this CPU run does not have." + mask_spread(rows) + " Removing "
+            "layers is the only kind that stores less and runs faster.",
             "",
         ]
     )
-    atomic_write_text(Path(a.results), text)
+    atomic_write_text(results, text)
     print(text)
 
 
