@@ -9,6 +9,7 @@ adapter), as a reader following the README would.
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import subprocess
@@ -52,6 +53,13 @@ MAIN_JOB_TINY = [
     "eval.max_batches=1",
 ]
 
+# the walkthrough's folders of documents: written by the `inputs` fixture from the shipped legal train / test splits
+MY_CORPUS = {
+    "data.train_file=my_corpus/": "data.train_file={tmp}/my_corpus/",
+    "data.test_file=my_corpus_test/": "data.test_file={tmp}/my_corpus_test/",
+    "my_corpus_test/": "{tmp}/my_corpus_test/",
+}
+
 COMMANDS: dict[str, Tiny | NotRun] = {
     "make demo": NotRun("sets up .venv and runs the main job for minutes; the main job's own command is the next row"),
     "make test": NotRun("runs this test suite"),
@@ -76,6 +84,21 @@ COMMANDS: dict[str, Tiny | NotRun] = {
     ),
     "finetune export quantized --bits 8 --model smollm2-135m-instruct --adapter outputs/legal_lora/adapter --out legal-int8/": Tiny(
         replace={**TINY_LM, "legal-int8/": "{tmp}/legal-int8/"}
+    ),
+    "finetune inspect-data recipes/configs/legal_lora.yaml data.train_file=my_corpus/ data.validation_file=null "
+    "data.validation_fraction=0.1 data.test_file=my_corpus_test/": Tiny(
+        replace=MY_CORPUS, extra=["model.name_or_path={tiny}/model"]
+    ),
+    "finetune train lm --config recipes/configs/legal_lora.yaml data.train_file=my_corpus/ data.validation_file=null "
+    "data.validation_fraction=0.1 data.test_file=my_corpus_test/ train.output_dir=outputs/my_corpus": Tiny(
+        replace={**MY_CORPUS, "train.output_dir=outputs/my_corpus": "train.output_dir={tmp}/outputs/my_corpus"},
+        extra=[a for a in MAIN_JOB_TINY if not a.startswith("train.output_dir")],
+    ),
+    "finetune eval --model smollm2-135m-instruct --adapter outputs/my_corpus/adapter --data my_corpus_test/": Tiny(
+        replace={**TINY_LM, **MY_CORPUS, "outputs/my_corpus/adapter": "{tmp}/outputs/my_corpus/adapter"}
+    ),
+    "finetune export gguf --model smollm2-135m-instruct --adapter outputs/my_corpus/adapter --out my_corpus.q8_0.gguf --type q8_0": NotRun(
+        "as the main job's gguf row: the tiny LLaMA's bytes-only tokenizer has no GGUF form"
     ),
     "finetune export kohya --lora out/pytorch_lora_weights.safetensors --out lora_kohya.safetensors": Tiny(
         replace={
@@ -133,6 +156,10 @@ def inputs(tmp_path_factory, tiny):  # noqa: F811
             if "lora_B" in name:  # as if trained: an all-zero LoRA is refused
                 p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
     save_sd_lora(tmp / "out", *lora_layers(unet))
+    for folder, split, n in (("my_corpus", "train", 40), ("my_corpus_test", "test", 6)):  # one .txt per document
+        (tmp / folder).mkdir()
+        for i, line in enumerate((ROOT / "data" / "legal" / f"{split}.jsonl").read_text().splitlines()[:n]):
+            (tmp / folder / f"doc_{i:03d}.txt").write_text(json.loads(line)["text"], encoding="utf-8")
     return {"tiny": str(tiny), "tmp": str(tmp)}
 
 
@@ -150,3 +177,5 @@ def test_readme_commands_run_and_exit_0(readme, inputs):
     tmp = Path(inputs["tmp"])
     assert (tmp / "outputs" / "legal_lora" / "adapter" / "adapter_config.json").is_file()  # the commands really ran
     assert (tmp / "merged" / "config.json").is_file() and (tmp / "lora_kohya.safetensors").is_file()
+    summary = json.loads((tmp / "outputs" / "my_corpus" / "summary.json").read_text())
+    assert {"validation", "test"} <= set(summary["perplexity_after"])  # the folder run measured its held-out splits
