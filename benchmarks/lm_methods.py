@@ -25,7 +25,7 @@ Methods:
 - prompt:   recipes/configs/legal_lora.yaml with method=prompt (20 virtual tokens, lr 3e-2, plain 2D mask).
 Guards (recipes/train_lm.py `guard:`; general rows come from data/general/train.jsonl, which shares no topic with
 the general validation text): none; replay (a quarter of each micro-batch is general text, trained as usual);
-kl (the same general rows, trained with beta * KL(base || adapted) instead of their cross-entropy, beta 0.1).
+kl (the same general rows, trained with beta * KL(base || adapted) instead of their cross-entropy, beta 1).
 
 Results: benchmarks/results/lm_methods.md (and lm_methods.json with the raw summaries).
 """
@@ -53,7 +53,7 @@ GENERAL_TRAIN = str(ROOT / "data" / "general" / "train.jsonl")
 GUARDS = {
     "none": [],
     "replay": ["guard.method=replay", f"guard.train_file={GENERAL_TRAIN}"],
-    "kl": ["guard.method=kl", f"guard.train_file={GENERAL_TRAIN}"],
+    "kl": ["guard.method=kl", f"guard.train_file={GENERAL_TRAIN}", "guard.beta=1.0"],
 }
 METHODS = {
     "lora": ("LoRA r=16, all-linear (lr 1e-3; compiled layers)", "legal_lora.yaml", []),
