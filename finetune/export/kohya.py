@@ -12,6 +12,20 @@ Alpha can differ per module (PEFT's alpha_pattern / rank_pattern, rsLoRA, differ
 
 CLIP text-encoder modules are written with kohya's "lora_te_text_model_..." spelling (transformers 4's layout, which
 A1111 expects) and read back in the installed transformers' layout (version 5 dropped the `text_model.` level).
+
+The key rules, as ComfyUI's `comfy/lora.py` maps them (`model_lora_keys_unet`, `model_lora_keys_clip`):
+- UNet, SD1.x/2.x and SDXL: `lora_unet_` + the diffusers UNet module name with "." -> "_"
+  (`lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k`): ComfyUI maps every diffusers weight
+  name of `unet_to_diffusers` this way, and diffusers' SDXL loader accepts it beside kohya's SGM spelling.
+- CLIP, SD1.x/2.x (one encoder): `lora_te_text_model_encoder_layers_{i}_{m}`.
+- CLIP, SDXL: `lora_te1_text_model_encoder_layers_{i}_{m}` (CLIP-L, `text_encoder`) and
+  `lora_te2_text_model_encoder_layers_{i}_{m}` (CLIP-G, `text_encoder_2`), with either encoder alone too.
+  ComfyUI knows only the six modules of its LORA_CLIP_MAP: {m} is one of `self_attn_{q,k,v,out}_proj`, `mlp_fc1`,
+  `mlp_fc2`.
+- every module: `<name>.lora_down.weight`, `<name>.lora_up.weight` and a 0-d `<name>.alpha`; the file's
+  metadata holds kohya's `ss_network_module`, `ss_network_dim`, `ss_network_alpha`, `ss_base_model_version`
+  ("sd_v1", or "sdxl_base_v1-0" as kohya's sd-scripts write for SDXL).
+A kohya file read for a model of the other family (SD1.x keys for SDXL, or the reverse) is refused in one line.
 """
 
 from __future__ import annotations
@@ -92,8 +106,13 @@ _COMPOUNDS = sorted(
 Alpha = float | Mapping[str, float]
 
 
-def to_kohya(state_dict: Mapping[str, torch.Tensor], alpha: Alpha, rank: int | None = None) -> dict[str, torch.Tensor]:
+def to_kohya(
+    state_dict: Mapping[str, torch.Tensor], alpha: Alpha, rank: int | None = None, sdxl: bool = False
+) -> dict[str, torch.Tensor]:
     """diffusers/PEFT LoRA keys -> kohya keys, with one `.alpha` scalar per module (the LoraConfig's lora_alpha).
+
+    `sdxl`: the first text encoder is written `lora_te1_` even when the second has no LoRA (a `text_encoder_2`
+    key also implies SDXL).
 
     Per-module alphas are written as one alpha (the most common) with each other module's ratio folded into its up
     weights: the same scales everywhere, and diffusers' kohya loader (0.42) mis-keys differing UNet alphas.
@@ -101,13 +120,13 @@ def to_kohya(state_dict: Mapping[str, torch.Tensor], alpha: Alpha, rank: int | N
     _check_rank(state_dict, rank)
     written = Counter(sorted(alpha.values())).most_common(1)[0][0] if isinstance(alpha, Mapping) else alpha
     out: dict[str, torch.Tensor] = {}
-    has_te2 = any(k.startswith("text_encoder_2.") for k in state_dict)
+    sdxl = sdxl or any(k.startswith("text_encoder_2.") for k in state_dict)
     for key, tensor in state_dict.items():
         component, module, kind = _parse_peft_key(key)
         fold = (alpha[f"{component}.{module}"] if isinstance(alpha, Mapping) else alpha) / written
         if kind in ("lora_B", "lora.up") and fold != 1:
             tensor = (tensor.float() * fold).to(tensor.dtype)
-        prefix = "lora_te1_" if component == "text_encoder" and has_te2 else KOHYA_PREFIX[component]
+        prefix = "lora_te1_" if component == "text_encoder" and sdxl else KOHYA_PREFIX[component]
         if component != "unet" and module.startswith(_FLAT_CLIP_HEADS):
             module = "text_model." + module  # A1111/kohya name CLIP's modules as transformers 4 did
         name = prefix + module.replace(".", "_")
@@ -176,6 +195,8 @@ def from_kohya(
     get it folded into their up (B) weights, so a single lora_alpha reproduces every module's scale exactly.
     """
     groups = _group_kohya(state_dict)
+    if components is not None:
+        _check_architecture(groups, components)
     name_maps = {c: _kohya_name_map(m) for c, m in (components or {}).items()}
     alphas = {
         name: float(g.get("alpha", torch.tensor(float(g["lora_down.weight"].shape[0])))) for name, g in groups.items()
@@ -189,6 +210,8 @@ def from_kohya(
         up = group["lora_up.weight"]
         if alphas[name] != alpha:
             up = (up.float() * (alphas[name] / alpha)).to(up.dtype)
+        if components is not None and component in components:
+            _check_shapes(name, group, components[component].get_submodule(module))
         out[f"{component}.{module}.lora_A.weight"] = group["lora_down.weight"]
         out[f"{component}.{module}.lora_B.weight"] = up
     return out, alpha
@@ -206,6 +229,37 @@ def _clip_is_flat() -> bool:
     return not hasattr(model, "text_model")
 
 
+SDXL_BASE_MODEL_VERSION = "sdxl_base_v1-0"  # kohya sd-scripts' ss_base_model_version for SDXL LoRAs
+
+
+def _check_architecture(groups: Mapping[str, object], components: Mapping[str, torch.nn.Module]) -> None:
+    """Refuse SD1.x text-encoder keys for an SDXL model and SDXL ones for SD1.x, naming both (ComfyUI's rules)."""
+    model_sdxl = "text_encoder_2" in components
+    prefixes = {_split_prefix(name)[0] for name in groups}
+    file_sdxl = bool(prefixes & {"lora_te1_", "lora_te2_"})
+    if model_sdxl and "lora_te_" in prefixes or not model_sdxl and file_sdxl:
+        family = ("SD1.x/2.x", "SDXL") if model_sdxl else ("SDXL", "SD1.x/2.x")
+        spelled = "lora_te_*" if model_sdxl else "lora_te1_* / lora_te2_*"
+        raise UserError(
+            f"the kohya LoRA is an {family[0]} LoRA (its text-encoder keys are {spelled}) but the model is "
+            f"{family[1]}; use a LoRA trained for {family[1]} or load the {family[0]} model it was trained on"
+        )
+
+
+def _check_shapes(name: str, group: Mapping[str, torch.Tensor], module: torch.nn.Module) -> None:
+    """A module of the same name but another width (SD1.x's 768-wide cross attention against SDXL's 2048) means the
+    LoRA belongs to another architecture: refused here instead of a shape error deep in the loader."""
+    weight = getattr(module, "weight", None)
+    down, up = group["lora_down.weight"], group["lora_up.weight"]
+    if weight is None or (down.shape[1], up.shape[0]) != (weight.shape[1], weight.shape[0]):
+        got = f"{down.shape[1]} -> {up.shape[0]}"
+        want = "no weight" if weight is None else f"{weight.shape[1]} -> {weight.shape[0]}"
+        raise UserError(
+            f"kohya LoRA module {name} is {got} wide but the model's is {want}: the LoRA was trained for another "
+            "architecture (SD1.x vs SDXL); use a LoRA made for this model"
+        )
+
+
 def kohya_metadata(alpha: float, rank: int | str, base_model_version: str | None = None) -> dict[str, str]:
     """The `ss_*` safetensors metadata kohya's tools write and A1111 / civitai read ("Dynamic": differs per module)."""
     meta = {"ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_network_alpha": str(alpha)}
@@ -220,12 +274,18 @@ def save_kohya(
     alpha: Alpha,
     rank: int | None = None,
     base_model_version: str | None = "sd_v1",
+    sdxl: bool = False,
 ) -> Path:
-    """Write a diffusers/PEFT LoRA as one kohya-format .safetensors file (A1111/ComfyUI loadable)."""
+    """Write a diffusers/PEFT LoRA as one kohya-format .safetensors file (A1111/ComfyUI loadable).
+
+    `sdxl` (or a `text_encoder_2` key): SDXL's spelling (`lora_te1_`/`lora_te2_`) and ss_base_model_version."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise UserError(f"kohya LoRA output {path} must end in .safetensors")
-    tensors = {k: v.detach().contiguous() for k, v in to_kohya(state_dict, alpha, rank).items()}
+    sdxl = sdxl or any(k.startswith("text_encoder_2.") for k in state_dict)
+    if sdxl and base_model_version == "sd_v1":
+        base_model_version = SDXL_BASE_MODEL_VERSION
+    tensors = {k: v.detach().contiguous() for k, v in to_kohya(state_dict, alpha, rank, sdxl).items()}
     ranks = set(_ranks(state_dict).values())
     written_alpha = next(v.item() for k, v in tensors.items() if k.endswith(".alpha"))  # one for all modules
     # kohya's own tools (resize_lora.py) write "Dynamic" when the rank differs per module
@@ -312,8 +372,8 @@ def _module_name(flat: str, name_map: dict[str, str] | None, kohya_name: str, co
     if name_map is not None:
         if flat not in name_map:
             raise UserError(
-                f"kohya LoRA module {kohya_name} matches no module of the target model; "
-                "the LoRA was trained for a different architecture"
+                f"kohya LoRA module {kohya_name} matches no module of the target model: the LoRA was trained for "
+                "another architecture (SD1.x vs SDXL); use a LoRA made for this model"
             )
         return name_map[flat]
     module = _unflatten(flat)

@@ -53,6 +53,7 @@ __all__, __getattr__ = lazy_exports(
             "build_pipeline",
             "build_sd_from_configs",
             "build_tiny_sd",
+            "build_tiny_sdxl",
             "encode_tokens",
             "load_sd_components",
             "sd15_configs",

@@ -340,6 +340,51 @@ def build_tiny_sd(seed: int = 0, sample_size: int = 8, vae_scale_factor: int = 2
     return build_sd_from_configs(tiny_sd_configs(sample_size, vae_scale_factor), seed=seed)
 
 
+def build_tiny_sdxl(seed: int = 0, sample_size: int = 8):
+    """A tiny Stable Diffusion XL pipeline (random weights, offline tokenizers), for tests of SDXL artifacts.
+
+    The SDXL architecture in miniature: a UNet with `addition_embed_type="text_time"` (pooled text embedding + the
+    six added time ids), conditioned on both text encoders' hidden states side by side (32 + 32 = 64 wide); the
+    second encoder is a `CLIPTextModelWithProjection` whose projected pooled output feeds the added embedding.
+    """
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextModelWithProjection
+
+    tokenizer, tokenizer_2 = build_tiny_tokenizer(), build_tiny_tokenizer()
+    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    text = {**tiny_sd_configs()["text_encoder"], "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id}
+    time_dim = 8  # each of the 6 added time ids gets an 8-wide sinusoidal embedding
+    torch.manual_seed(seed)  # the models draw their initial weights from the global RNG, in this fixed order
+    vae = AutoencoderKL(**tiny_sd_configs(sample_size)["vae"])
+    unet = UNet2DConditionModel(
+        sample_size=sample_size,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        norm_num_groups=8,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),  # SDXL's first level has no attention either
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        transformer_layers_per_block=(1, 2),
+        cross_attention_dim=64,  # both encoders' hidden states concatenated
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=6 * time_dim + text["projection_dim"],
+    )
+    encoders = {
+        "text_encoder": CLIPTextModel(CLIPTextConfig(**text, **ids)),
+        "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**text, **ids)),
+    }
+    for module in (vae, unet, *encoders.values()):
+        module.eval()
+    sampler = EulerDiscreteScheduler.from_config(SD_SCHEDULER_CONFIG)  # SDXL's sampler, SD's noise schedule
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, unet=unet, scheduler=sampler, tokenizer=tokenizer, tokenizer_2=tokenizer_2, **encoders
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def build_pipeline(
     parts: SDParts, unet=None, text_encoder=None, show_progress: bool = False
 ) -> StableDiffusionPipeline:

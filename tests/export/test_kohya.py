@@ -1,5 +1,6 @@
 """kohya/A1111 LoRA format: exact round trips, and the stock diffusers loader reproduces the trained model."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from safetensors import safe_open
 from finetune.errors import UserError
 from finetune.export.kohya import _unflatten, from_kohya, load_kohya, save_kohya, to_kohya
 from finetune.export.lora_check import check_lora_state_dict
-from finetune.models.sd import build_pipeline, build_tiny_sd, tokenize_prompts
+from finetune.models.sd import build_pipeline, build_tiny_sd, build_tiny_sdxl, tokenize_prompts
 
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "ff.net.0.proj", "ff.net.2", "conv1", "time_emb_proj"]
 TE_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1"]
@@ -334,3 +335,137 @@ def test_the_sd_export_temporary_is_one_the_next_run_cleans(tmp_path):
     left = Path(tempfile.mkdtemp(dir=tmp_path, prefix=f".{LORA_FILE}.", suffix=".tmp"))  # as save_sd_lora names it
     remove_io_leftovers(tmp_path)
     assert not left.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# SDXL: two text encoders, diffusers' SDXL loader, ComfyUI's SDXL key rules
+# ---------------------------------------------------------------------------------------------
+
+SDXL_UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "ff.net.2", "time_emb_proj"]
+SDXL_TE_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]  # all six of ComfyUI's LORA_CLIP_MAP
+# ComfyUI's comfy/lora.py rules, written out: model_lora_keys_clip names SDXL's CLIP-L "lora_te1_" and CLIP-G
+# "lora_te2_" + text_model_encoder_layers_{i}_{LORA_CLIP_MAP value}; model_lora_keys_unet names a UNet module
+# "lora_unet_" + its diffusers name with "." -> "_"
+COMFY_CLIP_SDXL = re.compile(
+    r"^lora_te[12]_text_model_encoder_layers_\d+_(self_attn_q_proj|self_attn_k_proj|self_attn_v_proj"
+    r"|self_attn_out_proj|mlp_fc1|mlp_fc2)$"
+)
+
+
+def _randomize_lora_b(*models):
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for model in models:
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+
+
+def sdxl_with_lora(encoders=("text_encoder", "text_encoder_2")):
+    """Tiny SDXL with LoRA on its UNet and the given text encoders, B set as if trained; (pipe, diffusers state)."""
+    pipe = build_tiny_sdxl(seed=0)
+    pipe.unet.add_adapter(LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=SDXL_UNET_TARGETS))
+    for name in encoders:
+        getattr(pipe, name).add_adapter(LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=SDXL_TE_TARGETS))
+    _randomize_lora_b(pipe.unet, *(getattr(pipe, n) for n in encoders))
+    state = {}
+    for name in ("unet", *encoders):
+        state.update({f"{name}.{k}": v for k, v in get_peft_model_state_dict(getattr(pipe, name)).items()})
+    return pipe, state
+
+
+@pytest.fixture(scope="module")
+def trained_sdxl():
+    return sdxl_with_lora()
+
+
+def sdxl_outputs(pipe):
+    """Both encoders' hidden states, the pooled projection, and a UNet prediction conditioned on them."""
+    ids = tokenize_prompts(pipe.tokenizer, ["a photo of sks dog"])
+    generator = torch.Generator().manual_seed(1)
+    latents = torch.randn(1, 4, 8, 8, generator=generator)
+    with torch.no_grad():
+        h1 = pipe.text_encoder(ids)[0]
+        second = pipe.text_encoder_2(ids)
+        added = {"text_embeds": second.text_embeds, "time_ids": torch.tensor([[16.0, 16, 0, 0, 16, 16]])}
+        sample = pipe.unet(latents, torch.tensor([500]), torch.cat([h1, second[1]], -1), added_cond_kwargs=added)
+        return h1, second[1], second.text_embeds, sample.sample
+
+
+def test_sdxl_kohya_keys_follow_comfyui_rules(trained_sdxl):
+    pipe, state = trained_sdxl
+    kohya = to_kohya(state, alpha=ALPHA, rank=RANK)
+    unet_names = {"lora_unet_" + n.replace(".", "_") for n, _ in pipe.unet.named_modules() if n}
+    modules = {k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rsplit(".", 1)[0] for k in kohya}
+    assert len(modules) == len(state) // 2 and len(kohya) == 3 * len(modules)  # down + up + alpha each
+    for name in modules:
+        assert name in unet_names or COMFY_CLIP_SDXL.match(name), name
+        assert kohya[f"{name}.alpha"].dim() == 0 and kohya[f"{name}.alpha"].item() == ALPHA
+    assert {n[:9] for n in modules if n.startswith("lora_te")} == {"lora_te1_", "lora_te2_"}
+
+
+@pytest.mark.parametrize("encoder, prefix", [("text_encoder", "lora_te1_"), ("text_encoder_2", "lora_te2_")])
+def test_sdxl_lora_on_either_text_encoder_alone_keeps_its_sdxl_prefix(tmp_path, encoder, prefix):
+    pipe, state = sdxl_with_lora((encoder,))
+    path = save_kohya(tmp_path / "lora.safetensors", state, alpha=ALPHA, sdxl=True)
+    with safe_open(str(path), framework="pt") as f:
+        te_prefixes = {k[:9] for k in f.keys() if k.startswith("lora_te")}
+        assert f.metadata()["ss_base_model_version"] == "sdxl_base_v1-0"
+    assert te_prefixes == {prefix}
+    fresh = build_tiny_sdxl(seed=0)
+    fresh.load_lora_weights(str(path))
+    for g, e in zip(sdxl_outputs(fresh), sdxl_outputs(pipe)):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+
+
+def test_stock_sdxl_loader_consumes_every_kohya_key_like_the_diffusers_file(trained_sdxl, tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe, state = trained_sdxl
+    path = save_kohya(tmp_path / "kohya.safetensors", state, alpha=ALPHA)
+    layers = {n: {k[len(n) + 1 :]: v for k, v in state.items() if k.split(".")[0] == n} for n in ("unet",)}
+    te1 = {k.removeprefix("text_encoder."): v for k, v in state.items() if k.startswith("text_encoder.")}
+    te2 = {k.removeprefix("text_encoder_2."): v for k, v in state.items() if k.startswith("text_encoder_2.")}
+    StableDiffusionXLPipeline.save_lora_weights(
+        tmp_path / "diffusers",
+        unet_lora_layers=layers["unet"],
+        text_encoder_lora_layers=te1,
+        text_encoder_2_lora_layers=te2,
+        unet_lora_adapter_metadata=pipe.unet.peft_config["default"].to_dict(),
+        text_encoder_lora_adapter_metadata=pipe.text_encoder.peft_config["default"].to_dict(),
+        text_encoder_2_lora_adapter_metadata=pipe.text_encoder_2.peft_config["default"].to_dict(),
+    )
+    from_kohya_file, from_diffusers_file, base = build_tiny_sdxl(seed=0), build_tiny_sdxl(seed=0), build_tiny_sdxl(0)
+    from_kohya_file.load_lora_weights(str(path))
+    from_diffusers_file.load_lora_weights(str(tmp_path / "diffusers"))
+    parts = ("unet", "text_encoder", "text_encoder_2")
+    n_modules = len(state) // 2
+    # every module of the file was injected (none missing, none left over), in each part as in the diffusers file
+    for name in parts:
+        assert lora_modules(getattr(from_kohya_file, name)) == lora_modules(getattr(from_diffusers_file, name)) > 0
+    assert sum(lora_modules(getattr(from_kohya_file, n)) for n in parts) == n_modules
+    got, reference, untouched = (sdxl_outputs(p) for p in (from_kohya_file, from_diffusers_file, base))
+    for g, r, e, u in zip(got, reference, sdxl_outputs(pipe), untouched):
+        assert not torch.allclose(u, e)  # each output is changed by the LoRA...
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)  # ...the same way from both files
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)  # ...as trained
+    back, alpha = load_kohya(path, {n: getattr(pipe, n) for n in parts})
+    assert alpha == ALPHA and back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
+
+
+def test_a_kohya_file_of_the_other_architecture_is_refused_in_one_line(trained, trained_sdxl, tmp_path):
+    sd_parts, sd_state = trained
+    sdxl, sdxl_state = trained_sdxl
+    sdxl_components = {n: getattr(sdxl, n) for n in ("unet", "text_encoder", "text_encoder_2")}
+    sd_components = {"unet": sd_parts.unet, "text_encoder": sd_parts.text_encoder}
+    cases = [
+        (to_kohya(sd_state, alpha=ALPHA), sdxl_components, "is an SD1.x/2.x LoRA"),
+        (to_kohya(sdxl_state, alpha=ALPHA), sd_components, "is an SDXL LoRA"),
+        # UNet-only files carry no text-encoder prefix: the modules' names or widths tell
+        (to_kohya({k: v for k, v in sd_state.items() if k.startswith("unet.")}, ALPHA), sdxl_components, "another"),
+        (to_kohya({k: v for k, v in sdxl_state.items() if k.startswith("unet.")}, ALPHA), sd_components, "another"),
+    ]
+    for kohya, components, message in cases:
+        with pytest.raises(UserError, match=message) as info:
+            from_kohya(kohya, components)
+        assert "\n" not in str(info.value)  # one line: the CLI prints it as `error: ...`

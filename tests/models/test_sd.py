@@ -206,3 +206,19 @@ def test_unreachable_hub_id_raises_user_error(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # fail fast instead of retrying
     with pytest.raises(UserError, match="could not load Stable Diffusion from 'someorg/no-such-model'"):
         load_sd_components(SDModelConfig(pretrained="someorg/no-such-model"))
+
+
+def test_tiny_sdxl_is_sdxl_in_miniature_and_deterministic():
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTextModelWithProjection
+
+    from finetune.models.sd import build_tiny_sdxl
+
+    pipe, again = build_tiny_sdxl(seed=0), build_tiny_sdxl(seed=0)
+    assert isinstance(pipe, StableDiffusionXLPipeline) and isinstance(pipe.text_encoder_2, CLIPTextModelWithProjection)
+    assert pipe.unet.config.addition_embed_type == "text_time"
+    width = pipe.text_encoder.config.hidden_size + pipe.text_encoder_2.config.hidden_size
+    assert pipe.unet.config.cross_attention_dim == width  # conditioned on both encoders side by side
+    assert _same_weights(pipe.unet, again.unet) and _same_weights(pipe.text_encoder_2, again.text_encoder_2)
+    latents = pipe("a photo of sks dog", num_inference_steps=2, height=16, width=16, output_type="latent").images
+    assert latents.shape == (1, 4, 8, 8) and torch.isfinite(latents).all()
