@@ -48,6 +48,7 @@ from finetune.losses.diffusion import (
     split_prior_batch,
 )
 from finetune.methods.dreambooth import PriorConfig, class_image_prompts, ensure_class_images, validate_prior
+from finetune.methods.hypernetwork import HypernetworkConfig
 from finetune.methods.sd_distill import DistillConfig
 from finetune.methods.sd_lora import SDLoraConfig
 from finetune.methods.sd_registry import SD_METHODS, SDMethodName
@@ -85,6 +86,7 @@ class SDRecipeConfig:
         default_factory=TextualInversionConfig
     )  # method=textual_inversion
     distill: DistillConfig = field(default_factory=DistillConfig)  # method=distill_unet: student variant, loss weights
+    hypernetwork: HypernetworkConfig = field(default_factory=HypernetworkConfig)  # method=hypernetwork: MLP layout
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)  # optional text-encoder training
     loss: DiffusionLossConfig = field(default_factory=DiffusionLossConfig)  # loss weighting and noise options
     ema: EMAConfig = field(default_factory=EMAConfig)  # EMA of the trained weights

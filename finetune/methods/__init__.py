@@ -44,6 +44,15 @@ __all__, __getattr__ = lazy_exports(
             "build_peft_config",
             "recommended_lr",
         ],
+        "hypernetwork": [
+            "Hypernetwork",
+            "HypernetworkConfig",
+            "HypernetworkModule",
+            "add_hypernetwork",
+            "load_hypernetwork",
+            "save_hypernetwork",
+            "validate_hypernetwork",
+        ],
         "registry": ["LM_METHODS", "LMMethod", "LMMethodName", "Trainable"],
         "sd_distill": [
             "DistillConfig",

@@ -19,6 +19,7 @@ import torch
 
 from finetune.errors import UserError
 from finetune.export.sd import EMBEDDING_FILE, PIPELINE_DIR, save_sd_lora, save_sd_pipeline, save_textual_inversion
+from finetune.methods.hypernetwork import HypernetworkConfig, add_hypernetwork, save_hypernetwork, validate_hypernetwork
 from finetune.methods.sd_distill import DistillConfig, UNetDistillation, check_teacher_dir, validate_distill
 from finetune.methods.sd_lora import SDLoraConfig, add_lora, lora_layers, validate_sd_lora
 from finetune.methods.textual_inversion import (
@@ -34,7 +35,7 @@ from finetune.methods.textual_inversion import (
 from finetune.models.sd import SDParts, build_pipeline, load_sd_components
 
 SDMethodName = Literal[
-    "lora", "full", "textual_inversion", "distill_unet"
+    "lora", "full", "textual_inversion", "distill_unet", "hypernetwork"
 ]  # the recipe's `method` key: one name per SD_METHODS entry
 
 Params = list[torch.nn.Parameter]
@@ -134,6 +135,14 @@ def _ti_check(cfg) -> None:
         raise UserError("method=textual_inversion already trains only the new embeddings; unset text_encoder.train")
 
 
+def _hypernetwork_check(cfg) -> None:
+    validate_hypernetwork(cfg.hypernetwork)
+    if cfg.text_encoder.train:
+        raise UserError(
+            "method=hypernetwork trains only its MLPs on the UNet's keys and values; unset text_encoder.train"
+        )
+
+
 SD_METHODS: dict[str, SDMethod] = {
     "lora": SDMethod(
         section="lora",
@@ -166,5 +175,16 @@ SD_METHODS: dict[str, SDMethod] = {
         check=_distill_check,
         prior_preservation=False,  # class images of the teacher would teach what distillation already does
         distillation=lambda unet, text_encoder, cfg: UNetDistillation(unet, text_encoder, cfg.distill),
+    ),
+    "hypernetwork": SDMethod(
+        section="hypernetwork",
+        config=HypernetworkConfig,
+        # the web UI's residual MLPs on the inputs of every to_k / to_v, attached to the frozen UNet
+        trainable=lambda unet, text_encoder, cfg: (add_hypernetwork(unet, cfg.hypernetwork), []),
+        # hypernetwork.safetensors (what load_hypernetwork reads) and the web UI's hypernetwork.pt; its "step" is
+        # the run's train.max_steps (the web UI shows it and counts on from it)
+        save=lambda path, parts, cfg, dtype: save_hypernetwork(path, parts.unet.hypernetwork, cfg.train.max_steps),
+        check=_hypernetwork_check,
+        prior_preservation=False,  # the web UI trains it on captioned images; DreamBooth class images are not its
     ),
 }
