@@ -100,6 +100,10 @@ COMMANDS: dict[str, Tiny | NotRun] = {
     "finetune export gguf --model smollm2-135m-instruct --adapter outputs/my_corpus/adapter --out my_corpus.q8_0.gguf --type q8_0": NotRun(
         "as the main job's gguf row: the tiny LLaMA's bytes-only tokenizer has no GGUF form"
     ),
+    "finetune prune --model smollm2-135m-instruct --method layers --drop 4 --calibration data/legal/train.jsonl "
+    "--out smollm2-drop4/": Tiny(replace={**TINY_LM, "smollm2-drop4/": "{tmp}/smollm2-drop4/"}),
+    "finetune prune --model smollm2-135m-instruct --method wanda --n-m 2:4 --calibration data/legal/train.jsonl "
+    "--out smollm2-2of4/": Tiny(replace={**TINY_LM, "smollm2-2of4/": "{tmp}/smollm2-2of4/"}),
     "finetune export kohya --lora out/pytorch_lora_weights.safetensors --out lora_kohya.safetensors": Tiny(
         replace={
             "out/pytorch_lora_weights.safetensors": "{tmp}/out/pytorch_lora_weights.safetensors",
@@ -177,5 +181,6 @@ def test_readme_commands_run_and_exit_0(readme, inputs):
     tmp = Path(inputs["tmp"])
     assert (tmp / "outputs" / "legal_lora" / "adapter" / "adapter_config.json").is_file()  # the commands really ran
     assert (tmp / "merged" / "config.json").is_file() and (tmp / "lora_kohya.safetensors").is_file()
+    assert (tmp / "smollm2-drop4" / "prune_report.json").is_file() and (tmp / "smollm2-2of4" / "config.json").is_file()
     summary = json.loads((tmp / "outputs" / "my_corpus" / "summary.json").read_text())
     assert {"validation", "test"} <= set(summary["perplexity_after"])  # the folder run measured its held-out splits
