@@ -101,7 +101,9 @@ COMMANDS: dict[str, Tiny | NotRun] = {
         "as the main job's gguf row: the tiny LLaMA's bytes-only tokenizer has no GGUF form"
     ),
     "finetune prune --model smollm2-135m-instruct --method layers --drop 4 --calibration data/legal/train.jsonl "
-    "--out smollm2-drop4/": Tiny(replace={**TINY_LM, "smollm2-drop4/": "{tmp}/smollm2-drop4/"}),
+    "--out smollm2-drop4/": Tiny(
+        replace={**TINY_LM, "4": "2", "smollm2-drop4/": "{tmp}/smollm2-drop4/"}
+    ),  # tiny: 4 layers
     "finetune prune --model smollm2-135m-instruct --method wanda --n-m 2:4 --calibration data/legal/train.jsonl "
     "--out smollm2-2of4/": Tiny(replace={**TINY_LM, "smollm2-2of4/": "{tmp}/smollm2-2of4/"}),
     "finetune export kohya --lora out/pytorch_lora_weights.safetensors --out lora_kohya.safetensors": Tiny(

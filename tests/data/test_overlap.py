@@ -105,13 +105,3 @@ def test_one_index_measures_several_splits_and_is_deterministic():
     a = index.measure(documents(3, 5), "validation")
     b = TrainIndex(train).measure(documents(3, 5), "validation")
     assert a == b and index.measure(train[:2], "test").exact_duplicates == 2
-
-
-def test_tens_of_megabytes_are_measured_in_seconds():
-    import time
-
-    train = documents(0, 10_000, length=250)  # 2.5 M words, ~16 MB of text
-    start = time.perf_counter()
-    o = TrainIndex(train).measure(train[:500], "validation")
-    assert o.exact_duplicates == 500
-    assert time.perf_counter() - start < 60
