@@ -44,6 +44,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import lm_recipe_command  # noqa: E402  (after the path insert, as a script)
+
 RESULTS = ROOT / "benchmarks" / "results" / "lm_methods.md"
 CONFIGS = ROOT / "recipes" / "configs"
 COMMON = ["train.progress_bar=false", "train.tensorboard=false"]
@@ -83,13 +85,7 @@ def run_method(name: str, guard: str, work: Path, steps: int | None) -> dict:
     out = work / f"{name}-{guard}"
     shutil.rmtree(out, ignore_errors=True)
     cmd = [
-        str(Path(sys.executable).parent / "accelerate"),
-        "launch",
-        "--config_file",
-        str(ROOT / "accelerate_config.yaml"),
-        str(ROOT / "recipes" / "train_lm.py"),
-        "--config",
-        str(CONFIGS / config),
+        *lm_recipe_command(CONFIGS / config),
         f"train.output_dir={out}",
         *COMMON,
         *overrides,

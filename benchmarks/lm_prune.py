@@ -35,6 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import lm_recipe_command  # noqa: E402  (after the path insert, as a script)
+
 RESULTS = ROOT / "benchmarks" / "results" / "lm_prune.md"
 CONFIG = ROOT / "recipes" / "configs" / "legal_lora.yaml"
 CALIBRATION = ROOT / "data" / "legal" / "train.jsonl"
@@ -111,13 +113,7 @@ def recover(model_dir: Path, work: Path, name: str, steps: int, extra: tuple[str
     out = work / f"{name}_lora"
     shutil.rmtree(out, ignore_errors=True)
     cmd = [
-        str(Path(sys.executable).parent / "accelerate"),
-        "launch",
-        "--config_file",
-        str(ROOT / "accelerate_config.yaml"),
-        str(ROOT / "recipes" / "train_lm.py"),
-        "--config",
-        str(CONFIG),
+        *lm_recipe_command(CONFIG),
         f"model.name_or_path={model_dir}",
         f"train.output_dir={out}",
         f"train.max_steps={steps}",

@@ -32,6 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import lm_recipe_command  # noqa: E402  (after the path insert, as a script)
+
 RESULTS = ROOT / "benchmarks" / "results" / "lm_quantization.md"
 CONFIG = ROOT / "recipes" / "configs" / "legal_lora.yaml"
 COMMON = ["train.progress_bar=false", "train.tensorboard=false", "model.compile_layers=false", "export.merged=true"]
@@ -54,13 +56,7 @@ def train(kind: str, work: Path, steps: int | None) -> dict:
     """One recipe run in its own process; its summary.json, less the per-step times."""
     out = work / f"train_{kind}"
     cmd = [
-        str(Path(sys.executable).parent / "accelerate"),
-        "launch",
-        "--config_file",
-        str(ROOT / "accelerate_config.yaml"),
-        str(ROOT / "recipes" / "train_lm.py"),
-        "--config",
-        str(CONFIG),
+        *lm_recipe_command(CONFIG),
         f"train.output_dir={out}",
         f"model.quantization={kind}",
         *COMMON,
