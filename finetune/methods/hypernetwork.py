@@ -185,6 +185,16 @@ def _apply(module: HypernetworkModule):
     return hook
 
 
+def _install(unet: torch.nn.Module, network: Hypernetwork) -> int:
+    """Make `network` the UNet's submodule `hypernetwork` and hook it in; one it had before is unhooked first, else
+    its hooks would stay on to_k / to_v and the two would apply one after the other."""
+    previous = getattr(unet, "hypernetwork", None)
+    if isinstance(previous, Hypernetwork):
+        previous.detach()
+    unet.add_module("hypernetwork", network)
+    return network.attach(unet)
+
+
 def context_widths(unet: torch.nn.Module) -> list[int]:
     """Every input width of the UNet's attention key projections: its blocks' widths (self attention) and the text
     encoder's (cross attention), as the web UI's default enable_sizes lists them for SD (320, 640, 1280, 768)."""
@@ -204,8 +214,7 @@ def add_hypernetwork(unet: torch.nn.Module, cfg: HypernetworkConfig) -> list[tor
             f"hypernetwork.sizes {missing} match no attention context of this UNet; its widths are {widths}"
         )
     network = Hypernetwork(cfg.sizes or widths, cfg)
-    unet.add_module("hypernetwork", network)
-    network.attach(unet)
+    _install(unet, network)
     params = list(network.parameters())
     for p in params:
         p.requires_grad_(True)
@@ -272,9 +281,9 @@ def load_hypernetwork(path: str | Path, unet: torch.nn.Module | None = None, str
     network.eval().requires_grad_(False)
     network.set_multiplier(strength)
     if unet is not None:
+        if not set(network.sizes) & set(context_widths(unet)):  # checked first: the UNet stays as it was
+            raise UserError(f"the hypernetwork's widths {network.sizes} match no attention of this UNet")
         weight = next(unet.parameters())
         network.to(device=weight.device, dtype=weight.dtype)
-        unet.add_module("hypernetwork", network)
-        if network.attach(unet) == 0:
-            raise UserError(f"the hypernetwork's widths {network.sizes} match no attention of this UNet")
+        _install(unet, network)
     return network

@@ -151,6 +151,21 @@ def test_the_safetensors_reloads_into_a_pipeline_and_samples_as_trained(trained)
     assert meta["layer_structure"] == [1.0, 2.0, 1.0] and meta["activation_func"] == "relu" and meta["is_layer_norm"]
 
 
+def test_loading_again_replaces_the_hypernetwork_instead_of_stacking_it(trained):
+    parts, _, out = trained
+    noisy, _, timesteps, cond = fixed_batch(parts)
+    with torch.no_grad():
+        expected = parts.unet(noisy, timesteps, cond).sample
+    unet = build_tiny_sd(seed=0).unet
+    first = load_hypernetwork(out / SAFETENSORS_FILE, unet)
+    second = load_hypernetwork(out / SAFETENSORS_FILE, unet)  # e.g. a user switching files on one pipeline
+    assert unet.hypernetwork is second and first._handles == []
+    with torch.no_grad():
+        torch.testing.assert_close(unet(noisy, timesteps, cond).sample, expected)  # applied once, not twice
+    with pytest.raises(UserError, match=r"widths \[32, 64\] match no attention"):
+        load_hypernetwork(out / SAFETENSORS_FILE, build_tiny_sd(seed=0).text_encoder)
+
+
 def test_the_web_ui_pt_reads_with_weights_only_and_has_its_keys(trained):
     parts, _, out = trained
     saved = torch.load(out / WEBUI_FILE, weights_only=True)  # plain tensors and built-in types only
