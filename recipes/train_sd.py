@@ -1,5 +1,6 @@
-"""Fine-tune Stable Diffusion: DreamBooth (LoRA or full, with prior preservation), textual inversion, LoRA on
-captioned images or full text-to-image training. One recipe; `method`, `data` and `prior` pick.
+"""Fine-tune Stable Diffusion (SD1.x/2.x or SDXL, read from the model): DreamBooth (LoRA or full, with prior
+preservation), textual inversion, LoRA on captioned images or full text-to-image training. One recipe; `method`,
+`data` and `prior` pick. SDXL conditions on both text encoders, the pooled text and each image's time ids.
 
     accelerate launch --config_file accelerate_config.yaml recipes/train_sd.py \
         --config recipes/configs/sd_dreambooth_lora.yaml [key=value ...]
@@ -25,6 +26,7 @@ from finetune.data.sd import (
     PromptEmbeddings,
     SDDataConfig,
     TrainItems,
+    XLPromptEmbeddings,
     build_image_dataset,
     cache_all_latents,
     dataset_items,
@@ -52,18 +54,21 @@ from finetune.methods.hypernetwork import HypernetworkConfig
 from finetune.methods.sd_distill import DistillConfig
 from finetune.methods.sd_lora import SDLoraConfig
 from finetune.methods.sd_registry import SD_METHODS, SDMethodName
-from finetune.methods.textual_inversion import RowRestorer, TextualInversionConfig
+from finetune.methods.textual_inversion import RowRestorer, TextualInversionConfig, check_placeholder
 from finetune.models.sd import SDModelConfig, build_pipeline, load_sd_components, tokenize_prompts
 from finetune.models.sd_denoiser import (
     EfficiencyConfig,
     SDDenoiser,
     TextEncoderConfig,
     ValidationConfig,
+    XLCond,
+    batch_cond,
     fixed_noise_loss,
     on_device,
     sample_images,
     sample_latents,
     step_probe,
+    xl_time_ids,
 )
 from finetune.optim.optimizers import OptimConfig, build_optimizer, param_groups, validate_optim_config
 from finetune.optim.schedulers import SchedulerConfig, build_scheduler
@@ -145,13 +150,25 @@ def main(argv=None):
         parts.unet,
         parts.noise_scheduler,
     )
+    text_encoder_2 = parts.text_encoder_2  # SDXL's second (CLIP-G) encoder; None for SD1.x/2.x
+    if parts.is_xl and not method.xl:
+        raise UserError(
+            f"method={cfg.method} is for SD1.x/2.x models; this one is SDXL: use lora, full or textual_inversion"
+        )
+    encoders = [text_encoder, text_encoder_2] if parts.is_xl else [text_encoder]
     # diffusers is imported here, after finetune: its import-time library notices then meet finetune.quiet's filters
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
     from diffusers.training_utils import cast_training_params
 
     unet.set_attn_processor(AttnProcessor2_0() if cfg.efficiency.attention == "sdpa" else AttnProcessor())
-    # Textual inversion: the new word joins the tokenizer first, as every prompt of its data names it.
-    concept = method.concept(tokenizer, text_encoder, cfg) if method.concept else None
+    # Textual inversion: the new word joins the tokenizer(s) first, as every prompt of its data names it; SDXL's
+    # word must be new in both tokenizers, checked before either changes.
+    concept = None
+    if method.concept:
+        for name, (tok, _) in zip(("tokenizer", "tokenizer_2"), parts.text_encoders):
+            check_placeholder(tok, cfg.textual_inversion, name)
+        concepts = [method.concept(tok, encoder, cfg) for tok, encoder in parts.text_encoders]
+        concept = concepts[0]  # the same prompts for both encoders; each has its own token ids
     bucket = 8 * parts.vae_scale_factor  # aspect buckets: latent sides stay multiples of 8 (SD: 64 px)
     images = build_image_dataset(
         cfg.data, res, seed, instance_prompt=concept.instance_prompt if concept else "", bucket_multiple=bucket
@@ -162,32 +179,39 @@ def main(argv=None):
     generated = 0
     if cfg.prior.enabled:
         if accelerator.is_main_process:
-            with on_device([vae, text_encoder, unet], device):
+            with on_device([vae, *encoders, unet], device):
                 generated = ensure_class_images(build_pipeline(parts), cfg.prior, res, seed, accelerator.autocast)
         accelerator.wait_for_everyone()
         images = build_image_dataset(cfg.data, res, seed, class_items=class_image_prompts(cfg.prior))
 
     # Trainable parameters: everything starts frozen and the method unfreezes its part.
-    for module in (vae, text_encoder, unet):
+    for module in (vae, *encoders, unet):
         module.requires_grad_(False)
-    unet_params, te_params = method.trainable(unet, text_encoder, cfg)
+    xl_kwargs = {"text_encoder_2": text_encoder_2} if parts.is_xl else {}
+    unet_params, te_params = method.trainable(unet, text_encoder, cfg, **xl_kwargs)
     te_trains = bool(te_params)
     # Frozen weights in the mixed-precision dtype, trained ones in fp32 (fp16/bf16 master weights lose small updates);
     # a method may keep its text encoder fp32 (textual inversion: its entry says why).
     cast_frozen(unet.to(device).parameters(), dtype)
-    cast_frozen(text_encoder.to(device).parameters(), torch.float32 if method.text_encoder_fp32 else dtype)
-    cast_training_params([unet, text_encoder], torch.float32)  # diffusers' guard; they never left fp32 here
+    for encoder in encoders:
+        cast_frozen(encoder.to(device).parameters(), torch.float32 if method.text_encoder_fp32 else dtype)
+    cast_training_params([unet, *encoders], torch.float32)  # diffusers' guard; they never left fp32 here
     vae.to(device, torch.float32 if cfg.efficiency.vae_fp32 else dtype)
     if distill is not None:
         distill.to(device, dtype)  # the teacher is frozen: the weight dtype, like the other frozen parts
     # textual inversion: only the new rows may change; made after the cast, so its copy has their device and dtype
-    restorer = RowRestorer(text_encoder.get_input_embeddings().weight, concept.token_ids) if concept else None
+    restorers = (
+        [RowRestorer(e.get_input_embeddings().weight, c.token_ids) for e, c in zip(encoders, concepts)]
+        if concept
+        else []
+    )
     if cfg.efficiency.channels_last:
         unet.to(memory_format=torch.channels_last)
     if cfg.efficiency.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if te_trains:
-            text_encoder.gradient_checkpointing_enable()
+            for encoder in encoders:
+                encoder.gradient_checkpointing_enable()
 
     # Caching: the VAE is frozen, so each image's latent distribution is computed once; so are the prompts'
     # embeddings when the text encoder is frozen. Training steps then never run either encoder.
@@ -200,21 +224,41 @@ def main(argv=None):
         vae, images, items, val_idx, device, cfg.efficiency.cache_latents, cfg.train.batch_size
     )
     prompts = sorted({p for it in items for p in (it["prompt"], it.get("class_prompt", it["prompt"]))} | {""})
-    embeds = (
-        PromptEmbeddings(text_encoder, tokenizer, prompts, device, dtype)
-        if cfg.efficiency.cache_text and not te_trains
-        else None
-    )
+    embeds: PromptEmbeddings | XLPromptEmbeddings | None = None
+    if cfg.efficiency.cache_text and not te_trains:
+        embeds = (
+            XLPromptEmbeddings(encoders, [tokenizer, parts.tokenizer_2], prompts, device, dtype, res)
+            if parts.is_xl
+            else PromptEmbeddings(text_encoder, tokenizer, prompts, device, dtype)
+        )
     if cfg.efficiency.offload_frozen and device.type != "cpu" and cfg.efficiency.cache_latents:
         vae.to("cpu")  # GPU memory: the VAE only comes back to decode validation samples
         if embeds is not None:
-            text_encoder.to("cpu")
+            for encoder in encoders:
+                encoder.to("cpu")
     cache_seconds = time.perf_counter() - started
-    collate = make_collate(tokenizer, embeds, concept.training_prompt if concept else None, cfg.data.caption_dropout)
+    collate = make_collate(
+        tokenizer,
+        embeds,
+        concept.training_prompt if concept else None,
+        cfg.data.caption_dropout,
+        tokenizer_2=parts.tokenizer_2 if embeds is None else None,
+    )
     dataset = TrainItems(images, items, train_idx)
 
-    core = SDDenoiser(unet, text_encoder if embeds is None else None)
-    cond_fn = embeds if embeds is not None else (lambda prompts: tokenize_prompts(tokenizer, prompts))
+    core = SDDenoiser(unet, *(encoders if embeds is None else []))
+
+    def cond_fn(prompts: list[str], time_ids: torch.Tensor | None = None) -> torch.Tensor | XLCond:
+        """Conditioning for validation and the kernel probe: cached embeddings or token ids (SDXL: with time ids,
+        an uncropped square image's when none are given)."""
+        if embeds is not None:
+            return embeds(prompts, time_ids)
+        if not parts.is_xl:
+            return tokenize_prompts(tokenizer, prompts)
+        time_ids = time_ids if time_ids is not None else xl_time_ids(res, len(prompts))
+        ids = [tokenize_prompts(tok, prompts) for tok in (tokenizer, parts.tokenizer_2)]
+        return XLCond(time_ids, input_ids=ids[0], input_ids_2=ids[1])
+
     # CPU: oneDNN or native convolution kernels, whichever runs this model's step faster (no-op on GPUs).
     side, n = res // parts.vae_scale_factor, cfg.train.batch_size * (2 if cfg.prior.enabled else 1)
     probe = step_probe(
@@ -230,9 +274,10 @@ def main(argv=None):
         cfg.efficiency.conv_backend, probe, accelerator, out / "conv_backend.json", reuse=bool(cfg.train.resume)
     )
     groups = param_groups(unet.named_parameters(), cfg.optim.weight_decay)
-    groups += param_groups(
-        text_encoder.named_parameters(), cfg.optim.weight_decay, lr=cfg.text_encoder.lr or cfg.optim.lr
-    )
+    for encoder in encoders:
+        groups += param_groups(
+            encoder.named_parameters(), cfg.optim.weight_decay, lr=cfg.text_encoder.lr or cfg.optim.lr
+        )
     optimizer = build_optimizer(groups, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.train.max_steps)
     denoiser, optimizer = accelerator.prepare(core, optimizer)
@@ -248,7 +293,7 @@ def main(argv=None):
 
     def step_fn(batch):
         latents = sample_latents(vae, batch)  # cached mean + std * eps, or the VAE now
-        cond = batch["embeds"] if "embeds" in batch else batch["input_ids"]
+        cond = batch_cond(batch)  # SD1.x/2.x: embeddings or token ids; SDXL: + pooled text and per-image time ids
         noise = offset_noise(latents, cfg.loss.noise_offset)
         timesteps = torch.randint(0, num_timesteps, (latents.shape[0],), device=latents.device)
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
@@ -280,8 +325,8 @@ def main(argv=None):
     def samples() -> list:
         if not (cfg.validation.grids and accelerator.is_main_process):
             return []
-        with on_device([vae, text_encoder], device):
-            pipe = build_pipeline(parts, unet=unet, text_encoder=text_encoder)
+        with on_device([vae, *encoders], device):
+            pipe = build_pipeline(parts, unet=unet, text_encoder=text_encoder, text_encoder_2=text_encoder_2)
             return sample_images(pipe, sample_prompts, cfg.validation, res, accelerator.autocast)
 
     def eval_fn(step: int) -> dict:
@@ -304,7 +349,7 @@ def main(argv=None):
         images.set_epoch(epoch)  # new crops/flips each epoch when latents are not cached
 
     def after_optimizer_step(step: int) -> None:
-        if restorer is not None:
+        for restorer in restorers:
             restorer(step)  # textual inversion: only the new embedding rows may change
         if ema is not None:
             ema.step(trainable)
@@ -345,6 +390,7 @@ def main(argv=None):
         save_image_grid(before_images + after_images, 2, out / "before_after.png")
     summary = {
         "method": cfg.method,
+        "family": "sdxl" if parts.is_xl else "sd",
         "prior_preservation": cfg.prior.enabled,
         "steps": result.global_step,
         # the loop's timing (finetune/train/loop.py): optimizer steps only, evaluations and checkpoints left out
@@ -365,7 +411,7 @@ def main(argv=None):
         # after training and the last validation: trained weights must still be fp32, frozen ones in the weight dtype
         "trainable_dtypes": sorted({str(p.dtype) for p in trainable}),
         "frozen_dtypes": sorted(
-            {str(p.dtype) for m in (unet, text_encoder) for p in m.parameters() if not p.requires_grad}
+            {str(p.dtype) for m in (unet, *encoders) for p in m.parameters() if not p.requires_grad}
         ),
         "vae_dtype": str(vae.dtype),
     }

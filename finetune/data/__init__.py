@@ -52,7 +52,9 @@ __all__, __getattr__ = lazy_exports(
             "make_buckets",
             "open_image",
             "scan_caption_folder",
+            "fit_and_crop_at",
             "transform_image",
+            "transform_image_with_ids",
         ],
         "inspect": [
             "MAX_SAMPLE_CHARS",
@@ -78,6 +80,7 @@ __all__, __getattr__ = lazy_exports(
             "PromptEmbeddings",
             "SDDataConfig",
             "TrainItems",
+            "XLPromptEmbeddings",
             "build_image_dataset",
             "cache_all_latents",
             "cache_latents",

@@ -110,6 +110,13 @@ def _keyed_generator(*key: int) -> torch.Generator:
 
 def fit_and_crop(img: Image.Image, size: tuple[int, int], center_crop: bool, generator: torch.Generator) -> Image.Image:
     """Resize so the image covers `size` (w, h) (for a square size: shorter side = resolution), then crop to it."""
+    return fit_and_crop_at(img, size, center_crop, generator)[0]
+
+
+def fit_and_crop_at(
+    img: Image.Image, size: tuple[int, int], center_crop: bool, generator: torch.Generator
+) -> tuple[Image.Image, tuple[int, int], int]:
+    """fit_and_crop, also returning the crop's (top, left) in the resized image and the resized width."""
     width, height = size
     scale = max(width / img.width, height / img.height)
     new_w, new_h = max(width, round(img.width * scale)), max(height, round(img.height * scale))
@@ -120,7 +127,7 @@ def fit_and_crop(img: Image.Image, size: tuple[int, int], center_crop: bool, gen
     else:
         left = int(torch.randint(0, new_w - width + 1, (1,), generator=generator))
         top = int(torch.randint(0, new_h - height + 1, (1,), generator=generator))
-    return img.crop((left, top, left + width, top + height))
+    return img.crop((left, top, left + width, top + height)), (top, left), new_w
 
 
 def image_to_tensor(img: Image.Image) -> torch.Tensor:
@@ -133,10 +140,22 @@ def transform_image(
     img: Image.Image, size: tuple[int, int], center_crop: bool, random_flip: bool, generator: torch.Generator
 ) -> torch.Tensor:
     """fit_and_crop, then a horizontal flip with probability 1/2 if `random_flip`, then to [-1, 1]."""
-    img = fit_and_crop(img, size, center_crop, generator)
+    return transform_image_with_ids(img, size, center_crop, random_flip, generator)[0]
+
+
+def transform_image_with_ids(
+    img: Image.Image, size: tuple[int, int], center_crop: bool, random_flip: bool, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """transform_image, plus SDXL's six added time ids of what was done: the original (h, w), the crop's (top, left)
+    in the resized image and the target (h, w). A flip mirrors the crop's left edge, as the image SDXL sees is the
+    crop of the mirrored picture (diffusers' SDXL script flips before cropping for the same reason)."""
+    original = (img.height, img.width)
+    img, (top, left), resized_w = fit_and_crop_at(img, size, center_crop, generator)
     if random_flip and float(torch.rand((1,), generator=generator)) < 0.5:
         img = ImageOps.mirror(img)
-    return image_to_tensor(img)
+        left = resized_w - size[0] - left
+    time_ids = torch.tensor([*original, top, left, size[1], size[0]], dtype=torch.float32)
+    return image_to_tensor(img), time_ids
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,8 +368,10 @@ class CaptionedImageFolder(torch.utils.data.Dataset):
         record = self.records[index]
         generator = item_generator(self.seed, self.epoch, index)
         size = self.buckets[self.bucket_ids[index]]
-        pixels = transform_image(open_image(record.path), size, self.center_crop, self.random_flip, generator)
-        return {"pixel_values": pixels, "caption": record.caption}
+        pixels, time_ids = transform_image_with_ids(
+            open_image(record.path), size, self.center_crop, self.random_flip, generator
+        )
+        return {"pixel_values": pixels, "caption": record.caption, "time_ids": time_ids}
 
 
 class DreamBoothDataset(torch.utils.data.Dataset):
@@ -407,18 +428,20 @@ class DreamBoothDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return max(len(self.instance_images), len(self.class_images))
 
-    def _pixels(self, path: Path, generator: torch.Generator) -> torch.Tensor:
-        return transform_image(open_image(path), self.size, self.center_crop, self.random_flip, generator)
+    def _pixels(self, path: Path, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return transform_image_with_ids(open_image(path), self.size, self.center_crop, self.random_flip, generator)
 
     def __getitem__(self, index: int) -> dict:
         generator = item_generator(self.seed, self.epoch, index)
-        item = {
-            "pixel_values": self._pixels(self.instance_images[index % len(self.instance_images)], generator),
-            "prompt": self.instance_prompt,
-        }
+        pixels, time_ids = self._pixels(self.instance_images[index % len(self.instance_images)], generator)
+        item = {"pixel_values": pixels, "prompt": self.instance_prompt, "time_ids": time_ids}
         if self.class_images:
-            item["class_pixel_values"] = self._pixels(self.class_images[index % len(self.class_images)], generator)
-            item["class_prompt"] = self.class_prompt_of(index)
+            pixels, time_ids = self._pixels(self.class_images[index % len(self.class_images)], generator)
+            item |= {
+                "class_pixel_values": pixels,
+                "class_time_ids": time_ids,
+                "class_prompt": self.class_prompt_of(index),
+            }
         return item
 
     def class_prompt_of(self, index: int) -> str:

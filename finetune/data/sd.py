@@ -1,8 +1,9 @@
 """Stable Diffusion training data: the image set, latent and prompt caching, training items and their batches.
 
 - `SDDataConfig` and `build_image_dataset`: the DreamBooth instance/class set or a captioned folder (finetune.data.images).
-- Caching (`cache_latents`, `PromptEmbeddings`): the frozen VAE's latent distribution of every image and the frozen
-  text encoder's embedding of every prompt, computed once before training. diffusers' examples run both encoders
+- Caching (`cache_latents`, `PromptEmbeddings`, SDXL's `XLPromptEmbeddings`): the frozen VAE's latent distribution
+  of every image (with SDXL's time ids of the crop that made it) and the frozen text encoders' embeddings of every
+  prompt, computed once before training. diffusers' examples run both encoders
   on every step; with them frozen that is repeated work, and skipping it is the recipe's main speed-up.
 - `TrainItems` + `make_collate`: what the loop iterates, cached latents or live pixels, instance before class examples.
 Written by hand: diffusers keeps these steps inline in its example scripts, not in the library.
@@ -18,7 +19,8 @@ import torch
 
 from finetune.data.images import BucketBatchSampler, CaptionedImageFolder, DreamBoothDataset
 from finetune.errors import UserError
-from finetune.models.sd import encode_tokens, tokenize_prompts
+from finetune.models.sd import encode_tokens, encode_xl, tokenize_prompts
+from finetune.models.sd_denoiser import XLCond, xl_time_ids
 
 
 @dataclass
@@ -144,7 +146,8 @@ def cache_latents(
 
     items[k] belongs to dataset[dataset_indices[k]] (default: dataset[k]). Each step then samples
     latents = mean + std * eps, as diffusers' `latent_dist.sample()` would. Random crops and flips are drawn
-    once (epoch 0). Items of one bucket are encoded together.
+    once (epoch 0), and their SDXL time ids ("time_ids": original size, crop, target size) are kept beside the
+    latents they describe. Items of one bucket are encoded together.
     """
     dataset.set_epoch(0)
     dataset_indices = dataset_indices if dataset_indices is not None else list(range(len(items)))
@@ -162,8 +165,10 @@ def cache_latents(
             for pixel_key, name in keys:
                 pixels = torch.stack([e[pixel_key] for e in examples]).to(device, vae.dtype)
                 dist = vae.encode(pixels).latent_dist
-                for i, mean, std in zip(group, dist.mean.float().cpu(), dist.std.float().cpu()):
+                ids_key = pixel_key.replace("pixel_values", "time_ids")
+                for i, e, mean, std in zip(group, examples, dist.mean.float().cpu(), dist.std.float().cpu()):
                     items[i][f"{name}_mean"], items[i][f"{name}_std"] = mean.clone(), std.clone()
+                    items[i][ids_key] = e[ids_key]
 
 
 def cache_all_latents(
@@ -192,8 +197,30 @@ class PromptEmbeddings:
                 for prompt, emb in zip(chunk, encode_tokens(text_encoder, tokenizer, chunk, device)):
                     self.table[prompt] = emb.to("cpu", dtype).clone()
 
-    def __call__(self, prompts: list[str]) -> torch.Tensor:
-        return torch.stack([self.table[p] for p in prompts])
+    def __call__(self, prompts: list[str], time_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.stack([self.table[p] for p in prompts])  # SD1.x/2.x: no time ids
+
+
+class XLPromptEmbeddings:
+    """SDXL's frozen text conditioning for a fixed set of prompts, computed once: both encoders' penultimate hidden
+    states side by side and the pooled embedding of the second (`finetune.models.sd.encode_xl`), CPU copies."""
+
+    def __init__(self, text_encoders, tokenizers, prompts: list[str], device, dtype, resolution: int, batch_size=16):
+        unique = sorted(set(prompts))
+        self.resolution = resolution  # time ids of an uncropped square image, for calls without any
+        self.table: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        with torch.no_grad():
+            for start in range(0, len(unique), batch_size):
+                chunk = unique[start : start + batch_size]
+                ids = [tokenize_prompts(tok, chunk).to(device) for tok in tokenizers]
+                embeds, pooled = encode_xl(text_encoders, ids)
+                for prompt, e, p in zip(chunk, embeds, pooled):
+                    self.table[prompt] = (e.to("cpu", dtype).clone(), p.to("cpu", dtype).clone())
+
+    def __call__(self, prompts: list[str], time_ids: torch.Tensor | None = None) -> XLCond:
+        time_ids = time_ids if time_ids is not None else xl_time_ids(self.resolution, len(prompts))
+        embeds = torch.stack([self.table[p][0] for p in prompts])
+        return XLCond(time_ids, embeds=embeds, pooled=torch.stack([self.table[p][1] for p in prompts]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,16 +246,20 @@ class TrainItems(torch.utils.data.Dataset):
 
 def make_collate(
     tokenizer,
-    embeddings: PromptEmbeddings | None,
+    embeddings: PromptEmbeddings | XLPromptEmbeddings | None,
     prompt_fn: Callable[[str], str] | None = None,
     caption_dropout: float = 0.0,
+    tokenizer_2=None,
 ):
     """Collate training items into one batch: instance examples first, then class examples.
 
     Batch keys: "latent_mean"/"latent_std" (cached) or "pixel_values"; "embeds" (cached text) or "input_ids";
-    "num_instance". `prompt_fn` rewrites a prompt per example (textual-inversion templates); caption dropout
+    "num_instance". SDXL (`tokenizer_2` or XLPromptEmbeddings) adds "time_ids" and "pooled" (cached) or
+    "input_ids_2". `prompt_fn` rewrites a prompt per example (textual-inversion templates); caption dropout
     replaces prompts with "". Both draw from Python's `random`, which accelerate's checkpoints restore.
     """
+
+    xl = tokenizer_2 is not None or isinstance(embeddings, XLPromptEmbeddings)
 
     def prompts_of(examples: list[dict], key: str) -> list[str]:
         prompts = [e[key] for e in examples]
@@ -252,10 +283,19 @@ def make_collate(
             batch["pixel_values"] = torch.stack(
                 [e["pixel_values"] for e in examples] + ([e["class_pixel_values"] for e in examples] if prior else [])
             )
-        if embeddings is not None:
+        if xl:
+            batch["time_ids"] = torch.stack(
+                [e["time_ids"] for e in examples] + ([e["class_time_ids"] for e in examples] if prior else [])
+            )
+        if isinstance(embeddings, XLPromptEmbeddings):
+            cond = embeddings(prompts)
+            batch["embeds"], batch["pooled"] = cond.embeds, cond.pooled
+        elif embeddings is not None:
             batch["embeds"] = embeddings(prompts)
         else:
             batch["input_ids"] = tokenize_prompts(tokenizer, prompts)
+            if tokenizer_2 is not None:
+                batch["input_ids_2"] = tokenize_prompts(tokenizer_2, prompts)
         return batch
 
     return collate
@@ -273,12 +313,13 @@ def fixed_validation_batches(items: list[dict], noise_scheduler, seed: int) -> l
     batches = []
     for indices in groups.values():
         means = torch.stack([items[i]["latent_mean"] for i in indices])
-        batches.append(
-            {
-                "latent_mean": means,
-                "noise": torch.randn(means.shape, generator=g),
-                "timesteps": timesteps[indices],
-                "prompts": [items[i]["prompt"] for i in indices],
-            }
-        )
+        batch = {
+            "latent_mean": means,
+            "noise": torch.randn(means.shape, generator=g),
+            "timesteps": timesteps[indices],
+            "prompts": [items[i]["prompt"] for i in indices],
+        }
+        if all("time_ids" in items[i] for i in indices):  # SDXL conditions on them
+            batch["time_ids"] = torch.stack([items[i]["time_ids"] for i in indices])
+        batches.append(batch)
     return batches

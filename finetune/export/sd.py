@@ -5,7 +5,9 @@
   `pipe.load_lora_weights(dir)`; optionally the same LoRA as one kohya/A1111 file (finetune.export.kohya).
   Both are checked first (finetune.export.lora_check): an all-zero LoRA or keys that match no module fail.
 - Textual inversion: `learned_embeds.safetensors`, {placeholder: (num_vectors, dim)}, for
-  `pipe.load_textual_inversion(path)`.
+  `pipe.load_textual_inversion(path)`; SDXL: {"clip_l": ..., "clip_g": ...}, loaded per encoder with
+  `pipe.load_textual_inversion(state["clip_l"], token=..., text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)`
+  and the same with "clip_g" / text_encoder_2 / tokenizer_2 (the layout diffusers' SDXL docs load).
 - Full fine-tuning: a diffusers pipeline directory (`save_pretrained`, safetensors) for `from_pretrained`.
 - Sample grids as PNG.
 Every file is written through finetune.io, so a crash never leaves half an artifact.
@@ -39,37 +41,53 @@ def save_sd_lora(
     text_encoder_config: dict | None = None,
     components: dict | None = None,
     kohya: bool = False,
+    text_encoder_2_layers: dict[str, torch.Tensor] | None = None,
+    text_encoder_2_config: dict | None = None,
+    sdxl: bool = False,
 ) -> list[Path]:
     """Write the diffusers LoRA file (and the kohya file with `kohya`) into `out_dir`; returns the paths.
 
     `*_layers` are PEFT state dicts without component prefix, `*_config` the LoraConfig dicts (metadata).
-    `components` ({"unet": unet, "text_encoder": te}) are the models the keys must match.
+    `components` ({"unet": unet, "text_encoder": te}) are the models the keys must match. `sdxl`: written by
+    StableDiffusionXLPipeline.save_lora_weights (text_encoder_2 keys too), which its load_lora_weights reads, and the
+    kohya file in SDXL's spelling.
     """
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     prefixed = {f"unet.{k}": v for k, v in unet_layers.items()}
     prefixed.update({f"text_encoder.{k}": v for k, v in (text_encoder_layers or {}).items()})
+    prefixed.update({f"text_encoder_2.{k}": v for k, v in (text_encoder_2_layers or {}).items()})
     if components is not None:
         check_lora_state_dict(prefixed, components)
     out_dir = Path(out_dir)
+    kwargs = {
+        "unet_lora_layers": unet_layers,
+        "text_encoder_lora_layers": text_encoder_layers or None,
+        "unet_lora_adapter_metadata": unet_config,
+        "text_encoder_lora_adapter_metadata": text_encoder_config,
+    }
+    if sdxl:
+        kwargs |= {
+            "text_encoder_2_lora_layers": text_encoder_2_layers or None,
+            "text_encoder_2_lora_adapter_metadata": text_encoder_2_config,
+        }
+    pipeline_cls = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
     # named as finetune/io.py names its temporaries, so a run that starts after a kill here removes the leftover
     with tempfile.TemporaryDirectory(dir=_existing_parent(out_dir), prefix=f".{LORA_FILE}.", suffix=".tmp") as tmp:
-        StableDiffusionPipeline.save_lora_weights(
-            tmp,
-            unet_lora_layers=unet_layers,
-            text_encoder_lora_layers=text_encoder_layers or None,
-            unet_lora_adapter_metadata=unet_config,
-            text_encoder_lora_adapter_metadata=text_encoder_config,
-            safe_serialization=True,
-        )
+        pipeline_cls.save_lora_weights(tmp, **kwargs, safe_serialization=True)
         atomic_write_bytes(out_dir / LORA_FILE, (Path(tmp) / LORA_FILE).read_bytes())
     paths = [out_dir / LORA_FILE]
     if kohya:
-        if text_encoder_config and text_encoder_config["lora_alpha"] != unet_config["lora_alpha"]:
+        alphas = {c["lora_alpha"] for c in (unet_config, text_encoder_config, text_encoder_2_config) if c}
+        if len(alphas) > 1:
             raise UserError("a kohya file holds one alpha; the UNet and text-encoder LoRA alphas differ")
         paths.append(
             save_kohya(
-                out_dir / KOHYA_FILE, prefixed, alpha=float(unet_config["lora_alpha"]), rank=int(unet_config["r"])
+                out_dir / KOHYA_FILE,
+                prefixed,
+                alpha=float(unet_config["lora_alpha"]),
+                rank=int(unet_config["r"]),
+                sdxl=sdxl,
             )
         )
     return paths
@@ -83,6 +101,16 @@ def save_textual_inversion(path: str | Path, placeholder: str, embeddings: torch
     data = safetensors_save({placeholder: embeddings.detach().float().contiguous().cpu()}, metadata={"format": "pt"})
     atomic_write_bytes(path, data)
     return path
+
+
+def save_textual_inversion_xl(path: str | Path, clip_l: torch.Tensor, clip_g: torch.Tensor) -> Path:
+    """SDXL textual inversion as one file: {"clip_l": (n, d1) for text_encoder, "clip_g": (n, d2) for text_encoder_2}."""
+    embeddings = {"clip_l": clip_l, "clip_g": clip_g}
+    if any(e.dim() != 2 or not torch.isfinite(e).all() for e in embeddings.values()):
+        raise UserError("the learned embeddings are not finite (num_vectors, dim) matrices; training diverged")
+    tensors = {k: e.detach().float().contiguous().cpu() for k, e in embeddings.items()}
+    atomic_write_bytes(Path(path), safetensors_save(tensors, metadata={"format": "pt"}))
+    return Path(path)
 
 
 def save_sd_pipeline(out_dir: str | Path, pipeline) -> Path:

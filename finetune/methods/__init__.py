@@ -71,7 +71,7 @@ __all__, __getattr__ = lazy_exports(
             "lora_layers",
             "validate_sd_lora",
         ],
-        "sd_registry": ["SD_METHODS", "Concept", "SDMethod", "SDMethodName"],
+        "sd_registry": ["SD_METHODS", "Concept", "SDMethod", "SDMethodName", "training_encoders"],
         "textual_inversion": [
             "OBJECT_TEMPLATES",
             "STYLE_TEMPLATES",

@@ -18,7 +18,14 @@ from typing import Any, Literal
 import torch
 
 from finetune.errors import UserError
-from finetune.export.sd import EMBEDDING_FILE, PIPELINE_DIR, save_sd_lora, save_sd_pipeline, save_textual_inversion
+from finetune.export.sd import (
+    EMBEDDING_FILE,
+    PIPELINE_DIR,
+    save_sd_lora,
+    save_sd_pipeline,
+    save_textual_inversion,
+    save_textual_inversion_xl,
+)
 from finetune.methods.hypernetwork import HypernetworkConfig, add_hypernetwork, save_hypernetwork, validate_hypernetwork
 from finetune.methods.sd_distill import DistillConfig, UNetDistillation, check_teacher_dir, validate_distill
 from finetune.methods.sd_lora import SDLoraConfig, add_lora, lora_layers, validate_sd_lora
@@ -58,11 +65,13 @@ def _count_all(cfg, unet_params: Params, te_params: Params) -> int:
 @dataclass(frozen=True)
 class SDMethod:
     """One SD method. `cfg` below is always the whole recipe config; `trainable` unfreezes the method's part of a
-    model the recipe froze whole and returns (UNet parameters, text-encoder parameters) that train."""
+    model the recipe froze whole and returns (UNet parameters, text-encoder parameters) that train. SDXL: the
+    recipe passes its second text encoder as `trainable(..., text_encoder_2=...)` and calls `concept` once per
+    (tokenizer, text encoder) pair; `xl=False` marks a method not built for SDXL."""
 
     section: str | None  # the recipe config's section holding this method's settings (cfg.<section>); None: none
     config: type | None  # that section's dataclass
-    trainable: Callable[[Any, Any, Any], tuple[Params, Params]]  # (unet, text_encoder, cfg) -> (unet, te) params
+    trainable: Callable[..., tuple[Params, Params]]  # (unet, text_encoder, cfg[, text_encoder_2]) -> (unet, te) params
     save: Callable[[Path, SDParts, Any, torch.dtype], list[Path]]  # (dir, parts, cfg, weight dtype) -> files written
     trained_count: Callable[[Any, Params, Params], int] = _count_all  # the summary's trained_parameters
     check: Callable[[Any], None] = lambda cfg: None  # refusals on the whole recipe config, before any model loads
@@ -72,33 +81,55 @@ class SDMethod:
     # (loaded unet, text_encoder, cfg) -> a UNetDistillation: the loaded UNet becomes its frozen teacher and its
     # `.student` is the UNet that trains (and saves); its `.loss` adds the distillation terms to the step's loss
     distillation: Callable[[Any, Any, Any], UNetDistillation] | None = None
+    xl: bool = True  # it trains SDXL models too (both text encoders, pooled text and time ids)
 
 
-def _lora_trainable(unet, text_encoder, cfg) -> tuple[Params, Params]:
-    unet_params = add_lora(unet, cfg.lora, cfg.lora.target_modules, "UNet")
+def training_encoders(cfg, text_encoder, text_encoder_2=None) -> dict[str, Any]:
+    """The text encoders that train, by component name: none unless text_encoder.train; SDXL's by
+    text_encoder.xl_encoders (1: text_encoder, 2: text_encoder_2)."""
     if not cfg.text_encoder.train:
-        return unet_params, []
-    return unet_params, add_lora(text_encoder, cfg.lora, cfg.lora.text_encoder_target_modules, "text encoder")
+        return {}
+    if text_encoder_2 is None:
+        return {"text_encoder": text_encoder}
+    named = {1: ("text_encoder", text_encoder), 2: ("text_encoder_2", text_encoder_2)}
+    return dict(named[i] for i in sorted(set(cfg.text_encoder.xl_encoders)))
+
+
+def _lora_trainable(unet, text_encoder, cfg, text_encoder_2=None) -> tuple[Params, Params]:
+    unet_params = add_lora(unet, cfg.lora, cfg.lora.target_modules, "UNet")
+    te_params = [
+        p
+        for name, encoder in training_encoders(cfg, text_encoder, text_encoder_2).items()
+        for p in add_lora(encoder, cfg.lora, cfg.lora.text_encoder_target_modules, name.replace("_", " "))
+    ]
+    return unet_params, te_params
 
 
 def _lora_save(path: Path, parts: SDParts, cfg, dtype: torch.dtype) -> list[Path]:
-    """diffusers' LoRA file (pytorch_lora_weights.safetensors), and with `kohya` the A1111 / ComfyUI one."""
-    unet, text_encoder = parts.unet, parts.text_encoder
-    (u, uc), (t, tc) = lora_layers(unet), (lora_layers(text_encoder) if cfg.text_encoder.train else ({}, None))
-    return save_sd_lora(path, u, uc, t, tc, {"unet": unet, "text_encoder": text_encoder}, kohya=cfg.kohya)
+    """diffusers' LoRA file (pytorch_lora_weights.safetensors; SDXL's with text_encoder_2 keys too, as
+    StableDiffusionXLPipeline.save_lora_weights writes it), and with `kohya` the A1111 / ComfyUI one."""
+    encoders = training_encoders(cfg, parts.text_encoder, parts.text_encoder_2)
+    components = {"unet": parts.unet, "text_encoder": parts.text_encoder}
+    if parts.is_xl:
+        components["text_encoder_2"] = parts.text_encoder_2
+    (u, uc), te = lora_layers(parts.unet), {name: lora_layers(e) for name, e in encoders.items()}
+    (t, tc), (t2, tc2) = te.get("text_encoder", ({}, None)), te.get("text_encoder_2", ({}, None))
+    return save_sd_lora(path, u, uc, t, tc, components, cfg.kohya, t2, tc2, sdxl=parts.is_xl)
 
 
-def _full_trainable(unet, text_encoder, cfg) -> tuple[Params, Params]:
+def _full_trainable(unet, text_encoder, cfg, text_encoder_2=None) -> tuple[Params, Params]:
     unet_params = list(unet.requires_grad_(True).parameters())
-    return unet_params, list(text_encoder.requires_grad_(True).parameters()) if cfg.text_encoder.train else []
+    encoders = training_encoders(cfg, text_encoder, text_encoder_2).values()
+    return unet_params, [p for encoder in encoders for p in encoder.requires_grad_(True).parameters()]
 
 
 def _full_save(path: Path, parts: SDParts, cfg, dtype: torch.dtype) -> list[Path]:
-    """A whole diffusers pipeline: the trained UNet (and text encoder) with the base model's other parts."""
+    """A whole diffusers pipeline: the trained UNet (and text encoders) with the base model's other parts."""
     with torch.random.fork_rng():  # frozen parts in full precision: reload them (reseeds a tiny build)
         base = load_sd_components(cfg.model) if dtype != torch.float32 else parts
-    text_encoder = parts.text_encoder if cfg.text_encoder.train else base.text_encoder
-    return [save_sd_pipeline(path / PIPELINE_DIR, build_pipeline(base, unet=parts.unet, text_encoder=text_encoder))]
+    trained = training_encoders(cfg, parts.text_encoder, parts.text_encoder_2)
+    encoders = {name: trained.get(name, getattr(base, name)) for name in ("text_encoder", "text_encoder_2")}
+    return [save_sd_pipeline(path / PIPELINE_DIR, build_pipeline(base, unet=parts.unet, **encoders))]
 
 
 def _distill_check(cfg) -> None:
@@ -124,10 +155,16 @@ def _ti_concept(tokenizer, text_encoder, cfg) -> Concept:
 
 
 def _ti_save(path: Path, parts: SDParts, cfg, dtype: torch.dtype) -> list[Path]:
-    """learned_embeds.safetensors, {placeholder: (num_vectors, dim)}: what pipe.load_textual_inversion reads."""
+    """learned_embeds.safetensors, {placeholder: (num_vectors, dim)}: what pipe.load_textual_inversion reads.
+    SDXL: {"clip_l": (n, d1), "clip_g": (n, d2)}, each loaded into its encoder (diffusers' SDXL TI docs)."""
     ti = cfg.textual_inversion
-    embeddings = learned_embeddings(parts.text_encoder, parts.tokenizer.convert_tokens_to_ids(placeholder_tokens(ti)))
-    return [save_textual_inversion(path / EMBEDDING_FILE, ti.placeholder_token, embeddings)]
+    embeddings = [
+        learned_embeddings(encoder, tokenizer.convert_tokens_to_ids(placeholder_tokens(ti)))
+        for tokenizer, encoder in parts.text_encoders
+    ]
+    if parts.is_xl:
+        return [save_textual_inversion_xl(path / EMBEDDING_FILE, *embeddings)]
+    return [save_textual_inversion(path / EMBEDDING_FILE, ti.placeholder_token, embeddings[0])]
 
 
 def _ti_check(cfg) -> None:
@@ -155,10 +192,16 @@ SD_METHODS: dict[str, SDMethod] = {
     "textual_inversion": SDMethod(
         section="textual_inversion",
         config=TextualInversionConfig,
-        # the whole token table trains; the recipe's RowRestorer puts every row but the concept's back after each step
-        trainable=lambda unet, text_encoder, cfg: ([], [train_only_embeddings(text_encoder)]),
+        # the whole token table trains (SDXL: both encoders'); the recipe's RowRestorer puts every row but the
+        # concept's back after each step
+        trainable=lambda unet, text_encoder, cfg, text_encoder_2=None: (
+            [],
+            [train_only_embeddings(e) for e in (text_encoder, text_encoder_2) if e is not None],
+        ),
         save=_ti_save,
-        trained_count=lambda cfg, unet_params, te_params: cfg.textual_inversion.num_vectors * te_params[0].shape[1],
+        trained_count=lambda cfg, unet_params, te_params: sum(
+            cfg.textual_inversion.num_vectors * p.shape[1] for p in te_params
+        ),
         check=_ti_check,
         prior_preservation=False,
         concept=_ti_concept,
@@ -175,6 +218,7 @@ SD_METHODS: dict[str, SDMethod] = {
         check=_distill_check,
         prior_preservation=False,  # class images of the teacher would teach what distillation already does
         distillation=lambda unet, text_encoder, cfg: UNetDistillation(unet, text_encoder, cfg.distill),
+        xl=False,  # its student is cut from an SD1.x/2.x UNet layout
     ),
     "hypernetwork": SDMethod(
         section="hypernetwork",
@@ -186,5 +230,6 @@ SD_METHODS: dict[str, SDMethod] = {
         save=lambda path, parts, cfg, dtype: save_hypernetwork(path, parts.unet.hypernetwork, cfg.train.max_steps),
         check=_hypernetwork_check,
         prior_preservation=False,  # the web UI trains it on captioned images; DreamBooth class images are not its
+        xl=False,  # the web UI's hypernetworks are SD1.x/2.x files
     ),
 }

@@ -76,8 +76,9 @@ def placeholder_text(cfg: TextualInversionConfig) -> str:
     return " ".join(placeholder_tokens(cfg))
 
 
-def check_placeholder(tokenizer, cfg: TextualInversionConfig) -> None:
-    """Fail before training when the placeholder or initializer cannot work with this tokenizer."""
+def check_placeholder(tokenizer, cfg: TextualInversionConfig, which: str = "the tokenizer") -> None:
+    """Fail before training when the placeholder or initializer cannot work with this tokenizer (`which` names it:
+    SDXL has two, and the word must be new in both)."""
     token = cfg.placeholder_token
     if cfg.num_vectors < 1:
         raise UserError(f"textual_inversion.num_vectors must be >= 1, got {cfg.num_vectors}")
@@ -89,7 +90,7 @@ def check_placeholder(tokenizer, cfg: TextualInversionConfig) -> None:
     existing = [t for t in placeholder_tokens(cfg) if t in vocab or f"{t}</w>" in vocab]
     if existing:
         raise UserError(
-            f"textual_inversion.placeholder_token {existing[0]!r} already exists in the tokenizer; "
+            f"textual_inversion.placeholder_token {existing[0]!r} already exists in {which}; "
             "choose a new word such as '<my-concept>'"
         )
     bad = [t for t in cfg.templates if t.count("{}") != 1]
@@ -100,7 +101,7 @@ def check_placeholder(tokenizer, cfg: TextualInversionConfig) -> None:
         )
     if len(_word_ids(tokenizer, cfg.initializer_token)) != 1:
         raise UserError(
-            f"textual_inversion.initializer_token {cfg.initializer_token!r} is not a single token; "
+            f"textual_inversion.initializer_token {cfg.initializer_token!r} is not a single token of {which}; "
             "choose one common word (e.g. 'dog', 'toy', 'painting')"
         )
 

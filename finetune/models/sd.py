@@ -1,10 +1,10 @@
 """Stable Diffusion parts: load them (diffusers dir, hub id, single .safetensors file) or build them.
 
 Everything a Stable Diffusion recipe needs comes out of here as one `SDParts`: the VAE, the CLIP text
-encoder and tokenizer, the UNet, a DDPM noise scheduler for training (prediction type taken from the
+encoder and tokenizer (SDXL: both, `text_encoder_2` being CLIP-G with its projection), the UNet, a DDPM noise scheduler for training (prediction type taken from the
 model, overridable) and a sampling scheduler for validation images. `build_tiny_sd` builds the same
 architecture from small configs with random weights and an offline tokenizer, so tests and the digits
-world run without the hub; `sd15_configs` gives SD1.5-sized configs for GPU benchmarks through the very
+world run without the hub (`build_tiny_sdxl`: the same for SDXL); `sd15_configs` gives SD1.5-sized configs for GPU benchmarks through the very
 same builder.
 """
 
@@ -16,7 +16,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import diffusers
 import torch
@@ -32,6 +32,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from finetune.errors import UserError
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+FAMILIES = ("sd", "sdxl")  # SD1.x/2.x (one CLIP text encoder) and SDXL (two, plus pooled text and time ids)
 
 # SD1.x's own noise schedule; clip_sample stays off because latents are not bounded to [-1, 1].
 SD_SCHEDULER_CONFIG: dict[str, Any] = {
@@ -61,6 +62,9 @@ class SDModelConfig:
     single_file_config: str | None = (
         None  # diffusers dir or hub id with component configs for a single-file checkpoint (offline use)
     )
+    family: Literal["auto", "sd", "sdxl"] = (
+        "auto"  # auto: read from the model (SDXL: two text encoders / a text_time UNet); with tiny=true picks which
+    )
 
 
 @dataclass
@@ -74,6 +78,18 @@ class SDParts:
     noise_scheduler: DDPMScheduler  # adds noise during training; its config carries the prediction type
     pipeline_cls: type  # the diffusers pipeline class that assembles these parts for inference
     sample_scheduler_config: dict  # config (with "_class_name") of the scheduler used to sample images
+    text_encoder_2: Any = None  # SDXL: CLIP-G (CLIPTextModelWithProjection); None for SD1.x/2.x
+    tokenizer_2: Any = None  # SDXL: its tokenizer
+
+    @property
+    def is_xl(self) -> bool:
+        return self.text_encoder_2 is not None
+
+    @property
+    def text_encoders(self) -> list:
+        """(tokenizer, text encoder) pairs: one for SD1.x/2.x, two for SDXL."""
+        pairs = [(self.tokenizer, self.text_encoder)]
+        return pairs + [(self.tokenizer_2, self.text_encoder_2)] if self.is_xl else pairs
 
     @property
     def prediction_type(self) -> str:
@@ -100,7 +116,10 @@ def load_sd_components(cfg: SDModelConfig, torch_dtype: torch.dtype = torch.floa
             f"resolution={cfg.resolution} must be a positive multiple of 8 (e.g. {max(8, cfg.resolution // 8 * 8)})"
         )
     if cfg.tiny:
-        parts = build_tiny_sd(sample_size=cfg.resolution // 2)
+        if cfg.family == "sdxl":
+            parts = parts_of_pipeline(build_tiny_sdxl(sample_size=cfg.resolution // 2))
+        else:
+            parts = build_tiny_sd(sample_size=cfg.resolution // 2)
         parts = _to_dtype(parts, torch_dtype)
     elif not cfg.pretrained:
         raise UserError(
@@ -140,19 +159,42 @@ def _check_diffusers_dir(path: Path) -> None:
             "save one with pipeline.save_pretrained or pass a single-file .safetensors checkpoint"
         )
     class_name = json.loads(index.read_text()).get("_class_name", "")
-    if (path / "text_encoder_2").exists() or "XL" in class_name:
-        raise UserError(f"{path} holds {class_name or 'an SDXL model'}; only SD1.x/SD2.x pipelines are supported here")
+    if "Refiner" in class_name or "Img2Img" in class_name:
+        raise UserError(f"{path} holds {class_name}; train a base model (the SDXL refiner is not supported)")
+
+
+def check_family(found: str, cfg: SDModelConfig, where: str) -> None:
+    """Refuse a model of the other family than the config names, in one line that names the fix."""
+    if cfg.family not in ("auto", found):
+        names = {"sd": "SD1.x/2.x", "sdxl": "SDXL"}
+        raise UserError(
+            f"{where} is an {names[found]} model but model.family={cfg.family}; "
+            f"set model.family={found} (or auto), or point model.pretrained at an {names[cfg.family]} model"
+        )
+
+
+def _unet_family(name: str, common: dict) -> str:
+    """SDXL's UNet adds the pooled text embedding and time ids to its time embedding ("text_time")."""
+    unet_config = UNet2DConditionModel.load_config(name, subfolder="unet", **common)
+    return "sdxl" if unet_config.get("addition_embed_type") == "text_time" else "sd"
 
 
 def _load_diffusers(name: str, cfg: SDModelConfig, torch_dtype: torch.dtype) -> SDParts:
     """Load each component from its subfolder of a diffusers directory or hub repo (safetensors only)."""
+    from transformers import CLIPTextModelWithProjection
+
     common = {"revision": cfg.revision}
     weights = {**common, "variant": cfg.variant, "use_safetensors": True, "dtype": torch_dtype}
     try:
         # The scheduler config first: one small file, so a wrong hub id or no network fails fast.
         scheduler_config = dict(DDPMScheduler.load_config(name, subfolder="scheduler", **common))
-        tokenizer = CLIPTokenizer.from_pretrained(name, subfolder="tokenizer", **common)
-        text_encoder = CLIPTextModel.from_pretrained(name, subfolder="text_encoder", **weights)
+        family = _unet_family(name, common)  # before any weights: a model of the wrong family loads nothing
+        check_family(family, cfg, repr(name))
+        tokenizers = [CLIPTokenizer.from_pretrained(name, subfolder="tokenizer", **common)]
+        encoders = [CLIPTextModel.from_pretrained(name, subfolder="text_encoder", **weights)]
+        if family == "sdxl":
+            tokenizers.append(CLIPTokenizer.from_pretrained(name, subfolder="tokenizer_2", **common))
+            encoders.append(CLIPTextModelWithProjection.from_pretrained(name, subfolder="text_encoder_2", **weights))
         vae = AutoencoderKL.from_pretrained(name, subfolder="vae", **weights)
         unet = UNet2DConditionModel.from_pretrained(name, subfolder="unet", **weights)
     except (OSError, ValueError, KeyError) as e:  # missing files, no safetensors, no network for a hub id
@@ -160,12 +202,16 @@ def _load_diffusers(name: str, cfg: SDModelConfig, torch_dtype: torch.dtype) -> 
             f"could not load Stable Diffusion from {name!r} ({_first_line(e)}); check the path or hub id, "
             "that the weights are .safetensors (variant/revision if set), and network access for hub ids"
         ) from e
-    if len(tokenizer) <= 256:  # transformers returns a specials-only tokenizer when the vocabulary files are missing
-        raise UserError(
-            f"the tokenizer of {name!r} has no vocabulary ({len(tokenizer)} tokens); its tokenizer/ folder "
-            "needs vocab.json + merges.txt or tokenizer.json"
-        )
-    return _assemble(vae, text_encoder, tokenizer, unet, scheduler_config)
+    for tokenizer in tokenizers:
+        if (
+            len(tokenizer) <= 256
+        ):  # transformers returns a specials-only tokenizer when the vocabulary files are missing
+            raise UserError(
+                f"the tokenizer of {name!r} has no vocabulary ({len(tokenizer)} tokens); its tokenizer/ folder "
+                "needs vocab.json + merges.txt or tokenizer.json"
+            )
+    parts = _assemble(vae, encoders[0], tokenizers[0], unet, scheduler_config)
+    return _with_xl(parts, encoders[1], tokenizers[1]) if family == "sdxl" else parts
 
 
 def _load_single_file(path: Path, cfg: SDModelConfig, torch_dtype: torch.dtype) -> SDParts:
@@ -175,25 +221,67 @@ def _load_single_file(path: Path, cfg: SDModelConfig, torch_dtype: torch.dtype) 
             f"{path} is not a .safetensors checkpoint; single files are read as .safetensors only "
             "(pickle .ckpt/.pt/.bin files can run code when loaded: convert them first)"
         )
+    from diffusers import StableDiffusionXLPipeline
     from diffusers.loaders.single_file_utils import SingleFileComponentError  # raised for a part missing from the file
 
+    family = single_file_family(path)  # from its keys alone: nothing is loaded for a file of the wrong family
+    check_family(family, cfg, str(path))
+    if cfg.single_file_config and Path(cfg.single_file_config).is_dir():
+        config_family = "sdxl" if (Path(cfg.single_file_config) / "text_encoder_2").is_dir() else "sd"
+        if config_family != family:
+            names = {"sd": "SD1.x/2.x", "sdxl": "SDXL"}
+            raise UserError(
+                f"{path} is an {names[family]} checkpoint but model.single_file_config={cfg.single_file_config} "
+                f"holds {names[config_family]} configs; point it at an {names[family]} diffusers directory"
+            )
+    # No safety checker. (`load_safety_checker=False` would not do: diffusers treats any value of that deprecated
+    # flag as a request and downloads CompVis/stable-diffusion-safety-checker from the hub.) SDXL has none.
+    extra = (
+        {}
+        if family == "sdxl"
+        else {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    )
+    pipeline_cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     try:
-        pipe = StableDiffusionPipeline.from_single_file(
-            str(path),
-            dtype=torch_dtype,
-            config=cfg.single_file_config,
-            # No safety checker. (`load_safety_checker=False` would not do: diffusers treats any value of that
-            # deprecated flag as a request and downloads CompVis/stable-diffusion-safety-checker from the hub.)
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+        pipe = pipeline_cls.from_single_file(str(path), dtype=torch_dtype, config=cfg.single_file_config, **extra)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError, SingleFileComponentError) as e:
         raise UserError(
-            f"could not load single-file checkpoint {path} ({_first_line(e)}); it must be an SD1.x/SD2.x "
-            "checkpoint, and offline you must set model.single_file_config to a diffusers dir with its configs"
+            f"could not load single-file checkpoint {path} ({_first_line(e)}); offline you must set "
+            "model.single_file_config to a diffusers dir with the configs of the same family (SD1.x/2.x or SDXL)"
         ) from e
-    return _assemble(pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.unet, dict(pipe.scheduler.config))
+    return parts_of_pipeline(pipe)
+
+
+# Keys only an SDXL (LDM/SGM layout) checkpoint has: its second text encoder and the UNet's added embedding.
+_SDXL_KEYS = ("conditioner.embedders.1.", "model.diffusion_model.label_emb.")
+
+
+def single_file_family(path: Path) -> str:
+    """ "sdxl" or "sd" from a single-file checkpoint's tensor names (read from its header, no weights loaded). A file
+    without SDXL's keys counts as SD1.x/2.x: diffusers' SD loader then names the part it lacks."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            keys = list(f.keys())
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path} is not a readable .safetensors file ({_first_line(e)}); re-download it") from e
+    return "sdxl" if any(k.startswith(_SDXL_KEYS) for k in keys) else "sd"
+
+
+def parts_of_pipeline(pipe) -> SDParts:
+    """SDParts from a loaded diffusers pipeline (SD or SDXL)."""
+    parts = _assemble(pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.unet, dict(pipe.scheduler.config))
+    if getattr(pipe, "text_encoder_2", None) is None:
+        return parts
+    return _with_xl(parts, pipe.text_encoder_2, pipe.tokenizer_2)
+
+
+def _with_xl(parts: SDParts, text_encoder_2, tokenizer_2) -> SDParts:
+    from diffusers import StableDiffusionXLPipeline
+
+    parts.text_encoder_2, parts.tokenizer_2, parts.pipeline_cls = text_encoder_2, tokenizer_2, StableDiffusionXLPipeline
+    return parts
 
 
 def _first_line(e: BaseException) -> str:
@@ -218,8 +306,9 @@ def _with_prediction_type(parts: SDParts, prediction_type: str | None) -> SDPart
 
 
 def _to_dtype(parts: SDParts, dtype: torch.dtype) -> SDParts:
-    for module in (parts.vae, parts.text_encoder, parts.unet):
-        module.to(dtype=dtype)
+    for module in (parts.vae, parts.text_encoder, parts.text_encoder_2, parts.unet):
+        if module is not None:
+            module.to(dtype=dtype)
     return parts
 
 
@@ -386,20 +475,25 @@ def build_tiny_sdxl(seed: int = 0, sample_size: int = 8):
 
 
 def build_pipeline(
-    parts: SDParts, unet=None, text_encoder=None, show_progress: bool = False
+    parts: SDParts, unet=None, text_encoder=None, show_progress: bool = False, text_encoder_2=None
 ) -> StableDiffusionPipeline:
-    """An inference pipeline over `parts` (optionally a trained unet/text encoder), with no safety checker."""
+    """An inference pipeline over `parts` (optionally a trained unet/text encoder(s)), with no safety checker."""
     scheduler_cls = getattr(diffusers, parts.sample_scheduler_config.get("_class_name", ""), DDIMScheduler)
-    pipe = parts.pipeline_cls(
-        vae=parts.vae,
-        text_encoder=text_encoder if text_encoder is not None else parts.text_encoder,
-        tokenizer=parts.tokenizer,
-        unet=unet if unet is not None else parts.unet,
-        scheduler=scheduler_cls.from_config(parts.sample_scheduler_config),  # fresh: sampling state never leaks
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    models = {
+        "vae": parts.vae,
+        "text_encoder": text_encoder if text_encoder is not None else parts.text_encoder,
+        "tokenizer": parts.tokenizer,
+        "unet": unet if unet is not None else parts.unet,
+        "scheduler": scheduler_cls.from_config(parts.sample_scheduler_config),  # fresh: sampling state never leaks
+    }
+    if parts.is_xl:  # SDXL pipelines have no safety checker
+        models |= {
+            "text_encoder_2": text_encoder_2 if text_encoder_2 is not None else parts.text_encoder_2,
+            "tokenizer_2": parts.tokenizer_2,
+        }
+    else:
+        models |= {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    pipe = parts.pipeline_cls(**models)
     pipe.set_progress_bar_config(disable=not show_progress)
     return pipe
 
@@ -414,6 +508,16 @@ def tokenize_prompts(tokenizer: CLIPTokenizer, prompts: list[str]) -> torch.Tens
 def encode_tokens(text_encoder, tokenizer, prompts: list[str], device) -> torch.Tensor:
     """CLIP last hidden states for `prompts`, as SD conditions on them."""
     return text_encoder(tokenize_prompts(tokenizer, prompts).to(device))[0]
+
+
+def encode_xl(text_encoders: list, token_ids: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL's conditioning, as StableDiffusionXLPipeline.encode_prompt computes it (clip_skip unset): each encoder's
+    penultimate hidden states, concatenated along the width, and the second encoder's projected pooled output."""
+    outputs = [
+        encoder(ids.to(encoder.device), output_hidden_states=True) for encoder, ids in zip(text_encoders, token_ids)
+    ]
+    pooled = outputs[-1][0]  # the last encoder's: CLIPTextModelWithProjection's text_embeds
+    return torch.cat([out.hidden_states[-2] for out in outputs], dim=-1), pooled
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """The Stable Diffusion model as it trains: the denoiser the optimizer sees, its latents, and its validation.
 
-- `SDDenoiser`: the trainable modules in ONE nn.Module (UNet, plus the text encoder when it runs during training)
-  so accelerate/DDP wrap, sync and accumulate them as one model; its forward takes token ids (text encoder runs)
-  or cached embeddings.
+- `SDDenoiser`: the trainable modules in ONE nn.Module (UNet, plus the text encoder(s) when they run during
+  training) so accelerate/DDP wrap, sync and accumulate them as one model; its forward takes token ids (text
+  encoders run) or cached embeddings; for SDXL an `XLCond` that adds the pooled embedding and the time ids.
 - `sample_latents`: a batch's latents from the cached distribution (finetune.data.sd) or the frozen VAE.
 - Validation: a fixed-noise, fixed-timestep loss on fixed latents (comparable across steps) and image samples from
   fixed seeds.
@@ -18,12 +18,17 @@ from typing import Literal
 
 import torch
 
+from finetune.models.sd import encode_xl
+
 
 @dataclass
 class TextEncoderConfig:
     train: bool = False  # also train the text encoder: its LoRA for method=lora, all its weights for method=full
     lr: float | None = None  # its learning rate (None: optim.lr)
     stop_step: int = 0  # freeze it again after this many optimizer steps (0: trains to the end)
+    xl_encoders: list[int] = field(
+        default_factory=lambda: [1, 2]
+    )  # SDXL: which encoders train (1: CLIP-L text_encoder, 2: CLIP-G text_encoder_2)
 
 
 @dataclass
@@ -57,31 +62,77 @@ class ValidationConfig:
     grids: bool = True  # write sample grids (samples/step-N.png, before_after.png); false: validation loss only
 
 
-class SDDenoiser(torch.nn.Module):
-    """UNet (+ the text encoder, when it runs in the step) as one module: `forward(noisy, t, cond)` -> prediction.
+@dataclass
+class XLCond:
+    """SDXL's conditioning of a batch: the text (cached embeddings, or token ids of both tokenizers for the encoders
+    to run) and the six added time ids of each image: original (h, w), crop top-left (top, left), target (h, w)."""
 
-    `cond` is token ids (long: the text encoder runs, so it can train) or precomputed embeddings (float).
+    time_ids: torch.Tensor  # (B, 6) float
+    embeds: torch.Tensor | None = None  # (B, 77, d1 + d2): both encoders' penultimate hidden states side by side
+    pooled: torch.Tensor | None = None  # (B, proj): text_encoder_2's projected pooled output
+    input_ids: torch.Tensor | None = None  # (B, 77) tokenizer ids, when the encoders run in the step
+    input_ids_2: torch.Tensor | None = None  # (B, 77) tokenizer_2 ids
+
+    def to(self, device) -> XLCond:
+        move = lambda t: t.to(device) if t is not None else None  # noqa: E731
+        return XLCond(
+            self.time_ids.to(device), *(move(t) for t in (self.embeds, self.pooled, self.input_ids, self.input_ids_2))
+        )
+
+
+def xl_time_ids(resolution: int, n: int) -> torch.Tensor:
+    """Time ids of an uncropped square image at `resolution`: (res, res, 0, 0, res, res) per row."""
+    return torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * n, dtype=torch.float32)
+
+
+def batch_cond(batch: dict):
+    """The step's conditioning from a collated batch (finetune.data.sd.make_collate): a tensor for SD1.x/2.x, an
+    XLCond for SDXL (its batches carry "time_ids")."""
+    if "time_ids" not in batch:
+        return batch["embeds"] if "embeds" in batch else batch["input_ids"]
+    keys = ("embeds", "pooled", "input_ids", "input_ids_2")
+    return XLCond(batch["time_ids"], **{k: batch[k] for k in keys if k in batch})
+
+
+class SDDenoiser(torch.nn.Module):
+    """UNet (+ the text encoder(s), when they run in the step) as one module: `forward(noisy, t, cond)` -> prediction.
+
+    `cond` is token ids (long: the text encoder runs, so it can train), precomputed embeddings (float), or for SDXL
+    an `XLCond`.
     """
 
-    def __init__(self, unet, text_encoder=None):
+    def __init__(self, unet, text_encoder=None, text_encoder_2=None):
         super().__init__()
         self.unet = unet
         self.text_encoder = text_encoder
+        self.text_encoder_2 = text_encoder_2
 
     def forward(self, noisy_latents, timesteps, cond):
+        # The first weight's dtype is what `unet.dtype` returns, without diffusers' walk over every module (~2 ms a step).
+        dtype = next(p for p in self.unet.parameters() if p.is_floating_point()).dtype
+        if isinstance(cond, XLCond):
+            return self._forward_xl(noisy_latents, timesteps, cond, dtype)
         if not cond.is_floating_point():
             if self.text_encoder is None:
                 raise RuntimeError("token ids given but the text encoder is not part of the trained model")
             cond = self.text_encoder(cond)[0]
-        # The first weight's dtype is what `unet.dtype` returns, without diffusers' walk over every module (~2 ms a step).
-        dtype = next(p for p in self.unet.parameters() if p.is_floating_point()).dtype
         return self.unet(noisy_latents, timesteps, cond.to(dtype)).sample
+
+    def _forward_xl(self, noisy_latents, timesteps, cond: XLCond, dtype):
+        embeds, pooled = cond.embeds, cond.pooled
+        if embeds is None or pooled is None:
+            ids, ids_2 = cond.input_ids, cond.input_ids_2
+            if self.text_encoder is None or self.text_encoder_2 is None or ids is None or ids_2 is None:
+                raise RuntimeError("SDXL token ids given but the text encoders are not part of the trained model")
+            embeds, pooled = encode_xl([self.text_encoder, self.text_encoder_2], [ids, ids_2])
+        added = {"text_embeds": pooled.to(dtype), "time_ids": cond.time_ids.to(dtype)}
+        return self.unet(noisy_latents, timesteps, embeds.to(dtype), added_cond_kwargs=added).sample
 
 
 def step_probe(
     core: SDDenoiser,
     params: list[torch.nn.Parameter],
-    cond_fn: Callable[[list[str]], torch.Tensor],
+    cond_fn: Callable[..., torch.Tensor | XLCond],
     prompt: str,
     latent_shape: tuple,
     device,
@@ -161,19 +212,21 @@ def fixed_noise_loss(
     vae,
     noise_scheduler,
     batches: list[dict],
-    cond_fn: Callable[[list[str]], torch.Tensor],
+    cond_fn: Callable[..., torch.Tensor | XLCond],
     prediction_type: str,
     device,
 ) -> float:
     """The diffusion loss on `finetune.data.sd.fixed_validation_batches` (fixed latents, noise, timesteps): comparable
-    across steps. `cond_fn(prompts)` gives the conditioning (cached embeddings or token ids)."""
+    across steps. `cond_fn(prompts, time_ids)` gives the conditioning (cached embeddings or token ids; SDXL: an
+    XLCond with the images' time ids)."""
     from finetune.losses.diffusion import diffusion_loss, diffusion_target
 
     total, count = 0.0, 0
     for val in batches:
         latents = scale_latents(vae, val["latent_mean"].to(device))
         noise, timesteps = val["noise"].to(device), val["timesteps"].to(device)
-        pred = core(noise_scheduler.add_noise(latents, noise, timesteps), timesteps, cond_fn(val["prompts"]).to(device))
+        cond = cond_fn(val["prompts"], val.get("time_ids")).to(device)
+        pred = core(noise_scheduler.add_noise(latents, noise, timesteps), timesteps, cond)
         target = diffusion_target(noise_scheduler, latents, noise, timesteps, prediction_type)
         total, count = total + float(diffusion_loss(pred, target)) * len(timesteps), count + len(timesteps)
     return total / count
