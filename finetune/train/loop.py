@@ -315,7 +315,8 @@ def train(
             if total_items == 0:
                 raise UserError("a training window has no trained tokens; check the data with `finetune inspect-data`")
 
-        logged: dict[str, float] = {}
+        # extra logs stay tensors until a log step reads them: float() of a GPU tensor waits for the step to finish
+        logged: dict[str, Any] = {}
         loss_total = torch.zeros((), device=accelerator.device)
         for i, batch in enumerate(window):
             batch = send_to_device(batch, accelerator.device)
@@ -328,7 +329,8 @@ def train(
                 accelerator.backward(loss * scale)
             loss_total += loss.detach().float() * (1.0 / total_items if total_items else 1.0 / len(window))
             for k, v in extra.items():
-                logged[k] = logged.get(k, 0.0) + float(v) / len(window)
+                v = v.detach().float() if isinstance(v, torch.Tensor) else float(v)
+                logged[k] = logged.get(k, 0.0) + v / len(window)
         # Summed-token losses were divided by the all-process count: sum across ranks; means: average.
         loss_value = float(accelerator.reduce(loss_total, reduction="sum" if total_items else "mean"))
 
@@ -382,11 +384,12 @@ def train(
                 epoch=epoch,
                 skipped=skipped,
                 nonfinite_steps=result.nonfinite_steps,
-                **logged,
+                **{k: float(v) for k, v in logged.items()},
                 **extra_logs,
             )
+        # refresh=False: tqdm redraws at its own pace (mininterval), not once more every step just for the postfix
+        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", refresh=False)
         bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
         result.train_seconds += (
             time.perf_counter() - started
         )  # what follows, evaluation and checkpoint, is not training
