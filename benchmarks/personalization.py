@@ -266,6 +266,13 @@ def sources_text(sources: dict) -> str:
     )
 
 
+def _versus(row: dict, lora: dict) -> str:
+    return (
+        f"subject {row['subject_rate']:.2f} vs {lora['subject_rate']:.2f}, class-prompt accuracy "
+        f"{row['digit_accuracy']:.3f} vs {lora['digit_accuracy']:.3f}, FID {row['fid']:.1f} vs {lora['fid']:.1f}"
+    )
+
+
 TIE = {"subject_rate": 0.05, "digit_accuracy": 0.03}  # differences below these are noise at n = 100 / 300 images
 
 
@@ -282,20 +289,13 @@ def hypernetwork_reading(rows: list[dict]) -> str:
     text = "\nHypernetworks against LoRA (the same five captioned images, steps and seed; LoRA's figures second):"
     if as_often:
         r = max(as_often, key=lambda r: r["digit_accuracy"])
-        text += (
-            f" where a hypernetwork draws the subject about as often as LoRA, the least drift is "
-            f'"{r["name"]}": subject {r["subject_rate"]:.2f} vs {lora["subject_rate"]:.2f}, class-prompt accuracy '
-            f"{r['digit_accuracy']:.3f} vs {lora['digit_accuracy']:.3f}, FID {r['fid']:.1f} vs {lora['fid']:.1f};"
-        )
+        text += f' where a hypernetwork draws the subject about as often as LoRA, the least drift is "{r["name"]}": '
+        text += _versus(r, lora) + ";"
     else:
         text += " no hypernetwork row draws the subject as often as LoRA;"
     if as_little:
         r = max(as_little, key=lambda r: r["subject_rate"])
-        text += (
-            f' where one drifts no more than LoRA, the most subject is "{r["name"]}": subject '
-            f"{r['subject_rate']:.2f} vs {lora['subject_rate']:.2f}, class-prompt accuracy {r['digit_accuracy']:.3f} "
-            f"vs {lora['digit_accuracy']:.3f}, FID {r['fid']:.1f} vs {lora['fid']:.1f}."
-        )
+        text += f' where one drifts no more than LoRA, the most subject is "{r["name"]}": ' + _versus(r, lora) + "."
     else:
         text += " every hypernetwork row drifts more than LoRA."
     matches = [r for r in as_often if r in as_little]
