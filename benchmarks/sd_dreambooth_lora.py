@@ -270,6 +270,7 @@ def family_section(family: str, run: dict) -> list[str]:
     ]
 
 
+NOTES = "## Notes"  # the hand-written part of the results file starts at this heading
 HEADER = [
     "# DreamBooth-LoRA: our recipe vs diffusers' own script",
     "",
@@ -304,6 +305,9 @@ def write_results(a, rows: list[dict], script: Path, device: str) -> str:
         HEADER
         + [line for family in ("SD1.x", "SDXL") if family in data for line in family_section(family, data[family])]
     )
+    old = results.read_text() if results.is_file() else ""
+    if NOTES in old:  # hand-written notes below the tables (profiles, findings) survive a re-run
+        text += "\n" + old[old.index(NOTES) :]
     atomic_write_json(results.with_suffix(".json"), data)
     atomic_write_text(results, text)
     return text
