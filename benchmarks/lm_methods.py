@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -79,10 +80,12 @@ METHODS = {
 }
 
 
-def run_method(name: str, guard: str, work: Path, steps: int | None) -> dict:
+def run_method(name: str, guard: str, work: Path, steps: int | None, extra: list[str], tag: str) -> dict:
     label, config, overrides = METHODS[name]
-    overrides = overrides + GUARDS[guard]
-    out = work / f"{name}-{guard}"
+    overrides = overrides + GUARDS[guard] + extra
+    if extra:
+        label += f" [{', '.join(extra)}]"
+    out = work / f"{name}-{guard}{tag}"
     shutil.rmtree(out, ignore_errors=True)
     cmd = [
         *lm_recipe_command(CONFIGS / config),
@@ -123,9 +126,8 @@ def table(rows: dict) -> list[str]:
         "| base-sample ppl | train s |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for key in (f"{m}-{g}" for m in METHODS for g in GUARDS):
-        if key not in rows:
-            continue
+    order = {f"{m}-{g}": i for i, (m, g) in enumerate((m, g) for m in METHODS for g in GUARDS)}
+    for key in sorted(rows, key=lambda k: (order[rows[k].get("base_key", k)], k)):
         r = rows[key]
         s = r["summary"]
         b, a = s["perplexity_before"], s["perplexity_after"]
@@ -135,6 +137,14 @@ def table(rows: dict) -> list[str]:
             f"{pct(b['base_samples'], a['base_samples'])} | {s['train_seconds']:.0f} |"
         )
     return lines
+
+
+def command_of(key: str, row: dict) -> str:
+    """The command that measured a row (rows stored before commands were recorded ran one method and guard each)."""
+    if "command" in row:
+        return row["command"]
+    method, guard = key.split("-", 1)
+    return f"python benchmarks/lm_methods.py --methods {method} --guards {guard} --steps {row['summary']['steps']}"
 
 
 def main() -> None:
@@ -148,7 +158,22 @@ def main() -> None:
     p.add_argument(
         "--results", default=str(RESULTS), help="markdown results file (a .json with raw summaries beside it)"
     )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra recipe override for every run (repeatable); such rows are stored under their own key (--tag)",
+    )
+    p.add_argument(
+        "--title",
+        default="Domain gained vs general lost: four methods, each without and with a forgetting guard",
+        help="the results file's heading",
+    )
+    p.add_argument("--tag", default="", help="suffix of the stored row keys for runs with --set (e.g. -beta3)")
     a = p.parse_args()
+    if a.set and not a.tag:
+        raise SystemExit("--set needs --tag, so the row does not replace the plain method's row")
     names = [m.strip() for m in a.methods.split(",") if m.strip()]
     guards = [g.strip() for g in a.guards.split(",") if g.strip()]
     unknown = [m for m in names if m not in METHODS] + [g for g in guards if g not in GUARDS]
@@ -161,15 +186,17 @@ def main() -> None:
     work = Path(a.work)
     for name in names:
         for guard in guards:
-            key = f"{name}-{guard}"
-            rows[key] = run_method(name, guard, work, a.steps)
+            key = f"{name}-{guard}{a.tag}"
+            rows[key] = run_method(name, guard, work, a.steps, a.set, a.tag)
+            rows[key]["base_key"] = f"{name}-{guard}"
+            rows[key]["command"] = shlex.join(["python"] + sys.argv)
             s = rows[key]["summary"]
             print(f"{key}: {s['relative_change']} {s['forgetting']} in {s['train_seconds']} s", flush=True)
             atomic_write_json(raw_path, rows)
     device = f"CPU ({os.cpu_count()} cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})"
     steps = {r["summary"]["steps"] for r in rows.values()}
     lines = [
-        "# Domain gained vs general lost: four methods, each without and with a forgetting guard",
+        f"# {a.title}",
         "",
         f"SmolLM2-135M-Instruct on the legal corpus; {', '.join(map(str, sorted(steps)))} optimizer steps of batch 4 x "
         f"256-token packed blocks each; bf16 autocast (accelerate_config.yaml); on {device}. Base -> adapted: "
@@ -178,7 +205,9 @@ def main() -> None:
         "summary.json. Each run in its own `accelerate launch ... recipes/train_lm.py` process (see "
         "benchmarks/lm_methods.py for the exact configs and overrides).",
         "",
-        f"Command: `{' '.join(['python'] + sys.argv)}`",
+        "Commands:",
+        "",
+        *sorted({f"- `{command_of(key, r)}`" for key, r in rows.items()}),
         "",
         *table(rows),
         "",

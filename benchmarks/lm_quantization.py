@@ -7,8 +7,9 @@ Training: recipes/configs/legal_lora.yaml (SmolLM2-135M-Instruct, the legal corp
 blocks, LoRA r=16 on every linear layer, 60 steps, bf16 autocast from accelerate_config.yaml), each variant in its own
 `accelerate launch ... recipes/train_lm.py` process as a user runs it, with model.quantization=none | nf4 | int8.
 All three run eager (model.compile_layers=false: torch.compile cannot trace bitsandbytes' NF4 layers), so the bf16
-row is the main job without its compile. Peak memory, tokens/s and the before/after perplexities on the legal
-validation split (domain) and general text (forgetting) come from each run's summary.json.
+row is the main job without its compile. Peak memory, tokens/s and the before/after perplexities on the
+template-disjoint legal test split (domain), general text and the base model's own samples (forgetting) come from
+each run's summary.json (evaluated at the end only; no checkpoints or GGUF written).
 
 Exports: the bf16 LoRA run's merged model (fp32, merged/) as it is, saved in bf16, and through
 `finetune export quantized --bits 8` and `--bits 4`; each directory reloaded with a plain
@@ -37,6 +38,7 @@ from benchmarks.common import lm_recipe_command  # noqa: E402  (after the path i
 RESULTS = ROOT / "benchmarks" / "results" / "lm_quantization.md"
 CONFIG = ROOT / "recipes" / "configs" / "legal_lora.yaml"
 COMMON = ["train.progress_bar=false", "train.tensorboard=false", "model.compile_layers=false", "export.merged=true"]
+COMMON += ["train.eval_every=0", "train.save_every=0", "export.gguf=none"]  # evaluate at the end only; no GGUF
 RUNS = {
     "none": "bf16 LoRA (full-precision base, bf16 autocast)",
     "nf4": "NF4 QLoRA (bitsandbytes 4-bit base)",
@@ -133,8 +135,9 @@ def mib(n: float) -> str:
 
 def train_table(runs: dict) -> list[str]:
     lines = [
-        "| base | peak memory | tokens/s | train s | legal ppl before -> after | general ppl before -> after |",
-        "|---|---|---|---|---|---|",
+        "| base | peak memory | tokens/s | train s | legal test ppl before -> after | general ppl before -> after "
+        "| base-sample ppl before -> after |",
+        "|---|---|---|---|---|---|---|",
     ]
     for kind, label in RUNS.items():
         s = runs[kind]["summary"]
@@ -143,8 +146,9 @@ def train_table(runs: dict) -> list[str]:
         label = label + (" (re-timed alone, `--retime`)" if runs[kind].get("retimed") else "")
         lines.append(
             f"| {label} | {mib(memory) if memory else 'n/a'} | {s['tokens_per_second']} | "
-            f"{s['train_seconds']} | {b['validation']:.2f} -> {a['validation']:.2f} | "
-            f"{b['general_validation']:.2f} -> {a['general_validation']:.2f} |"
+            f"{s['train_seconds']} | {b['test']:.2f} -> {a['test']:.2f} | "
+            f"{b['general_validation']:.2f} -> {a['general_validation']:.2f} | "
+            f"{b['base_samples']:.2f} -> {a['base_samples']:.2f} |"
         )
     return lines
 
@@ -212,7 +216,8 @@ def main() -> None:
             f"SmolLM2-135M-Instruct on the legal corpus, {steps} optimizer steps of batch 4 x 256-token packed blocks, LoRA "
             f"r=16 on every linear layer, bf16 autocast, eager (no compiled layers); on {device}. Peak memory is the "
             "process's peak RSS on a CPU (max_memory_allocated on a GPU) at the last optimizer step. Perplexities on the "
-            "legal validation split and general text, before and after training, from each run's summary.json.",
+            "template-disjoint legal test split, general text and the base model's own samples, before and after "
+            "training (the recipe's packed bf16 evaluation, at the end only), from each run's summary.json.",
             "",
             f"Command: `{raw['command']}`",
             "",

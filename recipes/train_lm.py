@@ -325,6 +325,8 @@ def main(argv=None):
     for k in after:
         if k in before:
             print(f"{k} perplexity: {before[k]:.2f} -> {after[k]:.2f} ({100 * (after[k] / before[k] - 1):+.1f}%)")
+    for k, v in summary["forgetting"].items():
+        print(f"{k}: {v:.4f} nats/token (mean KL(base || adapted) on general text; 0 = the base's distribution)")
     print(f"summary: {out / 'summary.json'}")
     print(json.dumps({"export_check": verify}))
 
