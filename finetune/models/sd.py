@@ -429,12 +429,13 @@ def build_tiny_sd(seed: int = 0, sample_size: int = 8, vae_scale_factor: int = 2
     return build_sd_from_configs(tiny_sd_configs(sample_size, vae_scale_factor), seed=seed)
 
 
-def build_tiny_sdxl(seed: int = 0, sample_size: int = 8):
+def build_tiny_sdxl(seed: int = 0, sample_size: int = 8, width_2: int = 32):
     """A tiny Stable Diffusion XL pipeline (random weights, offline tokenizers), for tests of SDXL artifacts.
 
     The SDXL architecture in miniature: a UNet with `addition_embed_type="text_time"` (pooled text embedding + the
     six added time ids), conditioned on both text encoders' hidden states side by side (32 + 32 = 64 wide); the
     second encoder is a `CLIPTextModelWithProjection` whose projected pooled output feeds the added embedding.
+    `width_2`: the second encoder's width (SDXL's differ, 768 vs 1280, which diffusers' single-file loader relies on).
     """
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextModelWithProjection
@@ -455,14 +456,18 @@ def build_tiny_sdxl(seed: int = 0, sample_size: int = 8):
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         transformer_layers_per_block=(1, 2),
-        cross_attention_dim=64,  # both encoders' hidden states concatenated
+        cross_attention_dim=text["hidden_size"] + width_2,  # both encoders' hidden states concatenated
         addition_embed_type="text_time",
         addition_time_embed_dim=time_dim,
-        projection_class_embeddings_input_dim=6 * time_dim + text["projection_dim"],
+        projection_class_embeddings_input_dim=6 * time_dim + width_2,  # time ids + the projected pooled text
     )
     encoders = {
         "text_encoder": CLIPTextModel(CLIPTextConfig(**text, **ids)),
-        "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**text, **ids)),
+        "text_encoder_2": CLIPTextModelWithProjection(
+            CLIPTextConfig(
+                **text | {"hidden_size": width_2, "projection_dim": width_2, "intermediate_size": 2 * width_2}, **ids
+            )
+        ),
     }
     for module in (vae, unet, *encoders.values()):
         module.eval()

@@ -7,6 +7,7 @@ its resize and crop did; bad input stops with one line and writes nothing."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -213,6 +214,67 @@ def test_a_hub_id_loads_sdxl_through_from_pretrained_offline(sdxl_dir, tmp_path,
         assert all(torch.equal(a, b) for a, b in zip(got.state_dict().values(), want.state_dict().values()))
     with pytest.raises(UserError, match="is an SDXL model but model.family=sd; set model.family=sdxl"):
         load_sd_components(SDModelConfig(pretrained="tiny-org/tiny-sdxl", family="sd"))
+
+
+def openclip_to_ldm(state: dict, prefix: str = "conditioner.embedders.1.model.") -> dict:
+    """CLIPTextModelWithProjection names -> SDXL's OpenCLIP (CLIP-G) layout, by inverting diffusers' own map of it
+    (q/k/v fused into in_proj, text_projection transposed)."""
+    from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
+
+    layers, renames = (
+        DIFFUSERS_TO_LDM_MAPPING["openclip"]["layers"],
+        DIFFUSERS_TO_LDM_MAPPING["openclip"]["transformer"],
+    )
+    renames = {new: old for new, old in renames.items() if not new.startswith("transformer.")}
+
+    def rename(key: str) -> str:
+        for new, old in renames.items():
+            key = key.replace(new, old)
+        return prefix + "transformer." + key
+
+    out, fused = {}, {}
+    for key, value in state.items():
+        if key in layers:
+            out[prefix + layers[key]] = value.T if key == "text_projection.weight" else value
+        elif m := re.fullmatch(r"(.+\.self_attn)\.(q|k|v)_proj\.(weight|bias)", key):
+            fused.setdefault((m[1], m[3]), {})[m[2]] = value
+        else:
+            out[rename(key)] = value
+    for (module, kind), qkv in fused.items():
+        out[rename(module) + f".in_proj_{kind}"] = torch.cat([qkv["q"], qkv["k"], qkv["v"]])
+    return out
+
+
+def test_an_sdxl_single_file_loads_the_same_weights_and_trains(tmp_path):
+    """One SGM-layout .safetensors (what A1111 / ComfyUI / civitai ship) through diffusers' from_single_file, offline
+    with model.single_file_config; CLIP-G 48 wide, since diffusers tells SDXL's two encoders apart by width."""
+    from finetune.models.sd import SDModelConfig, load_sd_components
+    from tests.models.test_sd_single_file import unet_to_ldm, vae_to_ldm
+
+    pipe = build_tiny_sdxl(seed=0, sample_size=RES // 2, width_2=48)
+    pipe.save_pretrained(tmp_path / "configs", safe_serialization=True)
+    unet = dict(pipe.unet.state_dict())
+    added = {k: unet.pop(k) for k in list(unet) if k.startswith("add_embedding.")}  # SGM's label_emb.0.{0,2}
+    state = unet_to_ldm(unet, pipe.unet.config.layers_per_block)
+    sgm = {"linear_1": "label_emb.0.0", "linear_2": "label_emb.0.2"}  # SGM's Sequential(Linear, SiLU, Linear)
+    state |= {f"model.diffusion_model.{sgm[k.split('.')[1]]}.{k.rsplit('.', 1)[1]}": v for k, v in added.items()}
+    state |= vae_to_ldm(pipe.vae.state_dict(), len(pipe.vae.config.block_out_channels))
+    clip_l = pipe.text_encoder.state_dict().items()
+    state |= {"conditioner.embedders.0.transformer.text_model." + k.removeprefix("text_model."): v for k, v in clip_l}
+    state |= openclip_to_ldm(pipe.text_encoder_2.state_dict())
+    file = tmp_path / "tiny-sdxl.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(file))
+
+    cfg = SDModelConfig(pretrained=str(file), single_file_config=str(tmp_path / "configs"), resolution=RES)
+    parts = load_sd_components(cfg)
+    assert parts.is_xl
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        got, want = getattr(parts, name).state_dict(), getattr(pipe, name).state_dict()
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want), name
+    out = tmp_path / "run"
+    args = [f"model.single_file_config={tmp_path / 'configs'}", f"data.instance_dir={write_images(tmp_path / 'i', 2)}"]
+    run(out, file, *args, f"data.instance_prompt={PROMPT}", "train.max_steps=2", "train.batch_size=1")
+    assert (out / "pytorch_lora_weights.safetensors").is_file()
 
 
 # ---------------------------------------------------------------------------------------------
