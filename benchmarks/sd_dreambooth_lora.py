@@ -247,11 +247,8 @@ def table(rows: list[dict]) -> list[str]:
 def family_section(family: str, run: dict) -> list[str]:
     """One family's table, its settings and the command that measured it."""
     rows, st = run["rows"], run["settings"]
-    met = all(
-        r["ours"]["steps_per_second"] >= 1.5 * r["reference"]["steps_per_second"]
-        and r["ours"]["peak_rss_bytes"] <= r["reference"]["peak_rss_bytes"]
-        for r in rows
-    )
+    speed = all(r["ours"]["steps_per_second"] >= 1.5 * r["reference"]["steps_per_second"] for r in rows)
+    memory = all(r["ours"]["peak_rss_bytes"] <= r["reference"]["peak_rss_bytes"] for r in rows)
     return [
         f"### {family}: {run['model']}, random weights",
         "",
@@ -263,8 +260,9 @@ def family_section(family: str, run: dict) -> list[str]:
         "",
         *table(rows),
         "",
-        "Target (ours >= 1.5x the script's steps/s at every input size, peak memory no higher): "
-        f"{'met' if met else 'NOT met'}. Every run's steps/s: "
+        "Target, ours >= 1.5x the script's steps/s at every input size: "
+        f"{'met' if speed else 'NOT met'}; peak memory no higher at every input size: "
+        f"{'met' if memory else 'NOT met'}. Every run's steps/s: "
         + "; ".join(
             f"{r['size']}: script {r['reference']['all_steps_per_second']}, ours {r['ours']['all_steps_per_second']}"
             for r in rows
