@@ -13,6 +13,7 @@ The reference is diffusers' examples/dreambooth/train_dreambooth_lora.py (train_
         train_dreambooth_lora_sdxl.py; do curl -fsSL -o $D/$f \\
         https://raw.githubusercontent.com/huggingface/diffusers/v0.42.1/examples/dreambooth/$f; done
     # or: git clone https://github.com/huggingface/diffusers && git -C diffusers show <tag>:examples/dreambooth/<file>
+    # offline, from an existing clone or mirror: git -C <clone> show <commit>:examples/dreambooth/<file> > $D/<file>
 
 and pass that folder as --diffusers-examples. The results name the file's sha256 and the folder (whose name
 should say the tag or commit). torchvision, which the scripts import for their image transforms, cannot be
@@ -20,7 +21,7 @@ installed on this CPU machine: benchmarks/script_launcher.py registers benchmark
 few transforms the scripts call, on PIL images, as torchvision does them) after transformers and diffusers are
 imported. Where torchvision is installed, pass --real-torchvision and the script gets the real one.
 
-Both sides: the same random-weight model directory (the tiny SD with SD's 8x VAE, or the tiny SDXL), the same
+Both sides: the same random-weight model directory (the tiny SD, or the tiny SDXL, both with SD's 8x VAE), the same
 instance and class images (class images already present, so neither generates any), resolution, batch, LoRA rank
 (alpha = rank, the script's), steps, lr 1e-4 constant, AdamW (weight decay 1e-2), prior preservation with weight
 1.0, gradient clipping 1.0, centre crop after a Lanczos resize (the script's default interpolation; ours resizes
