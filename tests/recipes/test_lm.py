@@ -220,7 +220,8 @@ def test_inspect_data_marks_trained_tokens(tiny, tmp_path):
 
 @pytest.mark.slow
 def test_main_job_real_smollm2_legal_lora(tmp_path):
-    """The README's main job on the real model, shortened: domain perplexity falls by >= 20%."""
+    """The README's main job on the real model, shortened: perplexity on the template-disjoint legal test split falls
+    by >= 20%, and the base model's own samples get no more than 5% harder (the guard's job; 3% at the full 60 steps)."""
     out = tmp_path / "legal"
     proc = run(
         [
@@ -234,8 +235,9 @@ def test_main_job_real_smollm2_legal_lora(tmp_path):
         ]
     )
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["relative_change"]["validation"] <= -0.20, summary
-    assert "validation perplexity" in proc.stdout
+    assert summary["relative_change"]["test"] <= -0.20, summary
+    assert summary["relative_change"]["base_samples"] <= 0.05, summary
+    assert "test perplexity" in proc.stdout and "general_kl_to_base" in proc.stdout
 
 
 def test_a_diverging_run_stops_in_one_line_and_saves_nothing_from_the_diverged_weights(tiny, tmp_path):
