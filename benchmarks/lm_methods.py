@@ -17,7 +17,8 @@ which changes no trained weight. The figures come from each run's summary.json:
 - base samples: perplexity on text the untouched model wrote itself from generic prompts (metrics/forgetting.py).
 
 Methods:
-- lora:     recipes/configs/legal_lora.yaml (decoder layers compiled, as the main job);
+- lora:     recipes/configs/legal_lora.yaml at lr 1e-3 (decoder layers compiled, as the main job; the main job's lr 3e-4
+            and guard were chosen afterwards from `--set` rows: benchmarks/results/lm_defaults.md);
 - full:     recipes/configs/legal_unfreeze.yaml with full.unfreeze=none and full.discriminative_factor=1
             (every weight trains from step 0 at one learning rate, 1e-4);
 - unfreeze: recipes/configs/legal_unfreeze.yaml unchanged (ULMFiT: top group first, one more every 10 steps,
@@ -54,12 +55,12 @@ COMMON = ["train.progress_bar=false", "train.tensorboard=false"]
 COMMON += ["train.eval_every=0", "train.save_every=0", "export.merged=false", "export.gguf=none"]
 GENERAL_TRAIN = str(ROOT / "data" / "general" / "train.jsonl")
 GUARDS = {
-    "none": [],
+    "none": ["guard.method=none"],  # the main job's config carries the KL guard since it was chosen from this table
     "replay": ["guard.method=replay", f"guard.train_file={GENERAL_TRAIN}"],
     "kl": ["guard.method=kl", f"guard.train_file={GENERAL_TRAIN}", "guard.beta=1.0"],
 }
 METHODS = {
-    "lora": ("LoRA r=16, all-linear (lr 1e-3; compiled layers)", "legal_lora.yaml", []),
+    "lora": ("LoRA r=16, all-linear (lr 1e-3; compiled layers)", "legal_lora.yaml", ["optim.lr=1e-3"]),
     "full": (
         "full fine-tuning (lr 1e-4)",
         "legal_unfreeze.yaml",

@@ -57,6 +57,8 @@ VARIANTS: dict[str, tuple[str, list[str] | None]] = {
 }
 OPTIONAL = {"magnitude50"}  # left out of the default run (time); `--only ...,magnitude50` adds it
 RECOVERY = [
+    "optim.lr=1e-3",  # the recovery measured in benchmarks/results/lm_prune.md: plain LoRA at lr 1e-3, no guard
+    "guard.method=none",  # (the main job's config since moved to lr 3e-4 with the KL guard)
     "model.compile_layers=false",
     "export.merged=false",
     "export.gguf=none",
