@@ -155,7 +155,8 @@ def main(argv=None):
         raise UserError(
             f"method={cfg.method} is for SD1.x/2.x models; this one is SDXL: use lora, full or textual_inversion"
         )
-    encoders = [text_encoder, text_encoder_2] if parts.is_xl else [text_encoder]
+    tokenizers = [tok for tok, _ in parts.text_encoders]  # SD1.x/2.x: one (tokenizer, encoder) pair; SDXL: two
+    encoders = [encoder for _, encoder in parts.text_encoders]
     # diffusers is imported here, after finetune: its import-time library notices then meet finetune.quiet's filters
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
     from diffusers.training_utils import cast_training_params
@@ -165,7 +166,7 @@ def main(argv=None):
     # word must be new in both tokenizers, checked before either changes.
     concept = None
     if method.concept:
-        for name, (tok, _) in zip(("tokenizer", "tokenizer_2"), parts.text_encoders):
+        for name, tok in zip(("tokenizer", "tokenizer_2"), tokenizers):
             check_placeholder(tok, cfg.textual_inversion, name)
         concepts = [method.concept(tok, encoder, cfg) for tok, encoder in parts.text_encoders]
         concept = concepts[0]  # the same prompts for both encoders; each has its own token ids
@@ -227,7 +228,7 @@ def main(argv=None):
     embeds: PromptEmbeddings | XLPromptEmbeddings | None = None
     if cfg.efficiency.cache_text and not te_trains:
         embeds = (
-            XLPromptEmbeddings(encoders, [tokenizer, parts.tokenizer_2], prompts, device, dtype, res)
+            XLPromptEmbeddings(encoders, tokenizers, prompts, device, dtype, res)
             if parts.is_xl
             else PromptEmbeddings(text_encoder, tokenizer, prompts, device, dtype)
         )
@@ -256,7 +257,7 @@ def main(argv=None):
         if not parts.is_xl:
             return tokenize_prompts(tokenizer, prompts)
         time_ids = time_ids if time_ids is not None else xl_time_ids(res, len(prompts))
-        ids = [tokenize_prompts(tok, prompts) for tok in (tokenizer, parts.tokenizer_2)]
+        ids = [tokenize_prompts(tok, prompts) for tok in tokenizers]
         return XLCond(time_ids, input_ids=ids[0], input_ids_2=ids[1])
 
     # CPU: oneDNN or native convolution kernels, whichever runs this model's step faster (no-op on GPUs).
