@@ -11,6 +11,7 @@ or pipeline/), sample grids (samples/step-N.png, before_after.png), metrics.json
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import time
@@ -77,7 +78,7 @@ from finetune.train.checkpoint import check_output_dir
 from finetune.train.ema import EMAConfig, build_ema, ema_weights
 from finetune.train.loop import validate_train_config
 from finetune.train.precision import cast_frozen
-from finetune.train.setup import conv_backend, cpu_conv_backend, finished_run
+from finetune.train.setup import conv_backend, cpu_conv_backend, finished_run, uses_channels_last
 
 
 @dataclass
@@ -128,6 +129,11 @@ def check_combination(cfg: SDRecipeConfig) -> None:
 @exit_on_user_error
 def main(argv=None):
     cfg = parse_recipe_args(SDRecipeConfig, argv, description=__doc__)
+    with contextlib.ExitStack() as scope:  # what the run sets process-wide (the CPU conv kernels) ends with it
+        return run(cfg, scope)
+
+
+def run(cfg: SDRecipeConfig, scope: contextlib.ExitStack):
     check_combination(cfg)
     if (done := finished_run(cfg.train)) is not None:
         return done  # finished_run has said so in one line; this is the summary the run wrote
@@ -206,48 +212,15 @@ def main(argv=None):
         if concept
         else []
     )
-    if cfg.efficiency.channels_last:
+    if cfg.efficiency.channels_last is True:  # a fixed layout: the kernel probe below times the run's own
         unet.to(memory_format=torch.channels_last)
     if cfg.efficiency.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if te_trains:
             for encoder in encoders:
                 encoder.gradient_checkpointing_enable()
-
-    # Caching: the VAE is frozen, so each image's latent distribution is computed once; so are the prompts'
-    # embeddings when the text encoder is frozen. Training steps then never run either encoder.
-    started = time.perf_counter()
     items = dataset_items(images)
-    train_idx, val_idx = split_validation(
-        len(items), cfg.validation.holdout, cfg.validation.loss_images, cfg.train.batch_size
-    )
-    val_items = cache_all_latents(
-        vae, images, items, val_idx, device, cfg.efficiency.cache_latents, cfg.train.batch_size
-    )
-    prompts = sorted({p for it in items for p in (it["prompt"], it.get("class_prompt", it["prompt"]))} | {""})
-    embeds: PromptEmbeddings | XLPromptEmbeddings | None = None
-    if cfg.efficiency.cache_text and not te_trains:
-        embeds = (
-            XLPromptEmbeddings(encoders, tokenizers, prompts, device, dtype, res)
-            if parts.is_xl
-            else PromptEmbeddings(text_encoder, tokenizer, prompts, device, dtype)
-        )
-    if cfg.efficiency.offload_frozen and device.type != "cpu" and cfg.efficiency.cache_latents:
-        vae.to("cpu")  # GPU memory: the VAE only comes back to decode validation samples
-        if embeds is not None:
-            for encoder in encoders:
-                encoder.to("cpu")
-    cache_seconds = time.perf_counter() - started
-    collate = make_collate(
-        tokenizer,
-        embeds,
-        concept.training_prompt if concept else None,
-        cfg.data.caption_dropout,
-        tokenizer_2=parts.tokenizer_2 if embeds is None else None,
-    )
-    dataset = TrainItems(images, items, train_idx)
-
-    core = SDDenoiser(unet, *(encoders if embeds is None else []))
+    embeds: PromptEmbeddings | XLPromptEmbeddings | None = None  # the prompts' cached embeddings, made below
 
     def cond_fn(prompts: list[str], time_ids: torch.Tensor | None = None) -> torch.Tensor | XLCond:
         """Conditioning for validation and the kernel probe: cached embeddings or token ids (SDXL: with time ids,
@@ -260,10 +233,11 @@ def main(argv=None):
         ids = [tokenize_prompts(tok, prompts) for tok in tokenizers]
         return XLCond(time_ids, input_ids=ids[0], input_ids_2=ids[1])
 
-    # CPU: oneDNN or native convolution kernels, whichever runs this model's step faster (no-op on GPUs).
+    # CPU: oneDNN or native convolution kernels, whichever runs this model's step faster (no-op on GPUs); timed
+    # first, before the caching, so that the probe's one-off buffers are reused by what follows (1 MiB less peak).
     side, n = res // parts.vae_scale_factor, cfg.train.batch_size * (2 if cfg.prior.enabled else 1)
     probe = step_probe(
-        core,
+        SDDenoiser(unet, *encoders),  # nothing is cached yet: the probe's prompt goes through the encoders
         unet_params + te_params,
         cond_fn,
         items[0]["prompt"],
@@ -274,6 +248,47 @@ def main(argv=None):
     conv = cpu_conv_backend(
         cfg.efficiency.conv_backend, probe, accelerator, out / "conv_backend.json", reuse=bool(cfg.train.resume)
     )
+    channels_last = uses_channels_last(cfg.efficiency.channels_last, conv)
+    if channels_last and cfg.efficiency.channels_last == "auto":
+        unet.to(memory_format=torch.channels_last)
+
+    # Caching: the VAE is frozen, so each image's latent distribution is computed once; so are the prompts'
+    # embeddings when the text encoder is frozen. Training steps then never run either encoder.
+    started = time.perf_counter()
+    train_idx, val_idx = split_validation(
+        len(items), cfg.validation.holdout, cfg.validation.loss_images, cfg.train.batch_size
+    )
+    val_items = cache_all_latents(
+        vae, images, items, val_idx, device, cfg.efficiency.cache_latents, cfg.train.batch_size
+    )
+    prompts = sorted({p for it in items for p in (it["prompt"], it.get("class_prompt", it["prompt"]))} | {""})
+    if cfg.efficiency.cache_text and not te_trains:
+        embeds = (
+            XLPromptEmbeddings(encoders, tokenizers, prompts, device, dtype, res)
+            if parts.is_xl
+            else PromptEmbeddings(text_encoder, tokenizer, prompts, device, dtype)
+        )
+    if cfg.efficiency.offload_frozen and device.type != "cpu" and cfg.efficiency.cache_latents:
+        vae.to("cpu")  # GPU memory: the VAE only comes back to decode validation samples
+        if embeds is not None:
+            for encoder in encoders:
+                encoder.to("cpu")
+    cache_seconds = time.perf_counter() - started
+    # The chosen kernels from here on: validation, samples, training. Not for the caching above: the probe timed the
+    # UNet on latents, and the VAE convolves images (8x their side), where oneDNN is the faster (128 channels at
+    # 64x64: 2x) and native's im2col buffers are large (caching the tiny SD's 64 px images natively: +7.5 MiB peak).
+    scope.enter_context(conv_backend(conv))
+    collate = make_collate(
+        tokenizer,
+        embeds,
+        concept.training_prompt if concept else None,
+        cfg.data.caption_dropout,
+        tokenizer_2=parts.tokenizer_2 if embeds is None else None,
+    )
+    dataset = TrainItems(images, items, train_idx)
+
+    core = SDDenoiser(unet, *(encoders if embeds is None else []))
+
     groups = param_groups(unet.named_parameters(), cfg.optim.weight_decay)
     for encoder in encoders:
         groups += param_groups(
@@ -364,22 +379,21 @@ def main(argv=None):
         if cfg.data.aspect_buckets
         else None
     )
-    with conv_backend(conv):
-        result = train(
-            accelerator=accelerator,
-            model=denoiser,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            dataset=dataset,
-            collate_fn=collate,
-            step_fn=step_fn,
-            cfg=cfg.train,
-            eval_fn=eval_fn,
-            save_fn=save_fn,
-            hooks=hooks,
-            batches_fn=batches_fn,
-            checkpoint_objects=(ema,) if ema is not None else (),
-        )
+    result = train(
+        accelerator=accelerator,
+        model=denoiser,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        dataset=dataset,
+        collate_fn=collate,
+        step_fn=step_fn,
+        cfg=cfg.train,
+        eval_fn=eval_fn,
+        save_fn=save_fn,
+        hooks=hooks,
+        batches_fn=batches_fn,
+        checkpoint_objects=(ema,) if ema is not None else (),
+    )
 
     # Outputs (main process): the artifact, the before/after grid and the summary.
     accelerator.wait_for_everyone()
@@ -403,6 +417,7 @@ def main(argv=None):
         "class_images_generated": generated,
         "trained_parameters": n_trained,
         "conv_backend": conv,
+        "channels_last": channels_last,
         "image_sizes": image_sizes(images, items),
         "val_loss_before": before_loss,
         "val_loss_after": result.last_eval.get("val_loss"),

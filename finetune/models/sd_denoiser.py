@@ -41,7 +41,9 @@ class EfficiencyConfig:
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, slower steps
     attention: Literal["sdpa", "classic"] = "sdpa"  # torch scaled_dot_product_attention, or diffusers' plain attention
     vae_fp32: bool = True  # keep the VAE in fp32 under mixed precision (SD1's VAE overflows in fp16)
-    channels_last: bool = True  # UNet weights and activations in channels-last layout (oneDNN's and cuDNN's fast path)
+    channels_last: bool | Literal["auto"] = (
+        "auto"  # UNet in channels-last layout; auto: on GPUs and with oneDNN, not with the native CPU kernels
+    )
     conv_backend: Literal["auto", "onednn", "native"] = (
         "auto"  # CPU convolution kernels; auto times one step under each
     )

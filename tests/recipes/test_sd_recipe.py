@@ -262,8 +262,12 @@ def test_conv_backend_choice_changes_speed_not_results(tmp_path):
     runs = {b: run(tmp_path / b, *common, f"efficiency.conv_backend={b}") for b in ("auto", "onednn", "native")}
     assert runs["auto"]["conv_backend"] in ("onednn", "native") and runs["native"]["conv_backend"] == "native"
     losses = {b: [r["loss"] for r in read_metrics(tmp_path / b) if r["split"] == "train"] for b in runs}
-    assert losses["native"] == pytest.approx(losses["onednn"], rel=1e-4)
+    # bf16 autocast (the shipped precision): the two kernels, each in its own layout, round differently (1.3e-4 here)
+    assert losses["native"] == pytest.approx(losses["onednn"], rel=5e-4)
     assert losses["auto"] == losses[runs["auto"]["conv_backend"]]  # the timing probe leaves the training itself alone
+    # the layout follows the kernels: channels-last for oneDNN, the checkpoint's contiguous one for native
+    assert {b: r["channels_last"] for b, r in runs.items() if b != "auto"} == {"onednn": True, "native": False}
+    assert runs["auto"]["channels_last"] == (runs["auto"]["conv_backend"] == "onednn")
     assert torch.backends.mkldnn.enabled  # the choice applied to the training loop only
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from finetune.errors import UserError
-from finetune.train.setup import conv_backend, cpu_conv_backend
+from finetune.train.setup import conv_backend, cpu_conv_backend, uses_channels_last
 
 CPU = SimpleNamespace(device=torch.device("cpu"), num_processes=1, is_main_process=True, print=lambda *a: None)
 
@@ -51,3 +51,14 @@ def test_conv_backend_block_switches_onednn_and_restores_it():
             assert torch.backends.mkldnn.enabled
         assert not torch.backends.mkldnn.enabled
     assert torch.backends.mkldnn.enabled
+
+
+def test_channels_last_follows_the_kernels_unless_fixed():
+    # auto: the layout is oneDNN's and cuDNN's fast path; the native CPU kernels get the checkpoint's own layout
+    assert [uses_channels_last("auto", conv) for conv in ("onednn", "native", "cudnn", "mps")] == [
+        True,
+        False,
+        True,
+        True,
+    ]
+    assert uses_channels_last(True, "native") and not uses_channels_last(False, "onednn")
