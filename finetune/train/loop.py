@@ -198,7 +198,7 @@ def train(
     step_fn: Callable[[Any], Any],
     cfg: TrainConfig,
     eval_fn: Callable[[int], dict] | None = None,
-    save_fn: Callable[[Path], None] | None = None,
+    save_fn: Callable[[Path], object] | None = None,
     hooks: Hooks | None = None,
     count_items: Callable[[Any], int] | None = None,
     batches_fn: BatchesFn | None = None,
@@ -291,7 +291,7 @@ def train(
             evals_since_best += 1
         return cfg.early_stopping_patience > 0 and evals_since_best >= cfg.early_stopping_patience
 
-    def save_artifacts(path: Path, save: Callable[[Path], None]) -> None:
+    def save_artifacts(path: Path, save: Callable[[Path], object]) -> None:
         if not params_finite(params):
             raise NonFiniteTraining("refusing to save non-finite weights; lower optim.lr or enable clipping")
         accelerator.wait_for_everyone()
