@@ -219,8 +219,41 @@ def run(cfg: SDRecipeConfig, scope: contextlib.ExitStack):
         if te_trains:
             for encoder in encoders:
                 encoder.gradient_checkpointing_enable()
+
+    # Caching: the VAE is frozen, so each image's latent distribution is computed once; so are the prompts'
+    # embeddings when the text encoder is frozen. Training steps then never run either encoder.
+    started = time.perf_counter()
     items = dataset_items(images)
-    embeds: PromptEmbeddings | XLPromptEmbeddings | None = None  # the prompts' cached embeddings, made below
+    train_idx, val_idx = split_validation(
+        len(items), cfg.validation.holdout, cfg.validation.loss_images, cfg.train.batch_size
+    )
+    val_items = cache_all_latents(
+        vae, images, items, val_idx, device, cfg.efficiency.cache_latents, cfg.train.batch_size
+    )
+    prompts = sorted({p for it in items for p in (it["prompt"], it.get("class_prompt", it["prompt"]))} | {""})
+    embeds: PromptEmbeddings | XLPromptEmbeddings | None = None
+    if cfg.efficiency.cache_text and not te_trains:
+        embeds = (
+            XLPromptEmbeddings(encoders, tokenizers, prompts, device, dtype, res)
+            if parts.is_xl
+            else PromptEmbeddings(text_encoder, tokenizer, prompts, device, dtype)
+        )
+    if cfg.efficiency.offload_frozen and device.type != "cpu" and cfg.efficiency.cache_latents:
+        vae.to("cpu")  # GPU memory: the VAE only comes back to decode validation samples
+        if embeds is not None:
+            for encoder in encoders:
+                encoder.to("cpu")
+    cache_seconds = time.perf_counter() - started
+    collate = make_collate(
+        tokenizer,
+        embeds,
+        concept.training_prompt if concept else None,
+        cfg.data.caption_dropout,
+        tokenizer_2=parts.tokenizer_2 if embeds is None else None,
+    )
+    dataset = TrainItems(images, items, train_idx)
+
+    core = SDDenoiser(unet, *(encoders if embeds is None else []))
 
     def cond_fn(prompts: list[str], time_ids: torch.Tensor | None = None) -> torch.Tensor | XLCond:
         """Conditioning for validation and the kernel probe: cached embeddings or token ids (SDXL: with time ids,
@@ -233,11 +266,12 @@ def run(cfg: SDRecipeConfig, scope: contextlib.ExitStack):
         ids = [tokenize_prompts(tok, prompts) for tok in tokenizers]
         return XLCond(time_ids, input_ids=ids[0], input_ids_2=ids[1])
 
-    # CPU: oneDNN or native convolution kernels, whichever runs this model's step faster (no-op on GPUs); timed
-    # first, before the caching, so that the probe's one-off buffers are reused by what follows (1 MiB less peak).
+    # CPU: oneDNN or native convolution kernels, whichever runs this model's step faster (no-op on GPUs); the
+    # UNet's layout follows them. Chosen after the caching: decoding photos on top of the probe's buffers peaked up
+    # to 5 MiB higher (tiny SD, 1024x1280 photos).
     side, n = res // parts.vae_scale_factor, cfg.train.batch_size * (2 if cfg.prior.enabled else 1)
     probe = step_probe(
-        SDDenoiser(unet, *encoders),  # nothing is cached yet: the probe's prompt goes through the encoders
+        core,
         unet_params + te_params,
         cond_fn,
         items[0]["prompt"],
@@ -251,43 +285,7 @@ def run(cfg: SDRecipeConfig, scope: contextlib.ExitStack):
     channels_last = uses_channels_last(cfg.efficiency.channels_last, conv)
     if channels_last and cfg.efficiency.channels_last == "auto":
         unet.to(memory_format=torch.channels_last)
-
-    # Caching: the VAE is frozen, so each image's latent distribution is computed once; so are the prompts'
-    # embeddings when the text encoder is frozen. Training steps then never run either encoder.
-    started = time.perf_counter()
-    train_idx, val_idx = split_validation(
-        len(items), cfg.validation.holdout, cfg.validation.loss_images, cfg.train.batch_size
-    )
-    val_items = cache_all_latents(
-        vae, images, items, val_idx, device, cfg.efficiency.cache_latents, cfg.train.batch_size
-    )
-    prompts = sorted({p for it in items for p in (it["prompt"], it.get("class_prompt", it["prompt"]))} | {""})
-    if cfg.efficiency.cache_text and not te_trains:
-        embeds = (
-            XLPromptEmbeddings(encoders, tokenizers, prompts, device, dtype, res)
-            if parts.is_xl
-            else PromptEmbeddings(text_encoder, tokenizer, prompts, device, dtype)
-        )
-    if cfg.efficiency.offload_frozen and device.type != "cpu" and cfg.efficiency.cache_latents:
-        vae.to("cpu")  # GPU memory: the VAE only comes back to decode validation samples
-        if embeds is not None:
-            for encoder in encoders:
-                encoder.to("cpu")
-    cache_seconds = time.perf_counter() - started
-    # The chosen kernels from here on: validation, samples, training. Not for the caching above: the probe timed the
-    # UNet on latents, and the VAE convolves images (8x their side), where oneDNN is the faster (128 channels at
-    # 64x64: 2x) and native's im2col buffers are large (caching the tiny SD's 64 px images natively: +7.5 MiB peak).
-    scope.enter_context(conv_backend(conv))
-    collate = make_collate(
-        tokenizer,
-        embeds,
-        concept.training_prompt if concept else None,
-        cfg.data.caption_dropout,
-        tokenizer_2=parts.tokenizer_2 if embeds is None else None,
-    )
-    dataset = TrainItems(images, items, train_idx)
-
-    core = SDDenoiser(unet, *(encoders if embeds is None else []))
+    scope.enter_context(conv_backend(conv))  # validation, samples and training run on the chosen kernels
 
     groups = param_groups(unet.named_parameters(), cfg.optim.weight_decay)
     for encoder in encoders:

@@ -43,7 +43,8 @@ def open_image(path: str | Path) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()
-            return _to_rgb(ImageOps.exif_transpose(img))
+            ImageOps.exif_transpose(img, in_place=True)  # in place: a 12 MP photo is 36 MB a copy
+            return _to_rgb(img)
     except _READ_ERRORS as e:
         raise UserError(
             f"cannot read image {path} ({type(e).__name__}: {e}); re-export it or remove it from the folder"
@@ -76,7 +77,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def _high_bit_depth_to_l(img: Image.Image) -> Image.Image:
