@@ -63,6 +63,7 @@ from finetune.models.sd_denoiser import (
     TextEncoderConfig,
     ValidationConfig,
     XLCond,
+    attention_processor,
     batch_cond,
     fixed_noise_loss,
     on_device,
@@ -164,10 +165,9 @@ def run(cfg: SDRecipeConfig, scope: contextlib.ExitStack):
     tokenizers = [tok for tok, _ in parts.text_encoders]  # SD1.x/2.x: one (tokenizer, encoder) pair; SDXL: two
     encoders = [encoder for _, encoder in parts.text_encoders]
     # diffusers is imported here, after finetune: its import-time library notices then meet finetune.quiet's filters
-    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
     from diffusers.training_utils import cast_training_params
 
-    unet.set_attn_processor(AttnProcessor2_0() if cfg.efficiency.attention == "sdpa" else AttnProcessor())
+    unet.set_attn_processor(attention_processor(cfg.efficiency.attention))
     # Textual inversion: the new word joins the tokenizer(s) first, as every prompt of its data names it; SDXL's
     # word must be new in both tokenizers, checked before either changes.
     concept = None

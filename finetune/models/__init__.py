@@ -71,6 +71,7 @@ __all__, __getattr__ = lazy_exports(
             "TextEncoderConfig",
             "ValidationConfig",
             "XLCond",
+            "attention_processor",
             "batch_cond",
             "fixed_noise_loss",
             "on_device",

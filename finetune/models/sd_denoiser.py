@@ -156,6 +156,26 @@ def step_probe(
     return probe
 
 
+def attention_processor(kind: Literal["sdpa", "classic"]):
+    """diffusers' attention processor (AttnProcessor2_0 for "sdpa", AttnProcessor for "classic") with its call
+    signature attached. diffusers' `Attention.forward` runs `inspect.signature` on its processor's `__call__` at
+    every call to filter keyword arguments: 16 attentions a step on the tiny SDXL, 1.5 ms of a 38 ms profiled step.
+    A `__signature__` on the function is what `inspect.signature` returns without computing it; the computation is
+    the same, done once, and the processor is otherwise diffusers' own."""
+    import inspect
+
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    base = AttnProcessor2_0 if kind == "sdpa" else AttnProcessor
+    plain_call = base.__call__
+
+    def __call__(self, *args, **kwargs):
+        return plain_call(self, *args, **kwargs)
+
+    __call__.__signature__ = inspect.signature(plain_call)  # type: ignore[attr-defined]
+    return type(base.__name__, (base,), {"__call__": __call__, "__doc__": base.__doc__})()
+
+
 def scale_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     """VAE latents -> the UNet's latent space (SD1/2: times scaling_factor; shift first where the VAE has one)."""
     shift = getattr(vae.config, "shift_factor", None) or 0.0

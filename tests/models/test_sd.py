@@ -222,3 +222,26 @@ def test_tiny_sdxl_is_sdxl_in_miniature_and_deterministic():
     assert _same_weights(pipe.unet, again.unet) and _same_weights(pipe.text_encoder_2, again.text_encoder_2)
     latents = pipe("a photo of sks dog", num_inference_steps=2, height=16, width=16, output_type="latent").images
     assert latents.shape == (1, 4, 8, 8) and torch.isfinite(latents).all()
+
+
+@pytest.mark.parametrize("kind", ["sdpa", "classic"])
+def test_attention_processor_is_diffusers_own_with_its_signature_precomputed(kind, monkeypatch):
+    import inspect
+
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    from finetune.models.sd_denoiser import attention_processor
+
+    base = AttnProcessor2_0 if kind == "sdpa" else AttnProcessor
+    unet = build_tiny_sd(seed=0).unet
+    x, t, cond = torch.randn(2, 4, 8, 8), torch.tensor([10, 900]), torch.randn(2, 77, unet.config.cross_attention_dim)
+    unet.set_attn_processor(base())
+    expected = unet(x, t, cond).sample
+    unet.set_attn_processor(attention_processor(kind))
+    proc = next(iter(unet.attn_processors.values()))
+    assert isinstance(proc, base) and inspect.signature(proc.__call__) == inspect.signature(base().__call__)
+    # diffusers asks for the processor's signature on every attention call; it must come precomputed
+    computed = []
+    real = inspect._signature_from_function
+    monkeypatch.setattr(inspect, "_signature_from_function", lambda *a, **k: computed.append(1) or real(*a, **k))
+    assert torch.equal(unet(x, t, cond).sample, expected) and computed == []
