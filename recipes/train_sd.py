@@ -267,8 +267,8 @@ def run(cfg: SDRecipeConfig, scope: contextlib.ExitStack):
         return XLCond(time_ids, input_ids=ids[0], input_ids_2=ids[1])
 
     # CPU: oneDNN or native convolution kernels, whichever runs this model's step faster (no-op on GPUs); the
-    # UNet's layout follows them. Chosen after the caching: decoding photos on top of the probe's buffers peaked up
-    # to 5 MiB higher (tiny SD, 1024x1280 photos).
+    # UNet's layout follows them. Chosen after the caching: decoding photos on top of the probe's buffers peaked 3-9
+    # MiB higher (tiny SD, 1024x1280 photos).
     side, n = res // parts.vae_scale_factor, cfg.train.batch_size * (2 if cfg.prior.enabled else 1)
     probe = step_probe(
         core,
