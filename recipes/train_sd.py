@@ -130,12 +130,13 @@ def check_combination(cfg: SDRecipeConfig) -> None:
 @exit_on_user_error
 def main(argv=None):
     cfg = parse_recipe_args(SDRecipeConfig, argv, description=__doc__)
+    check_combination(cfg)
     with contextlib.ExitStack() as scope:  # what the run sets process-wide (the CPU conv kernels) ends with it
         return run(cfg, scope)
 
 
 def run(cfg: SDRecipeConfig, scope: contextlib.ExitStack):
-    check_combination(cfg)
+    """The run, its config checked; what it sets process-wide enters `scope`."""
     if (done := finished_run(cfg.train)) is not None:
         return done  # finished_run has said so in one line; this is the summary the run wrote
     check_output_dir(cfg.train.output_dir, cfg.train.resume, cfg.train.overwrite_output_dir)
