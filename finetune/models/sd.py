@@ -32,7 +32,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from finetune.errors import UserError
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
-FAMILIES = ("sd", "sdxl")  # SD1.x/2.x (one CLIP text encoder) and SDXL (two, plus pooled text and time ids)
+# family -> the name users know it by: SD1.x/2.x (one CLIP text encoder), SDXL (two, plus pooled text and time ids)
+FAMILIES = {"sd": "SD1.x/2.x", "sdxl": "SDXL"}
 
 # SD1.x's own noise schedule; clip_sample stays off because latents are not bounded to [-1, 1].
 SD_SCHEDULER_CONFIG: dict[str, Any] = {
@@ -166,10 +167,9 @@ def _check_diffusers_dir(path: Path) -> None:
 def check_family(found: str, cfg: SDModelConfig, where: str) -> None:
     """Refuse a model of the other family than the config names, in one line that names the fix."""
     if cfg.family not in ("auto", found):
-        names = {"sd": "SD1.x/2.x", "sdxl": "SDXL"}
         raise UserError(
-            f"{where} is an {names[found]} model but model.family={cfg.family}; "
-            f"set model.family={found} (or auto), or point model.pretrained at an {names[cfg.family]} model"
+            f"{where} is an {FAMILIES[found]} model but model.family={cfg.family}; "
+            f"set model.family={found} (or auto), or point model.pretrained at an {FAMILIES[cfg.family]} model"
         )
 
 
@@ -203,9 +203,8 @@ def _load_diffusers(name: str, cfg: SDModelConfig, torch_dtype: torch.dtype) -> 
             "that the weights are .safetensors (variant/revision if set), and network access for hub ids"
         ) from e
     for tokenizer in tokenizers:
-        if (
-            len(tokenizer) <= 256
-        ):  # transformers returns a specials-only tokenizer when the vocabulary files are missing
+        # transformers returns a specials-only tokenizer when the vocabulary files are missing
+        if len(tokenizer) <= 256:
             raise UserError(
                 f"the tokenizer of {name!r} has no vocabulary ({len(tokenizer)} tokens); its tokenizer/ folder "
                 "needs vocab.json + merges.txt or tokenizer.json"
@@ -229,10 +228,9 @@ def _load_single_file(path: Path, cfg: SDModelConfig, torch_dtype: torch.dtype) 
     if cfg.single_file_config and Path(cfg.single_file_config).is_dir():
         config_family = "sdxl" if (Path(cfg.single_file_config) / "text_encoder_2").is_dir() else "sd"
         if config_family != family:
-            names = {"sd": "SD1.x/2.x", "sdxl": "SDXL"}
             raise UserError(
-                f"{path} is an {names[family]} checkpoint but model.single_file_config={cfg.single_file_config} "
-                f"holds {names[config_family]} configs; point it at an {names[family]} diffusers directory"
+                f"{path} is an {FAMILIES[family]} checkpoint but model.single_file_config={cfg.single_file_config} "
+                f"holds {FAMILIES[config_family]} configs; point it at an {FAMILIES[family]} diffusers directory"
             )
     # No safety checker. (`load_safety_checker=False` would not do: diffusers treats any value of that deprecated
     # flag as a request and downloads CompVis/stable-diffusion-safety-checker from the hub.) SDXL has none.
